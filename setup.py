@@ -1,0 +1,63 @@
+"""ament_python package fvt_segmentation: works with colcon and with `pip install -e .`."""
+
+from glob import glob
+import os
+
+from setuptools import find_packages, setup
+
+package_name = 'fvt_segmentation'
+
+
+def share(*patterns: str) -> list[str]:
+    """Return the files matching ``patterns`` (relative to this file), sorted."""
+    return sorted(f for p in patterns for f in glob(p) if os.path.isfile(f))
+
+
+# ROS 2 itself comes from apt on a car (colcon path) or from the PyPI wheels in a venv.
+ros_from_pypi = [
+    'ros-rclpy',
+    'ros-sensor-msgs',
+    'ros-std-msgs',
+    'ros-diagnostic-msgs',
+    'ros-rmw-fastrtps-cpp',
+]
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', share('launch/*.launch.py')),
+        ('share/' + package_name + '/config', share('config/*')),
+        ('share/' + package_name + '/models', share('models/*.onnx', 'models/*.md')),
+        ('share/' + package_name + '/recordings', share('recordings/*/*')),
+    ],
+    install_requires=[
+        'setuptools',
+        'numpy',
+        'opencv-python-headless',
+        'onnxruntime-gpu',
+        'rosbags',
+        'rosbags-image',
+        'pillow',
+        'tqdm',
+    ],
+    extras_require={
+        'ros-pypi': ros_from_pypi,
+        'test': ros_from_pypi + ['pytest', 'onnx', 'ruff', 'psutil'],
+    },
+    zip_safe=True,
+    maintainer='Future Vision Transport perception team',
+    maintainer_email='perception@futurevisiontransport.example',
+    description='Real-time semantic segmentation node (8 Cityscapes categories, ONNX Runtime).',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'segmentation_node = fvt_segmentation.segmentation_node:main',
+            'replay = fvt_segmentation.replay:main',
+            'record = fvt_segmentation.record:main',
+        ],
+    },
+)

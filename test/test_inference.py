@@ -1,0 +1,125 @@
+import cv2
+import numpy as np
+from onnx_models import default_weights, expected_scores
+import pytest
+
+from fvt_segmentation.contract import ContractError, ModelContract, ModelLoadError, Normalization
+from fvt_segmentation.inference import (
+    load_segmenter,
+    preprocess_frame,
+    resize_classes,
+    resolve_providers,
+    scores_to_classes,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def frame(h=32, w=64, c=3):
+    return RNG.integers(0, 256, size=(h, w, c) if c else (h, w), dtype=np.uint8)
+
+
+def test_preprocess_normalises_in_contract_colour_order():
+    norm = Normalization(1 / 255, (0.5, 0.25, 0.0), (0.5, 0.25, 2.0))
+    contract = ModelContract(color_order='BGR', normalization=norm)
+    rgb = frame()
+    x = preprocess_frame(rgb, 'RGB', (32, 64), contract)
+    bgr = rgb[:, :, ::-1].astype(np.float64)
+    expected = (bgr / 255 - np.array(norm.mean)) / np.array(norm.std)
+    assert x.shape == (1, 32, 64, 3) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], expected, atol=1e-5)
+    # a BGR frame for a BGR model is not reordered
+    np.testing.assert_allclose(preprocess_frame(rgb[:, :, ::-1], 'BGR', (32, 64), contract), x)
+
+
+def test_preprocess_nchw_alpha_and_mono():
+    contract = ModelContract(layout='NCHW')
+    rgba = frame(c=4)
+    x = preprocess_frame(rgba, 'RGB', (32, 64), contract)
+    assert x.shape == (1, 3, 32, 64) and x.flags.c_contiguous
+    np.testing.assert_allclose(x[0].transpose(1, 2, 0), rgba[:, :, :3] / 255, atol=1e-6)
+    mono = frame(c=0)
+    y = preprocess_frame(mono, 'RGB', (32, 64), contract)
+    for ch in range(3):
+        np.testing.assert_allclose(y[0, ch], mono / 255, atol=1e-6)
+
+
+def test_preprocess_resizes_uint8_with_area_when_shrinking():
+    big = frame(128, 256)
+    x = preprocess_frame(big, 'RGB', (32, 64), ModelContract())
+    ref = cv2.resize(big, (64, 32), interpolation=cv2.INTER_AREA) / 255
+    np.testing.assert_allclose(x[0], ref, atol=1e-6)
+
+
+@pytest.mark.parametrize('layout', ['NHWC', 'NCHW'])
+@pytest.mark.parametrize('output', ['probabilities', 'logits'])
+def test_scores_to_classes_and_confidence(layout, output):
+    logits = RNG.normal(size=(1, 4, 5, 8)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    scores = probs if output == 'probabilities' else logits
+    if layout == 'NCHW':
+        scores = scores.transpose(0, 3, 1, 2)
+    classes, conf = scores_to_classes(scores, layout, output, want_confidence=True)
+    assert classes.dtype == np.uint8 and classes.shape == (4, 5)
+    np.testing.assert_array_equal(classes, logits[0].argmax(-1))
+    np.testing.assert_array_equal(conf, np.round(probs[0].max(-1) * 255).astype(np.uint8))
+    assert scores_to_classes(scores, layout, output)[1] is None
+
+
+def test_resize_classes_is_nearest_and_noop_at_same_size():
+    cm = np.array([[0, 1], [2, 3]], np.uint8)
+    big = resize_classes(cm, (4, 6))
+    assert big.shape == (4, 6) and set(np.unique(big)) == {0, 1, 2, 3}
+    assert big[0, 0] == 0 and big[3, 5] == 3
+    assert resize_classes(cm, (2, 2)) is cm
+
+
+@pytest.mark.parametrize('layout', ['NHWC', 'NCHW'])
+@pytest.mark.parametrize('output', ['probabilities', 'logits'])
+def test_segmenter_matches_the_model_maths(model_factory, layout, output):
+    seg = load_segmenter(model_factory(layout=layout, output=output), providers=['cpu'])
+    assert seg.active_provider == 'CPUExecutionProvider' and seg.input_size == (32, 64)
+    img = frame()
+    result = seg.segment(img, 'RGB', want_confidence=True)
+    expected = expected_scores(img / 255.0, default_weights()).argmax(-1)
+    assert (result.classes == expected).mean() > 0.999  # float32 vs float64 ties only
+    assert result.confidence.shape == (32, 64)
+    assert set(result.timings_ms) == {'preprocess', 'inference', 'postprocess'}
+    assert seg.warm_up() > 0
+
+
+def test_default_provider_list_falls_back_to_cpu_and_says_so(tiny_model):
+    seg = load_segmenter(tiny_model)
+    assert seg.active_provider == 'CPUExecutionProvider'
+
+
+def test_require_gpu_without_gpu_is_an_error(tiny_model):
+    try:
+        seg = load_segmenter(tiny_model, require_gpu=True)
+    except ModelLoadError as err:
+        assert 'require_gpu' in str(err) and str(tiny_model) in str(err)
+    else:  # a machine with a working GPU provider
+        assert seg.active_provider != 'CPUExecutionProvider'
+
+
+def test_provider_names():
+    assert resolve_providers(['cuda', 'CPU', 'cpu']) == [
+        'CUDAExecutionProvider', 'CPUExecutionProvider']
+    with pytest.raises(ValueError, match='unknown execution provider'):
+        resolve_providers(['quantum'])
+
+
+def test_missing_garbage_and_contractless_files(tmp_path, model_factory):
+    with pytest.raises(ModelLoadError, match='no such model file'):
+        load_segmenter(tmp_path / 'nope.onnx')
+    garbage = tmp_path / 'garbage.onnx'
+    garbage.write_bytes(b'not a model')
+    with pytest.raises(ModelLoadError, match='garbage.onnx: not a loadable ONNX model'):
+        load_segmenter(garbage)
+    bare = model_factory(drop_keys=tuple(ModelContract().to_metadata()))
+    with pytest.raises(ContractError, match='no model contract'):
+        load_segmenter(bare)
+    wrong = model_factory(metadata={'fvt.categories': '["a", "b", "c"]',
+                                    'fvt.palette': '[[0,0,0],[1,1,1],[2,2,2]]'})
+    with pytest.raises(ContractError, match='8 channels but fvt.categories names 3'):
+        load_segmenter(wrong)
