@@ -8,7 +8,9 @@ arrays; :class:`Segmenter` is a thin shell that owns the session and times each 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import contextlib
 from dataclasses import dataclass, field
+import io
 import os
 from pathlib import Path
 import time
@@ -128,8 +130,11 @@ class Segmenter:
     """An ONNX Runtime session plus its contract; use :func:`load_segmenter` to build one."""
 
     def __init__(self, session: ort.InferenceSession, contract: ModelContract,
-                 model_path: Path) -> None:
+                 model_path: Path, requested_providers: Sequence[str] = (),
+                 fallback_reason: str = '') -> None:
         self.session = session
+        self.requested_providers = list(requested_providers)
+        self.fallback_reason = fallback_reason
         self.contract = contract
         self.model_path = model_path
         self.input_name = session.get_inputs()[0].name
@@ -239,17 +244,22 @@ def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEF
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads
-    # A GPU provider whose CUDA libraries are missing logs an error wall before ONNX Runtime
-    # falls back; we report the provider that really runs instead.
+    # A GPU provider whose CUDA libraries are missing makes ONNX Runtime log an error wall and
+    # print an 'EP Error' banner before it falls back to the CPU; we keep the reason and report
+    # the provider that really runs instead.
     options.log_severity_level = 3
-    ort.set_default_logger_severity(3)
+    ort.set_default_logger_severity(4)
+    banner = io.StringIO()
     try:
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=usable,
-            provider_options=[_provider_options(p, cache) for p in usable])
+        with contextlib.redirect_stdout(banner):
+            session = ort.InferenceSession(
+                str(path), sess_options=options, providers=usable,
+                provider_options=[_provider_options(p, cache) for p in usable])
     except Exception as err:  # onnxruntime raises several unrelated exception types
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f'{path}: not a loadable ONNX model ({first_line[:200]})') from None
+    finally:
+        ort.set_default_logger_severity(3)
     meta = session.get_modelmeta().custom_metadata_map
     contract = parse_contract(meta, str(path))
     _check_graph(session, contract, str(path))
@@ -258,4 +268,6 @@ def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEF
         raise ModelLoadError(f'{path}: require_gpu is set but no GPU provider could start '
                              f'(requested {wanted}; active: {active}). Check the CUDA/TensorRT '
                              'libraries, or set require_gpu: false to accept the CPU.')
-    return Segmenter(session, contract, path)
+    reason = next((line.strip() for line in banner.getvalue().splitlines()
+                   if line.startswith('EP Error')), '')
+    return Segmenter(session, contract, path, wanted, reason[:300])

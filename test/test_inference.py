@@ -88,9 +88,13 @@ def test_segmenter_matches_the_model_maths(model_factory, layout, output):
     assert seg.warm_up() > 0
 
 
-def test_default_provider_list_falls_back_to_cpu_and_says_so(tiny_model):
+def test_default_provider_list_falls_back_quietly_and_keeps_the_reason(tiny_model, capfd):
     seg = load_segmenter(tiny_model)
-    assert seg.active_provider == 'CPUExecutionProvider'
+    assert seg.requested_providers[0] == 'TensorrtExecutionProvider'
+    if seg.active_provider == 'CPUExecutionProvider':  # no usable GPU here
+        assert 'EP Error' in seg.fallback_reason
+    out, err = capfd.readouterr()
+    assert 'EP Error' not in out and 'FAIL' not in err
 
 
 def test_require_gpu_without_gpu_is_an_error(tiny_model):
