@@ -13,6 +13,13 @@ def share(*patterns: str) -> list[str]:
     return sorted(f for p in patterns for f in glob(p) if os.path.isfile(f))
 
 
+def share_tree(folder: str) -> list[tuple[str, list[str]]]:
+    """Return data_files entries installing ``folder`` with its sub-folders kept."""
+    dirs = sorted({os.path.dirname(f) for f in glob(folder + '/**/*', recursive=True)
+                   if os.path.isfile(f)})
+    return [('share/' + package_name + '/' + d, share(d + '/*')) for d in dirs]
+
+
 # ROS 2 itself comes from apt on a car (colcon path) or from the PyPI wheels in a venv.
 ros_from_pypi = [
     'ros-rclpy',
@@ -32,7 +39,7 @@ setup(
         ('share/' + package_name + '/launch', share('launch/*.launch.py')),
         ('share/' + package_name + '/config', share('config/*')),
         ('share/' + package_name + '/models', share('models/*.onnx', 'models/*.md')),
-        ('share/' + package_name + '/recordings', share('recordings/*/*')),
+        *share_tree('recordings'),
     ],
     install_requires=[
         'setuptools',

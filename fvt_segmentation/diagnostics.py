@@ -1,0 +1,92 @@
+"""Build the node's ``diagnostic_msgs/DiagnosticStatus`` from a snapshot of its statistics.
+
+A pure function of plain values (no rclpy, no clock), so every level decision is tested
+without ROS. The node calls :func:`build_status` about once a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+from fvt_segmentation.stats import LatencySummary
+
+RATE_TOLERANCE = 0.1
+"""A rate more than this fraction below ``expected_rate`` is a WARN (as diagnostic_updater)."""
+
+
+@dataclass(frozen=True)
+class HealthSnapshot:
+    """Everything the status reports, sampled at one moment."""
+
+    input_rate: float
+    output_rate: float
+    inference: LatencySummary | None
+    end_to_end: LatencySummary | None
+    counters: dict[str, int]
+    new_rejections: int
+    seconds_since_input: float | None
+    uptime_s: float
+    provider: str
+    model: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _fmt(value: float) -> str:
+    return f'{value:.2f}'
+
+
+def _level_and_message(health: HealthSnapshot, expected_rate: float,
+                       stale_timeout: float) -> tuple[bytes, str]:
+    since = health.seconds_since_input
+    if since is None and health.uptime_s >= stale_timeout:
+        return DiagnosticStatus.ERROR, f'no input frame since startup ({health.uptime_s:.1f} s)'
+    if since is not None and since >= stale_timeout:
+        return DiagnosticStatus.ERROR, f'no input frame for {since:.1f} s'
+    problems = []
+    if expected_rate > 0 and since is not None:
+        floor = expected_rate * (1.0 - RATE_TOLERANCE)
+        if health.input_rate < floor:
+            problems.append(f'input rate {health.input_rate:.1f} Hz below expected '
+                            f'{expected_rate:.1f} Hz')
+        if health.output_rate < floor:
+            problems.append(f'output rate {health.output_rate:.1f} Hz below expected '
+                            f'{expected_rate:.1f} Hz')
+    if health.new_rejections:
+        problems.append(f'{health.new_rejections} bad input frame(s) rejected')
+    if problems:
+        return DiagnosticStatus.WARN, '; '.join(problems)
+    if since is None:
+        return DiagnosticStatus.OK, 'waiting for the first frame'
+    return DiagnosticStatus.OK, f'segmenting at {health.output_rate:.1f} Hz'
+
+
+def build_status(health: HealthSnapshot, name: str, expected_rate: float,
+                 stale_timeout: float) -> DiagnosticStatus:
+    """Return the status: level and message from rates and staleness, all figures as values.
+
+    ERROR when no frame arrived for ``stale_timeout`` s; WARN when the input or output rate
+    is more than :data:`RATE_TOLERANCE` below ``expected_rate`` (0 disables) or frames were
+    rejected since the previous status; OK otherwise.
+    """
+    level, message = _level_and_message(health, expected_rate, stale_timeout)
+    values = {
+        'input_rate_hz': _fmt(health.input_rate),
+        'output_rate_hz': _fmt(health.output_rate),
+        'expected_rate_hz': _fmt(expected_rate),
+    }
+    for label, summary in (('inference', health.inference), ('end_to_end', health.end_to_end)):
+        if summary is not None:
+            values[f'{label}_p50_ms'] = _fmt(summary.p50_ms)
+            values[f'{label}_p95_ms'] = _fmt(summary.p95_ms)
+    for counter, count in health.counters.items():
+        values[f'frames_{counter}'] = str(count)
+    values['seconds_since_last_frame'] = (
+        'never' if health.seconds_since_input is None else _fmt(health.seconds_since_input))
+    values['provider'] = health.provider
+    values['model'] = health.model
+    values.update(health.extra)
+    return DiagnosticStatus(
+        level=level, name=name, message=message, hardware_id=health.provider,
+        values=[KeyValue(key=k, value=v) for k, v in values.items()])

@@ -1,0 +1,399 @@
+"""ROS 2 node ``segmentation_node``: camera frames in, masks, overlays and statistics out.
+
+A thin shell around the rclpy-free modules: :mod:`fvt_segmentation.inference` runs the
+model, :mod:`fvt_segmentation.conversions` turns messages into arrays and back,
+:mod:`fvt_segmentation.latest_frame` holds the newest frame for the worker thread and
+:mod:`fvt_segmentation.stats` / :mod:`fvt_segmentation.diagnostics` measure and report.
+
+Pipeline: the subscription callback only stores the newest frame in a one-slot holder; the
+inference thread takes it, decodes and segments it and puts the result in a second one-slot
+holder; the output thread builds the outputs somebody subscribes to and publishes them while
+the next frame is being inferred. A slow stage therefore drops frames instead of building a
+backlog. See ``docs/node.md`` for topics and parameters.
+"""
+
+from __future__ import annotations
+
+import array
+from dataclasses import dataclass, replace
+import sys
+import threading
+import time
+from typing import Any, NamedTuple
+
+from diagnostic_msgs.msg import DiagnosticArray
+import numpy as np
+from rcl_interfaces.msg import SetParametersResult
+import rclpy
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.time import Time
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
+
+from fvt_segmentation.contract import ModelLoadError
+from fvt_segmentation.conversions import (
+    Frame,
+    FrameError,
+    alloc_image,
+    blend,
+    class_fractions,
+    colorize,
+    compressed_to_frame,
+    frame_to_rgb,
+    image_to_frame,
+    resize_nearest,
+)
+from fvt_segmentation.diagnostics import HealthSnapshot, build_status
+from fvt_segmentation.inference import Segmentation, load_segmenter
+from fvt_segmentation.latest_frame import LatestSlot
+from fvt_segmentation.params import PARAMETERS, check_value
+from fvt_segmentation.resources import resolve_model_path
+from fvt_segmentation.stats import Counters, LatencyWindow, RateMeter, summarize
+
+NODE_NAME = 'segmentation_node'
+OUTPUTS = ('mask', 'colored_mask', 'overlay', 'confidence', 'class_fractions')
+"""Per-frame outputs, published as ``~/<name>``; each is computed only when subscribed."""
+LOG_THROTTLE_S = 5.0
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """The parameters that may change while running; replaced as a whole on change."""
+
+    overlay_alpha: float
+    mask_resolution: str
+    publish_colored_mask: bool
+    publish_overlay: bool
+    publish_confidence: bool
+    publish_class_fractions: bool
+    max_frame_age_ms: int
+
+    def enabled(self, output: str) -> bool:
+        """Whether the parameter toggle of ``output`` allows it (the mask has none)."""
+        return output == 'mask' or bool(getattr(self, f'publish_{output}'))
+
+
+class _Pending(NamedTuple):
+    msg: Any
+    received: float  # time.monotonic() in the subscription callback
+
+
+class _Result(NamedTuple):
+    pending: _Pending
+    frame: Frame
+    result: Segmentation
+    wanted: frozenset[str]
+    settings: RuntimeSettings
+
+
+def _qos(reliability: str, depth: int) -> QoSProfile:
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=depth,
+        reliability=(ReliabilityPolicy.RELIABLE if reliability == 'reliable'
+                     else ReliabilityPolicy.BEST_EFFORT),
+        durability=DurabilityPolicy.VOLATILE)
+
+
+def _stamp_text(msg: Any) -> str:
+    stamp = msg.header.stamp
+    return f'stamp {stamp.sec}.{stamp.nanosec:09d} frame_id {msg.header.frame_id!r}'
+
+
+class SegmentationNode(Node):
+    """Segments every frame it can keep up with; see the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        for spec in PARAMETERS:
+            self.declare_parameter(spec.name, spec.default, spec.descriptor())
+        self.settings = self._read_settings()
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+        requested = list(self._param('providers'))
+        model_path = resolve_model_path(self._param('model_path'))
+        self.segmenter = load_segmenter(
+            model_path, providers=requested, require_gpu=self._param('require_gpu'),
+            intra_op_threads=self._param('intra_op_threads'))
+        self._palette = self.segmenter.contract.palette_array()
+        self._num_classes = self.segmenter.contract.num_classes
+        self._max_pixels = int(self._param('max_input_pixels'))
+        warmup_ms = self.segmenter.warm_up(runs=1)
+
+        self.counters = Counters()
+        self.published = Counters(OUTPUTS)
+        window = float(self._param('stats_window'))
+        self._input_rate = RateMeter(window)
+        self._output_rate = RateMeter(window)
+        self._inference_ms = LatencyWindow()
+        self._end_to_end_ms = LatencyWindow()
+        self._started = time.monotonic()
+        self._reported_rejections = 0
+
+        output_qos = _qos(self._param('output_reliability'), self._param('output_depth'))
+        self._outputs = {
+            name: self.create_publisher(
+                Float32MultiArray if name == 'class_fractions' else Image, f'~/{name}',
+                output_qos)
+            for name in OUTPUTS}
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._categories_pub = self.create_publisher(String, '~/categories', latched)
+        self._categories_pub.publish(String(data=self.segmenter.contract.categories_json()))
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._fractions_layout_label = ','.join(self.segmenter.contract.categories)
+
+        # Like image_transport: 'image' is the base name (remappable), the compressed
+        # stream lives under '<base>/compressed'.
+        self._compressed = self._param('input_transport') == 'compressed'
+        base = self.resolve_topic_name('image')
+        self.input_topic = f'{base}/compressed' if self._compressed else base
+        input_qos = _qos(self._param('input_reliability'), self._param('input_depth'))
+        self._frames: LatestSlot[_Pending] = LatestSlot()
+        self._results: LatestSlot[_Result] = LatestSlot()
+        self._subscription = self.create_subscription(
+            CompressedImage if self._compressed else Image, self.input_topic, self._on_frame,
+            input_qos, qos_overriding_options=QoSOverridingOptions.with_default_policies())
+
+        self._threads = [
+            threading.Thread(target=self._drain, args=(self._frames, self._infer),
+                             name='segmentation_inference', daemon=True),
+            threading.Thread(target=self._drain, args=(self._results, self._publish),
+                             name='segmentation_outputs', daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        self._diagnostics_timer = self.create_timer(
+            float(self._param('diagnostics_period')), self._publish_diagnostics)
+        # The subscription's profile includes any qos_overrides.<topic>.subscription.* values.
+        self._log_startup(model_path, requested, self._subscription.qos_profile, output_qos,
+                          warmup_ms)
+
+    # ---- parameters -------------------------------------------------------------------
+
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _read_settings(self) -> RuntimeSettings:
+        return RuntimeSettings(**{
+            name: self._param(name) for name in RuntimeSettings.__dataclass_fields__})
+
+    def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        for parameter in parameters:
+            reason = check_value(parameter.name, parameter.value)
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, parameters: list[Parameter]) -> None:
+        changes = {p.name: p.value for p in parameters
+                   if p.name in RuntimeSettings.__dataclass_fields__}
+        if changes:
+            self.settings = replace(self.settings, **changes)
+            self.get_logger().info(f'parameters changed: {changes}')
+
+    # ---- input ------------------------------------------------------------------------
+
+    def _on_frame(self, msg: Any) -> None:
+        now = time.monotonic()
+        self.counters.add('received')
+        self._input_rate.tick(now)
+        if self._frames.put(_Pending(msg, now)) is not None:
+            self.counters.add('dropped')
+
+    def _drain(self, slot: LatestSlot, handle: Any) -> None:
+        """Thread body: hand the newest item of ``slot`` to ``handle`` until shutdown."""
+        while not slot.closed:
+            item = slot.take(timeout=0.2)
+            if item is None:
+                continue
+            try:
+                handle(item)
+            except Exception as err:  # noqa: BLE001 - one bad frame must not stop the node
+                self.counters.add('failed')
+                msg = item.msg if isinstance(item, _Pending) else item.pending.msg
+                self.get_logger().error(
+                    f'processing failed for {_stamp_text(msg)} on {self.input_topic}: '
+                    f'{type(err).__name__}: {err}', throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _too_old(self, msg: Any, settings: RuntimeSettings) -> float | None:
+        """Return the frame's age in ms if it exceeds ``max_frame_age_ms``, else None."""
+        stamp = msg.header.stamp
+        if settings.max_frame_age_ms <= 0 or (stamp.sec == 0 and stamp.nanosec == 0):
+            return None  # disabled, or an unstamped frame: its age is unknown
+        age_ms = (self.get_clock().now() - Time.from_msg(stamp)).nanoseconds / 1e6
+        return age_ms if age_ms > settings.max_frame_age_ms else None
+
+    def _decode(self, msg: Any) -> Frame:
+        if self._compressed:
+            return compressed_to_frame(msg, self._max_pixels)
+        return image_to_frame(msg, self._max_pixels)
+
+    def _infer(self, pending: _Pending) -> None:
+        """Inference stage: check and decode the frame, run the model, pass the result on."""
+        msg, settings = pending.msg, self.settings
+        age_ms = self._too_old(msg, settings)
+        if age_ms is not None:
+            self.counters.add('stale')
+            self.get_logger().warning(
+                f'skipped {_stamp_text(msg)} on {self.input_topic}: {age_ms:.0f} ms old > '
+                f'max_frame_age_ms {settings.max_frame_age_ms}',
+                throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        try:
+            frame = self._decode(msg)
+        except FrameError as err:
+            self.counters.add('rejected')
+            self.get_logger().error(f'rejected {_stamp_text(msg)} on {self.input_topic}: {err}',
+                                    throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        wanted = frozenset(name for name in OUTPUTS if settings.enabled(name)
+                           and self._outputs[name].get_subscription_count() > 0)
+        result = self.segmenter.segment(frame.pixels, frame.color_order,
+                                        want_confidence='confidence' in wanted)
+        self._inference_ms.add(result.timings_ms['inference'])
+        # The output stage builds and publishes while the next frame is being inferred; if
+        # it falls behind, its unpublished result is replaced (and counted as dropped).
+        if self._results.put(_Result(pending, frame, result, wanted, settings)) is not None:
+            self.counters.add('dropped')
+
+    # ---- output -----------------------------------------------------------------------
+
+    def _image(self, header: Any, size: tuple[int, int], encoding: str
+               ) -> tuple[Image, np.ndarray]:
+        # check_fields=True lets rclpy keep our array.array instead of copying it again.
+        msg = Image(check_fields=True)
+        return msg, alloc_image(msg, header, size, encoding)
+
+    def _send(self, name: str, msg: Any) -> None:
+        self._outputs[name].publish(msg)
+        self.published.add(name)
+
+    def _publish(self, item: _Result) -> None:
+        """Output stage: compute the wanted outputs straight into their messages, publish."""
+        header, frame, wanted, settings = (
+            item.pending.msg.header, item.frame, item.wanted, item.settings)
+        result = item.result
+        classes = result.classes
+        size = frame.size if settings.mask_resolution == 'input' else classes.shape[:2]
+        if 'mask' in wanted:
+            msg, pixels = self._image(header, size, 'mono8')
+            resize_nearest(classes, size, out=pixels)
+            self._send('mask', msg)
+        if 'colored_mask' in wanted or 'overlay' in wanted:
+            colored, colors = self._image(header, size, 'rgb8')
+            colorize(classes, self._palette, out=colors)
+            if 'overlay' in wanted:
+                overlay, pixels = self._image(header, size, 'rgb8')
+                blend(frame_to_rgb(frame, size), colors, settings.overlay_alpha, out=pixels)
+                self._send('overlay', overlay)
+            if 'colored_mask' in wanted:
+                self._send('colored_mask', colored)
+        if 'confidence' in wanted and result.confidence is not None:
+            msg, pixels = self._image(header, size, 'mono8')
+            resize_nearest(result.confidence, size, out=pixels)
+            self._send('confidence', msg)
+        if 'class_fractions' in wanted:
+            fractions = class_fractions(classes, self._num_classes)
+            msg = Float32MultiArray()
+            msg.layout.dim = [MultiArrayDimension(
+                label=self._fractions_layout_label, size=self._num_classes, stride=1)]
+            msg.data = array.array('f', fractions.tobytes())
+            self._send('class_fractions', msg)
+        done = time.monotonic()
+        self.counters.add('processed')
+        self._output_rate.tick(done)
+        self._end_to_end_ms.add((done - item.pending.received) * 1e3)
+
+    # ---- diagnostics and logging ------------------------------------------------------
+
+    def health(self) -> HealthSnapshot:
+        """Sample rates, latencies and counters now."""
+        now = time.monotonic()
+        counters = self.counters.snapshot()
+        new_rejections = counters['rejected'] - self._reported_rejections
+        self._reported_rejections = counters['rejected']
+        settings = self.settings
+        extra = {f'published_{name}': str(count)
+                 for name, count in self.published.snapshot().items()}
+        extra.update({
+            'input_topic': self.input_topic,
+            'model_input_size': 'x'.join(str(v) for v in self.segmenter.input_size[::-1]),
+            'mask_resolution': settings.mask_resolution,
+            'max_frame_age_ms': str(settings.max_frame_age_ms),
+        })
+        return HealthSnapshot(
+            input_rate=self._input_rate.rate(now), output_rate=self._output_rate.rate(now),
+            inference=summarize(self._inference_ms), end_to_end=summarize(self._end_to_end_ms),
+            counters=counters, new_rejections=new_rejections,
+            seconds_since_input=self._input_rate.seconds_since_last(now),
+            uptime_s=now - self._started, provider=self.segmenter.active_provider,
+            model=self.segmenter.name, extra=extra)
+
+    def _publish_diagnostics(self) -> None:
+        status = build_status(
+            self.health(), f'{self.get_fully_qualified_name()}: segmentation',
+            float(self._param('expected_rate')), float(self._param('stale_timeout')))
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(msg)
+
+    def _log_startup(self, model_path: Any, requested: list[str], input_qos: QoSProfile,
+                     output_qos: QoSProfile, warmup_ms: float) -> None:
+        segmenter = self.segmenter
+        height, width = segmenter.input_size
+        provenance = ', '.join(
+            f'{k}={v}' for k, v in sorted(segmenter.contract.provenance.items()))
+        outputs = ', '.join(self.resolve_topic_name(f'~/{n}') for n in (*OUTPUTS, 'categories'))
+
+        def qos_text(qos: QoSProfile) -> str:
+            return f'{qos.reliability.name.lower()}, keep last {qos.depth}'
+
+        self.get_logger().info(
+            f'ready: model {segmenter.name} from {model_path} (input {width}x{height}, '
+            f'{segmenter.contract.layout} {segmenter.contract.color_order}, '
+            f'{segmenter.contract.num_classes} classes; provenance: {provenance or "none"})\n'
+            f'  provider: {segmenter.active_provider} (requested {requested}); '
+            f'warm-up run {warmup_ms:.1f} ms\n'
+            f'  input: {self.input_topic} ({"CompressedImage" if self._compressed else "Image"}'
+            f'; {qos_text(input_qos)})\n'
+            f'  outputs: {outputs} ({qos_text(output_qos)}; categories transient local)\n'
+            f'  mask_resolution {self.settings.mask_resolution}, max_frame_age_ms '
+            f'{self.settings.max_frame_age_ms}, max_input_pixels {self._max_pixels}')
+
+    def destroy_node(self) -> None:
+        """Stop the pipeline threads, then destroy the node's entities."""
+        for slot in (getattr(self, '_frames', None), getattr(self, '_results', None)):
+            if slot is not None:
+                slot.close()
+        for thread in getattr(self, '_threads', []):
+            thread.join(timeout=10.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until shutdown; return 1 after one fatal line if it cannot start."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SegmentationNode()
+        rclpy.spin(node)
+    except (ModelLoadError, ParameterException) as err:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {err}')
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

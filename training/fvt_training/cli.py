@@ -1,0 +1,125 @@
+"""``fvt-train``: one command with subcommands (prepare, config, train, and those added later).
+
+Each subcommand comes from a registrar ``add_<name>_parser(subparsers)`` listed in
+:data:`REGISTRARS` as ``'module:function'``. A registrar adds its parser and sets
+``func=<callable(args) -> int | None>`` with ``set_defaults``. Registrar modules must not
+import TensorFlow at module level (handlers import it when they run), so ``fvt-train --help``
+stays fast. To add a subcommand, write its registrar and append it here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import importlib
+from pathlib import Path
+import sys
+
+from fvt_training.config import ConfigError, load_config, render_config
+
+REGISTRARS = [
+    'fvt_training.prepare:add_prepare_parser',
+    'fvt_training.cli:add_config_parser',
+    'fvt_training.cli:add_train_parser',
+    'fvt_training.review.command:add_review_parser',
+    'fvt_training.evaluate:add_evaluate_parser',
+    'fvt_training.compare:add_compare_parser',
+    'fvt_training.export:add_export_parser',
+]
+
+
+def add_config_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``fvt-train config``: print a resolved, commented configuration."""
+    parser = subparsers.add_parser(
+        'config', help='print a configuration with every key commented (defaults if no file)',
+        description='Validate CONFIG plus overrides and print the result as commented YAML; '
+                    'without CONFIG, print the defaults (a starting point for a new file).')
+    parser.add_argument('config', nargs='?', help='experiment YAML file')
+    parser.add_argument('overrides', nargs='*', metavar='key=value',
+                        help='overrides, e.g. train.epochs=3 or epochs=3')
+    parser.set_defaults(func=_run_config)
+
+
+def _split_config(args: argparse.Namespace) -> None:
+    # argparse gives the optional CONFIG the first key=value when no file is named.
+    if args.config and '=' in args.config and not Path(args.config).exists():
+        args.overrides.insert(0, args.config)
+        args.config = None
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    _split_config(args)
+    config = load_config(args.config, args.overrides, check_required=args.config is not None)
+    sys.stdout.write(render_config(config, header='fvt-train experiment configuration'))
+    return 0
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``fvt-train train``: train a configuration or resume a run."""
+    parser = subparsers.add_parser(
+        'train', help='train one experiment (or --resume an interrupted run)',
+        description='Train the model CONFIG describes into runs/<name>/ (numbered if it '
+                    'exists). key=value pairs override the file (dotted keys such as '
+                    'model.backbone=resnet18, or a unique bare key such as epochs=3).')
+    parser.add_argument('config', nargs='?', help='experiment YAML file')
+    parser.add_argument('overrides', nargs='*', metavar='key=value', help='config overrides')
+    parser.add_argument('--resume', metavar='RUN_DIR',
+                        help='continue an interrupted run from its last finished epoch')
+    parser.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    _split_config(args)
+    if args.resume and (args.config or args.overrides):
+        raise ConfigError('--resume RUN_DIR takes no CONFIG or overrides: a run resumes with '
+                          'the config.yaml it was started with')
+    if not args.resume and not args.config:
+        raise ConfigError('expected CONFIG (an experiment YAML file) or --resume RUN_DIR')
+    config = None if args.resume else load_config(args.config, args.overrides)
+    from fvt_training import train
+
+    if args.resume:
+        train.resume(args.resume)
+    else:
+        train.train(config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``fvt-train`` parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog='fvt-train',
+        description='Prepare data, train, evaluate and export segmentation models for '
+                    'fvt_segmentation.')
+    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    for entry in REGISTRARS:
+        module, function = entry.split(':')
+        getattr(importlib.import_module(module), function)(subparsers)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # Errors whose message is the whole story for a user: print it, no traceback.
+    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
+    for module, names in (('fvt_training.prepared', ('DataError',)),
+                          ('fvt_training.models', ('ModelConfigError',
+                                                   'EncoderWeightsUnavailableError')),
+                          ('fvt_training.train', ('RunError',))):
+        loaded = sys.modules.get(module)
+        errors.extend(getattr(loaded, n) for n in names if loaded is not None)
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``fvt-train``; user errors print one line and return 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as err:
+        print(f'fvt-train {args.command}: error: {err}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

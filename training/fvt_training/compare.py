@@ -1,0 +1,228 @@
+"""``fvt-train compare``: one markdown table of many runs, sortable by any column.
+
+Each row reads what a run folder holds: ``config.yaml`` (model, loss, augmentation),
+``metrics.json`` (validation scores, parameters, training time), any ``eval_<split>.json``
+(``fvt-train evaluate``) and ``export.json`` (``fvt-train export``: GFLOPs, median CPU time of
+the float32 and INT8 files, INT8 mIoU change). A value a run does not have shows as '—'.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+import math
+import os
+from pathlib import Path
+import sys
+from typing import Any
+
+import yaml
+
+from fvt_segmentation.contract import CATEGORIES, VOID
+
+MISSING = '—'
+EXPORT_FILE = 'export.json'
+
+
+class CompareError(ValueError):
+    """Bad arguments to compare (no runs, unknown column)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: a key for ``--sort``, its header and how to read and show a value."""
+
+    key: str
+    header: str
+    read: Callable[[dict], Any]
+    show: Callable[[Any], str]
+
+
+def _dig(tree: Any, *path: str | int) -> Any:
+    for key in path:
+        if isinstance(tree, dict):
+            tree = tree.get(key)
+        else:
+            return None
+    return tree
+
+
+def _num(digits: int) -> Callable[[Any], str]:
+    return lambda v: f'{v:.{digits}f}'
+
+
+def _signed(v: float) -> str:
+    return f'{v:+.2f}'
+
+
+def _params(v: float) -> str:
+    return f'{v / 1e6:.2f}M'
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f'{minutes // 60}h{minutes % 60:02d}m' if minutes >= 60 else f'{seconds / 60:.1f}m'
+
+
+def _model_name(run: dict) -> str | None:
+    spec = _dig(run, 'config', 'model') or {}
+    arch = spec.get('architecture')
+    if arch is None:
+        return None
+    backbone = spec.get('backbone')
+    return arch if arch == 'unet_like' or not backbone else f'{arch}/{backbone}'
+
+
+def _eval(run: dict, split: str) -> dict:
+    return run['evals'].get(split) or {}
+
+
+def _first_eval(run: dict) -> dict:
+    evals = run['evals']
+    return evals.get('test') or next(iter(evals.values()), {})
+
+
+def _eval_latency(run: dict) -> float | None:
+    timing = _first_eval(run).get('inference_ms') or {}
+    return _dig(timing, 'batch_1', 'median_ms')
+
+
+def columns(eval_splits: Sequence[str] = ()) -> list[Column]:
+    """Return the table's columns; one ``<split> mIoU`` column per evaluated split."""
+    text = str
+    cols = [
+        Column('run', 'run', lambda r: r['name'], text),
+        Column('model', 'model', _model_name, text),
+        Column('loss', 'loss', lambda r: _dig(r, 'config', 'loss', 'name'), text),
+        Column('augment', 'augmentation', lambda r: _dig(r, 'config', 'data', 'augment'), text),
+        Column('val_miou', 'val mIoU', lambda r: _dig(r, 'metrics', 'metrics', 'miou'),
+               _num(4)),
+        Column('val_miou_all', 'val 8-class mean',
+               lambda r: _dig(r, 'metrics', 'metrics', 'miou_all'), _num(4)),
+        Column('val_dice', 'val Dice', lambda r: _dig(r, 'metrics', 'metrics', 'dice'),
+               _num(4)),
+    ]
+    for index, name in enumerate(CATEGORIES):
+        if index == VOID:
+            continue
+        cols.append(Column(f'iou_{name}', f'IoU {name}',
+                           lambda r, n=name: _dig(r, 'metrics', 'metrics', 'iou', n), _num(3)))
+    for split in eval_splits:
+        cols.append(Column(f'{split}_miou', f'{split} mIoU',
+                           lambda r, s=split: _dig(_eval(r, s), 'metrics', 'miou'), _num(4)))
+        cols.append(Column(f'{split}_dice', f'{split} Dice',
+                           lambda r, s=split: _dig(_eval(r, s), 'metrics', 'dice'), _num(4)))
+    cols += [
+        Column('params', 'params',
+               lambda r: _dig(r, 'metrics', 'params') or _first_eval(r).get('params'), _params),
+        Column('gflops', 'GFLOPs',
+               lambda r: _dig(r, 'export', 'gflops') or _first_eval(r).get('gflops'), _num(2)),
+        Column('train_time', 'training time',
+               lambda r: _dig(r, 'metrics', 'training_time_s'), _duration),
+        Column('infer_ms', 'inference ms (eval)', _eval_latency, _num(1)),
+        Column('onnx_ms', 'ONNX fp32 CPU ms',
+               lambda r: _dig(r, 'export', 'variants', 'float32', 'latency_ms', 'median_ms'),
+               _num(1)),
+        Column('int8_ms', 'ONNX int8 CPU ms',
+               lambda r: _dig(r, 'export', 'variants', 'int8', 'latency_ms', 'median_ms'),
+               _num(1)),
+        Column('int8_miou_change', 'int8 ΔmIoU (points)',
+               lambda r: _dig(r, 'export', 'variants', 'int8', 'miou_change_points'), _signed),
+    ]
+    return cols
+
+
+def read_run(folder: Path) -> dict | None:
+    """Return what a run folder holds, or None when ``folder`` is not a run folder."""
+    from fvt_training.run_contract import read_json
+    from fvt_training.train import CONFIG_FILE, METRICS_FILE
+
+    config_path = folder / CONFIG_FILE
+    if not folder.is_dir() or not (config_path.is_file() or (folder / METRICS_FILE).is_file()):
+        return None
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    evals = {}
+    for path in sorted(folder.glob('eval_*.json')):
+        evals[path.stem.removeprefix('eval_')] = read_json(path)
+    return {'name': folder.name, 'folder': str(folder), 'config': config or {},
+            'metrics': read_json(folder / METRICS_FILE) or {},
+            'export': read_json(folder / EXPORT_FILE) or {}, 'evals': evals}
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def render_table(runs: Sequence[dict], sort: str | None = None, desc: bool = False) -> str:
+    """Return the markdown table of ``runs``, sorted by column key ``sort`` (missing last)."""
+    splits = sorted({split for run in runs for split in run['evals']})
+    cols = columns(splits)
+    by_key = {c.key: c for c in cols}
+    rows = list(runs)
+    if sort is not None:
+        column = by_key.get(sort) or next(
+            (c for c in cols if c.header.lower() == sort.lower()), None)
+        if column is None:
+            raise CompareError(f'unknown sort column {sort!r}; expected one of '
+                               f'{", ".join(by_key)}')
+        present = [r for r in rows if not _missing(column.read(r))]
+        absent = [r for r in rows if _missing(column.read(r))]
+        rows = sorted(present, key=column.read, reverse=desc) + absent
+    lines = ['| ' + ' | '.join(c.header for c in cols) + ' |',
+             '| ' + ' | '.join('---' for _ in cols) + ' |']
+    for run in rows:
+        cells = []
+        for column in cols:
+            value = column.read(run)
+            cells.append(MISSING if _missing(value) else column.show(value))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def compare(folders: Sequence[str | os.PathLike], sort: str | None = None,
+            desc: bool = False) -> str:
+    """Read every run folder among ``folders`` (others are skipped) and return the table."""
+    runs = []
+    for folder in folders:
+        run = read_run(Path(folder))
+        if run is None:
+            print(f'compare: skipping {folder}: not a run folder (no config.yaml or '
+                  'metrics.json)', file=sys.stderr)
+            continue
+        runs.append(run)
+    if not runs:
+        raise CompareError(f'no run folders among {[str(f) for f in folders]}')
+    return render_table(runs, sort, desc)
+
+
+def add_compare_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``fvt-train compare``."""
+    keys = ', '.join(c.key for c in columns(['<split>']))
+    parser = subparsers.add_parser(
+        'compare', help='markdown table of runs (scores, size, speed), sortable',
+        description='Print one markdown row per run folder: model, loss, augmentation, '
+                    'validation mIoU (void ignored), 8-class mean, Dice, per-category IoU, '
+                    'scores of fvt-train evaluate, parameters, GFLOPs, training time and '
+                    'inference times (eval and exported ONNX float32/int8 on the CPU).')
+    parser.add_argument('runs', nargs='+', metavar='RUN', help='run folders, e.g. runs/*')
+    parser.add_argument('--sort', metavar='COLUMN', help=f'column to sort by: {keys}')
+    parser.add_argument('--desc', action='store_true', help='sort in descending order')
+    parser.add_argument('--out', metavar='FILE.md', help='also write the table to this file')
+    parser.set_defaults(func=run_compare_command)
+    return parser
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    """Run ``fvt-train compare`` from parsed arguments."""
+    try:
+        table = compare(args.runs, args.sort, args.desc)
+    except (CompareError, ValueError) as err:
+        print(f'fvt-train compare: error: {err}', file=sys.stderr)
+        return 2
+    sys.stdout.write(table)
+    if args.out:
+        from fvt_training.prepared import write_bytes_atomic
+
+        write_bytes_atomic(Path(args.out), table.encode('utf-8'))
+    return 0

@@ -1,0 +1,370 @@
+"""Experiment configuration: one schema, typed validation, ``key=value`` overrides, YAML I/O.
+
+The schema below is the single source of truth for every key, its type, default and meaning;
+:func:`render_config` writes YAML where each line reads ``key: value  # (type) meaning``.
+Sections nest one level (``model.backbone``); overrides take dotted keys, or a bare leaf name
+when it is unique (``epochs=3``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+import copy
+from dataclasses import dataclass
+import difflib
+import os
+from pathlib import Path
+import tempfile
+from typing import Any
+
+import yaml
+
+from fvt_segmentation.contract import CATEGORIES
+
+ARCHITECTURES = ('unet_like', 'unet', 'fpn', 'linknet', 'pspnet')
+LOSS_NAMES = ('cce', 'dice', 'weighted_dice', 'focal', 'cce_dice', 'jaccard')
+STRATEGIES = ('default', 'mirrored', 'multiworker')
+AUGMENT_PRESETS = ('none', 'light', 'flip_rotate', 'heavy')
+NUM_CATEGORIES = len(CATEGORIES)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the key, the valid form and what arrived."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One configuration key: its default, a type label, a meaning and a checker."""
+
+    default: Any
+    kind: str
+    doc: str
+    check: Callable[[Any], Any]
+    example: str
+    required: bool = False
+
+
+class _InvalidValueError(Exception):
+    """Raised by a checker; :func:`validate` turns it into a :class:`ConfigError`."""
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise _InvalidValueError
+    return v
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else _str(v)
+
+
+def _int(minimum: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise _InvalidValueError
+        return v
+    return check
+
+
+def _float(minimum: float, maximum: float | None = None,
+           open_min: bool = False) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if not _is_num(v) or v < minimum or (open_min and v == minimum) or (
+                maximum is not None and v > maximum):
+            raise _InvalidValueError
+        return float(v)
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _InvalidValueError
+    return v
+
+
+def _choice(choices: Iterable[str]) -> Callable[[Any], str]:
+    choices = tuple(choices)
+
+    def check(v: Any) -> str:
+        if v not in choices:
+            raise _InvalidValueError
+        return v
+    return check
+
+
+def _size(v: Any) -> list[int] | None:
+    if v is None:
+        return None
+    if (not isinstance(v, (list, tuple)) or len(v) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)):
+        raise _InvalidValueError
+    return [int(x) for x in v]
+
+
+def _filters(v: Any) -> list[int]:
+    if (not isinstance(v, (list, tuple)) or len(v) < 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)):
+        raise _InvalidValueError
+    return [int(x) for x in v]
+
+
+def _class_weights(v: Any) -> str | list[float] | None:
+    if v is None or v == 'auto':
+        return v
+    if (not isinstance(v, (list, tuple)) or len(v) != NUM_CATEGORIES
+            or not all(_is_num(x) and x >= 0 for x in v) or not any(x > 0 for x in v)):
+        raise _InvalidValueError
+    return [float(x) for x in v]
+
+
+def _encoder_weights(v: Any) -> str:
+    if v is None:
+        return 'none'
+    return _str(v)
+
+
+def _f(default: Any, kind: str, doc: str, check: Callable[[Any], Any], example: str,
+       required: bool = False) -> Field:
+    return Field(default, kind, doc, check, example, required)
+
+
+SCHEMA: dict[str, Any] = {
+    'name': _f(None, 'str or null', 'run name: the run folder is <runs_dir>/<name> '
+               '(null: the config file name)', _opt_str, 'name: fpn_effb0'),
+    'runs_dir': _f('runs', 'str', 'folder holding the run folders (relative to the working '
+                   'directory)', _str, 'runs_dir: runs'),
+    'seed': _f(42, 'int', 'seed for shuffling, augmentation and weight initialisation',
+               _int(0), 'seed: 42'),
+    'data': {
+        'prepared_dir': _f(None, 'str', 'prepared data folder for one input size (holds '
+                           'manifest.json), written by `fvt-train prepare`', _str,
+                           'data.prepared_dir: data/camvid/192x256', required=True),
+        'train_split': _f('train', 'str', 'split used for training', _str,
+                          'data.train_split: train'),
+        'val_split': _f('val', 'str', 'split used for validation, checkpoints and metrics.json',
+                        _str, 'data.val_split: val'),
+        'augment': _f('none', 'str', 'augmentation: preset none|light|flip_rotate|heavy or path '
+                      'of a serialized albumentations pipeline file', _str,
+                      'data.augment: flip_rotate'),
+        'batch_size': _f(8, 'int >= 1', 'images per training step (across all replicas)',
+                         _int(1), 'data.batch_size: 8'),
+        'workers': _f(1, 'int >= 1', 'threads that load and augment batches', _int(1),
+                      'data.workers: 2'),
+    },
+    'model': {
+        'architecture': _f('unet_like', '|'.join(ARCHITECTURES), 'network: unet_like (keras-io '
+                           'baseline) or a segmentation-models one', _choice(ARCHITECTURES),
+                           'model.architecture: fpn'),
+        'backbone': _f('efficientnetb0', 'str', 'segmentation-models encoder (efficientnetb0..'
+                       'b7, resnet18..152, resnext50, vgg16, mobilenetv2, ...); unused by '
+                       'unet_like', _str, 'model.backbone: efficientnetb0'),
+        'encoder_weights': _f('imagenet', 'imagenet|none|path', 'encoder initialisation: '
+                              'imagenet (downloaded on first use), none (random) or a local '
+                              'weights file', _encoder_weights, 'model.encoder_weights: none'),
+        'encoder_freeze': _f(False, 'bool', 'keep the encoder weights fixed', _bool,
+                             'model.encoder_freeze: false'),
+        'filters': _f([32, 64, 128, 256], 'list of ints', 'unet_like only: stem filters then '
+                      'one entry per down/up block', _filters,
+                      'model.filters: [32, 64, 128, 256]'),
+        'input_size': _f(None, '[height, width] or null', 'network input size; null: the '
+                         'prepared data size (must then match it)', _size,
+                         'model.input_size: [192, 256]'),
+    },
+    'loss': {
+        'name': _f('cce', '|'.join(LOSS_NAMES), 'training loss', _choice(LOSS_NAMES),
+                   'loss.name: cce_dice'),
+        'class_weights': _f(None, 'auto|null|list of 8 floats', 'per-category weights; auto: '
+                            'inverse pixel frequency of the training split (weighted_dice '
+                            'default)', _class_weights, 'loss.class_weights: auto'),
+        'cce_weight': _f(1.0, 'float >= 0', 'cce_dice: factor of the cross-entropy term',
+                         _float(0.0), 'loss.cce_weight: 1.0'),
+        'dice_weight': _f(1.0, 'float >= 0', 'cce_dice: factor of the Dice term', _float(0.0),
+                          'loss.dice_weight: 1.0'),
+        'focal_alpha': _f(0.25, 'float > 0', 'focal: alpha', _float(0.0, open_min=True),
+                          'loss.focal_alpha: 0.25'),
+        'focal_gamma': _f(2.0, 'float >= 0', 'focal: gamma', _float(0.0),
+                          'loss.focal_gamma: 2.0'),
+    },
+    'train': {
+        'epochs': _f(100, 'int >= 1', 'maximum number of epochs', _int(1), 'train.epochs: 100'),
+        'learning_rate': _f(5e-4, 'float > 0', 'Adam initial learning rate',
+                            _float(0.0, open_min=True), 'train.learning_rate: 0.0005'),
+        'plateau_factor': _f(0.2, 'float in (0, 1)', 'ReduceLROnPlateau(val_loss) factor',
+                             _float(0.0, 1.0, open_min=True), 'train.plateau_factor: 0.2'),
+        'plateau_patience': _f(4, 'int >= 0', 'ReduceLROnPlateau patience (epochs)', _int(0),
+                               'train.plateau_patience: 4'),
+        'min_learning_rate': _f(1e-7, 'float >= 0', 'ReduceLROnPlateau lower bound',
+                                _float(0.0), 'train.min_learning_rate: 1.0e-7'),
+        'early_stopping_patience': _f(9, 'int >= 0', 'EarlyStopping(val_loss) patience; the '
+                                      'best weights are kept', _int(0),
+                                      'train.early_stopping_patience: 9'),
+        'steps_per_epoch': _f(0, 'int >= 0', 'training batches per epoch; 0: the whole split',
+                              _int(0), 'train.steps_per_epoch: 0'),
+        'validation_steps': _f(0, 'int >= 0', 'validation batches per epoch; 0: the whole '
+                               'split', _int(0), 'train.validation_steps: 0'),
+        'strategy': _f('default', '|'.join(STRATEGIES), 'tf.distribute strategy (multiworker '
+                       'reads TF_CONFIG)', _choice(STRATEGIES), 'train.strategy: mirrored'),
+    },
+}
+
+
+def _leaves(schema: Mapping = SCHEMA, prefix: str = '') -> dict[str, Field]:
+    out: dict[str, Field] = {}
+    for key, value in schema.items():
+        if isinstance(value, Field):
+            out[prefix + key] = value
+        else:
+            out.update(_leaves(value, f'{prefix}{key}.'))
+    return out
+
+
+FIELDS = _leaves()
+
+
+def defaults() -> dict:
+    """Return a nested dict with every key at its default."""
+    out: dict = {}
+    for path, field in FIELDS.items():
+        _set(out, path, copy.deepcopy(field.default))
+    return out
+
+
+def _set(tree: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split('.')
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def _get(tree: Mapping, path: str) -> Any:
+    for p in path.split('.'):
+        tree = tree[p]
+    return tree
+
+
+def _unknown(key: str, candidates: Iterable[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, list(candidates), n=1)
+    hint = f' (did you mean {close[0]!r}?)' if close else ''
+    return ConfigError(f'unknown configuration key {key!r}{hint}; valid keys: '
+                       f'{", ".join(FIELDS)}')
+
+
+def _flatten(tree: Mapping, source: str, prefix: str = '') -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f'{prefix}{key}'
+        if path in FIELDS:
+            out[path] = value
+        elif isinstance(value, Mapping) and any(f.startswith(path + '.') for f in FIELDS):
+            out.update(_flatten(value, source, path + '.'))
+        else:
+            raise ConfigError(f'{source}: {_unknown(path, FIELDS)}')
+    return out
+
+
+def validate(flat: Mapping[str, Any], source: str = '<config>',
+             check_required: bool = True) -> dict:
+    """Check every value of a flat ``{dotted key: value}`` mapping and return the nested config.
+
+    Missing keys take their defaults; a missing required key, a wrong type or an unknown key
+    raise :class:`ConfigError` with the valid form.
+    """
+    config = defaults()
+    for path, value in flat.items():
+        if path not in FIELDS:
+            raise ConfigError(f'{source}: {_unknown(path, FIELDS)}')
+        field = FIELDS[path]
+        try:
+            _set(config, path, field.check(value))
+        except _InvalidValueError:
+            raise ConfigError(f'{source}: {path} must be {field.kind} ({field.doc}), e.g. '
+                              f'`{field.example}`; got {value!r}') from None
+    for path, field in FIELDS.items():
+        if check_required and field.required and _get(config, path) is None:
+            raise ConfigError(f'{source}: {path} is required ({field.doc}), e.g. '
+                              f'`{field.example}`')
+    return config
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key=value`` (value parsed as YAML) and resolve a bare leaf name to its path."""
+    key, sep, raw = text.partition('=')
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f'overrides are key=value (e.g. train.epochs=3); got {text!r}')
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if key in FIELDS:
+        return key, value
+    matches = [p for p in FIELDS if p.rsplit('.', 1)[-1] == key]
+    if len(matches) == 1:
+        return matches[0], value
+    if len(matches) > 1:
+        raise ConfigError(f'override key {key!r} is ambiguous; use one of {matches}')
+    raise _unknown(key, FIELDS)
+
+
+def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = (),
+                check_required: bool = True) -> dict:
+    """Read a YAML config (or start from defaults), apply ``key=value`` overrides, validate.
+
+    A missing ``name`` becomes the file's stem. ``check_required=False`` lets required keys
+    stay null (to print a template).
+    """
+    flat: dict[str, Any] = {}
+    source = '<overrides>'
+    if path is not None:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f'config file {source} does not exist') from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f'{source}: not valid YAML ({err})') from None
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f'{source}: expected a mapping of keys to values at the top '
+                              f'level; got {type(raw).__name__}')
+        flat = _flatten(raw, source)
+    for text in overrides:
+        key, value = parse_override(text)
+        flat[key] = value
+    if flat.get('name') is None and path is not None:
+        flat['name'] = Path(path).stem
+    return validate(flat, source, check_required)
+
+
+def _yaml_value(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return text[:-4].strip() if text.endswith('\n...') else text.removesuffix('...').strip()
+
+
+def render_config(config: Mapping, header: str = '') -> str:
+    """Return YAML for ``config`` with every key commented ``key: value  # (type) meaning``."""
+    lines = [f'# {line}'.rstrip() for line in header.splitlines()] if header else []
+
+    def walk(schema: Mapping, tree: Mapping, indent: str, prefix: str) -> None:
+        for key, node in schema.items():
+            if isinstance(node, Field):
+                lines.append(f'{indent}{key}: {_yaml_value(tree[key])}  # ({node.kind}) '
+                             f'{node.doc}')
+            else:
+                lines.append(f'{indent}{key}:')
+                walk(node, tree[key], indent + '  ', f'{prefix}{key}.')
+
+    walk(SCHEMA, config, '', '')
+    return '\n'.join(lines) + '\n'
+
+
+def write_config(config: Mapping, path: str | os.PathLike, header: str = '') -> None:
+    """Write :func:`render_config` output atomically (temp file + rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
+    with os.fdopen(fd, 'w') as f:
+        f.write(render_config(config, header))
+    os.replace(tmp, path)

@@ -1,0 +1,437 @@
+"""``fvt-train export``: a training run -> one contract-following ONNX file (plus variants).
+
+The float32 file is converted with tf2onnx, carries the model contract in its metadata and
+is loaded back through the node's own loader, whose output must match Keras on real frames
+of the data set (max absolute probability difference <= 1e-3 and argmax agreement >= 99.9 %
+of pixels). A file that fails never takes the output name: it is renamed ``*.failed`` and the
+command exits non-zero with the measured numbers. ``--int8`` adds a statically quantized
+file (calibrated on training frames), ``--fp16`` a float16 one (float32 input and output);
+each is scored on the validation split against the float32 file. Every file is written to a
+temporary name and renamed into place.
+
+INT8 settings, measured on this project's 2-core AVX-512 VNNI CPU with ONNX Runtime 1.31
+(Linknet/MobileNetV2 and FPN/EfficientNet-B0 at 192x256): QDQ format with uint8 activations
+and int8 per-channel weights, after ``quant_pre_process``, was 2.1-2.5x faster than float32;
+int8 activations (S8S8) only 1.2-1.6x; QOperator format about the same as QDQ; reduce_range
+brought nothing. The final softmax stays float: quantizing probabilities to 1/255 steps makes
+near-ties in the argmax.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+import os
+from pathlib import Path
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from fvt_segmentation.contract import ModelContract
+
+OPSET = 17
+INPUT_NAME = 'image'
+OUTPUT_NAME = 'probabilities'
+PRODUCER = 'fvt-train'
+MAX_ABS_DIFF = 1e-3
+MIN_ARGMAX_AGREEMENT = 0.999
+INT8_FORMATS = ('qdq', 'qoperator')
+INT8_TARGET_MIOU_DROP = 0.01
+
+
+class ExportError(RuntimeError):
+    """An export that failed a check; the message holds the measured numbers."""
+
+
+def keras_to_onnx(model: Any, input_size: Sequence[int], opset: int = OPSET) -> Any:
+    """Convert a Keras model to an ONNX ``ModelProto`` (float32 NHWC input, dynamic batch).
+
+    The input is named ``image`` and the output ``probabilities``.
+    """
+    import logging
+
+    import tensorflow as tf
+    import tf2onnx
+
+    tf2onnx.logging.set_level(logging.ERROR)
+    height, width = (int(v) for v in input_size)
+    signature = (tf.TensorSpec((None, height, width, 3), tf.float32, name=INPUT_NAME),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    _rename_output(proto, OUTPUT_NAME)
+    return proto
+
+
+def _rename_output(proto: Any, name: str) -> None:
+    old = proto.graph.output[0].name
+    if old == name:
+        return
+    for node in proto.graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+        node.input[:] = [name if i == old else i for i in node.input]
+    proto.graph.output[0].name = name
+
+
+def attach_contract(proto: Any, contract: ModelContract) -> None:
+    """Write the contract metadata, producer, model version and doc string into ``proto``."""
+    import onnx
+
+    from fvt_training import __version__
+    from fvt_training.run_contract import doc_string
+
+    onnx.helper.set_model_props(proto, contract.to_metadata())
+    proto.producer_name = PRODUCER
+    proto.producer_version = __version__
+    created = str(contract.provenance.get('created', ''))
+    try:
+        stamp = datetime.fromisoformat(created)
+    except ValueError:
+        stamp = datetime.now(timezone.utc)
+    # The export time as the integer YYYYMMDDHHMM: it grows with every export.
+    proto.model_version = int(stamp.strftime('%Y%m%d%H%M'))
+    proto.doc_string = doc_string(contract)
+
+
+def save_atomic(proto: Any, path: Path) -> None:
+    """Save an ONNX model through a temporary file in the same folder and a rename."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.tmp-{path.stem}-', suffix='.onnx')
+    os.close(fd)
+    try:
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def check_parity(keras_model: Any, keras_contract: ModelContract, segmenter: Any,
+                 frames: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Compare Keras and ONNX Runtime on RGB frames, each fed by its own contract.
+
+    Keras gets the run's contract, ONNX Runtime the one read back from the file, so a wrong
+    normalisation in the metadata shows up here too. Returns the largest absolute
+    probability difference, the fraction of pixels whose argmax agrees and ``passed``.
+    """
+    from fvt_segmentation.inference import preprocess_frame
+
+    worst, agree, total = 0.0, 0, 0
+    for frame in frames:
+        expected = np.asarray(keras_model.predict_on_batch(
+            preprocess_frame(frame, 'RGB', segmenter.input_size, keras_contract)))
+        got = segmenter.infer(segmenter.preprocess(frame, 'RGB'))
+        if got.shape != expected.shape:
+            raise ExportError(f'{segmenter.model_path}: ONNX output shape {got.shape} differs '
+                              f'from Keras {expected.shape}')
+        worst = max(worst, float(np.abs(got - expected).max()))
+        agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
+        total += got.shape[0] * got.shape[1] * got.shape[2]
+    agreement = agree / total
+    return {'frames': len(frames), 'max_abs_diff': worst, 'argmax_agreement': agreement,
+            'max_abs_diff_limit': MAX_ABS_DIFF, 'argmax_agreement_limit': MIN_ARGMAX_AGREEMENT,
+            'passed': worst <= MAX_ABS_DIFF and agreement >= MIN_ARGMAX_AGREEMENT}
+
+
+class FrameCalibrationReader:
+    """Feeds quantization calibration with frames preprocessed exactly as the node does."""
+
+    def __init__(self, frames: Iterator[np.ndarray], contract: ModelContract,
+                 size: tuple[int, int], input_name: str = INPUT_NAME) -> None:
+        self.frames = frames
+        self.contract = contract
+        self.size = size
+        self.input_name = input_name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """Return the next ``{input name: tensor}``, or None when the frames are used up."""
+        from fvt_segmentation.inference import preprocess_frame
+
+        frame = next(self.frames, None)
+        if frame is None:
+            return None
+        return {self.input_name: preprocess_frame(frame, 'RGB', self.size, self.contract)}
+
+
+def quantize_int8(float_path: Path, out_path: Path, reader: FrameCalibrationReader,
+                  contract: ModelContract, int8_format: str = 'qdq') -> dict[str, Any]:
+    """Write a statically quantized copy of ``float_path`` carrying ``contract``.
+
+    uint8 activations, int8 per-channel weights, MinMax calibration on ``reader``'s frames,
+    the softmax left in float. Returns the settings used (for the report and provenance).
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if int8_format not in INT8_FORMATS:
+        raise ExportError(f'int8 format must be one of {list(INT8_FORMATS)}; got {int8_format!r}')
+
+    class _Reader(CalibrationDataReader):
+        def get_next(self) -> dict | None:
+            return reader.get_next()
+
+    settings = {'format': int8_format, 'activations': 'uint8', 'weights': 'int8',
+                'per_channel': True, 'reduce_range': False, 'calibration': 'minmax',
+                'float_ops': ['Softmax'], 'pre_process': True}
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix='.tmp-int8-') as tmp:
+        pre = Path(tmp) / 'pre.onnx'
+        quantized = Path(tmp) / 'int8.onnx'
+        # Symbolic shape inference needs sympy; the spatial size is fixed, ONNX's suffices.
+        quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
+        graph = onnx.load(str(pre))
+        softmax = [n.name for n in graph.graph.node if n.op_type == 'Softmax']
+        quantize_static(
+            str(pre), str(quantized), _Reader(),
+            quant_format=QuantFormat.QDQ if int8_format == 'qdq' else QuantFormat.QOperator,
+            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=softmax,
+            # MinMax keeps only a min and max per tensor and frame, so memory stays small.
+            # (CalibMaxIntermediateOutputs would not help: ONNX Runtime 1.31 drops each full
+            # chunk without merging its ranges.)
+            calibrate_method=CalibrationMethod.MinMax)
+        proto = onnx.load(str(quantized))
+        attach_contract(proto, contract)
+        save_atomic(proto, out_path)
+    return settings
+
+
+def convert_fp16(float_path: Path, out_path: Path, contract: ModelContract) -> dict[str, Any]:
+    """Write a float16 copy of ``float_path`` (float32 input and output) carrying ``contract``."""
+    import onnx
+
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise ExportError('--fp16 needs the onnxconverter-common package '
+                          '(pip install onnxconverter-common)') from None
+    proto = float16.convert_float_to_float16(onnx.load(str(float_path)), keep_io_types=True)
+    attach_contract(proto, contract)
+    save_atomic(proto, out_path)
+    return {'keep_io_types': True}
+
+
+def _variant_path(out: Path, tag: str) -> Path:
+    return out.with_name(f'{out.stem}.{tag}.onnx')
+
+
+def _score_variants(paths: Mapping[str, Path], manifest: Any, split: str, runs: int,
+                    warmup: int) -> dict[str, dict]:
+    from fvt_segmentation.contract import CATEGORIES, VOID
+    from fvt_segmentation.metrics import summarize
+    from fvt_training.data import load_pair
+    from fvt_training.evaluate import OnnxFileModel, confusion_over_split, preprocess_batch
+    from fvt_training.latency import time_interleaved
+
+    models = {tag: OnnxFileModel(path) for tag, path in paths.items()}
+    scores: dict[str, dict] = {}
+    for tag, model in models.items():
+        cm, _ = confusion_over_split(model, manifest, split)
+        summary = summarize(cm, CATEGORIES, VOID)
+        scores[tag] = {'path': str(paths[tag]), 'size_mb': paths[tag].stat().st_size / 1e6,
+                       'provider': model.provider, 'split': split, 'miou': summary['miou'],
+                       'miou_all': summary['miou_all'], 'iou': summary['iou']}
+    if runs > 0:
+        frame = load_pair(manifest, split, manifest.ids(split)[0])[0]
+        inputs = {tag: preprocess_batch(model, [frame]) for tag, model in models.items()}
+        timings = time_interleaved(
+            {tag: (lambda m=model, x=inputs[tag]: m.predict(x)) for tag, model in models.items()},
+            runs, warmup)
+        for tag, stats in timings.items():
+            scores[tag]['latency_ms'] = stats
+    base = scores['float32']
+    for tag, entry in scores.items():
+        if tag == 'float32':
+            continue
+        entry['miou_change_points'] = (entry['miou'] - base['miou']) * 100.0
+        if 'latency_ms' in entry:
+            entry['speedup'] = base['latency_ms']['median_ms'] / entry['latency_ms']['median_ms']
+    return scores
+
+
+def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *,
+               data: str | os.PathLike | None = None, weights: str = 'best',
+               fp16: bool = False, int8: bool = False, int8_format: str = 'qdq',
+               parity_frames: int = 8, calibration_frames: int = 32, timing_runs: int = 30,
+               timing_warmup: int = 5) -> dict[str, Any]:
+    """Export a run to ``out`` (and optional variants); return the report written beside it.
+
+    Raises :class:`ExportError` when the float32 file fails the parity check (the file is
+    then left as ``<out>.failed``).
+    """
+    from fvt_segmentation.inference import load_segmenter
+    from fvt_training import flops
+    from fvt_training.data import load_pair
+    from fvt_training.evaluate import pick_samples, write_json
+    from fvt_training.prepared import read_manifest
+    from fvt_training.run_contract import run_contract
+    from fvt_training.train import load_run
+
+    run_dir, out = Path(run_dir), Path(out)
+    if out.suffix != '.onnx':
+        raise ExportError(f'--out must name an .onnx file; got {out}')
+    config, model = load_run(run_dir, weights)
+    manifest = read_manifest(data or config['data']['prepared_dir'])
+    val_split, train_split = config['data']['val_split'], config['data']['train_split']
+    input_size = tuple(int(v) for v in config['model']['input_size'])
+
+    print(f'converting {run_dir.name} ({weights} weights) with tf2onnx, opset {OPSET}')
+    proto = keras_to_onnx(model, input_size)
+    size = flops.describe(proto)
+    size['params'] = int(model.count_params())
+    base_provenance = {'weights': weights, **size}
+    contract = run_contract(run_dir, config, manifest.folder,
+                            {**base_provenance, 'precision': 'float32'})
+    attach_contract(proto, contract)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f'.tmp-{os.getpid()}-{out.name}')
+    save_atomic(proto, tmp)
+    frames = [load_pair(manifest, val_split, i)[0]
+              for i in pick_samples(manifest.ids(val_split), parity_frames)]
+    try:
+        segmenter = load_segmenter(tmp, providers=['cpu'])
+        if segmenter.contract.to_metadata() != contract.to_metadata():
+            raise ExportError(f'{out}: the contract read back differs from the one written')
+        parity = check_parity(model, contract, segmenter, frames)
+        parity['split'] = val_split
+        if not parity['passed']:
+            raise ExportError(
+                f'{out}: ONNX Runtime disagrees with Keras on {len(frames)} {val_split} frames: '
+                f'max |p_onnx - p_keras| = {parity["max_abs_diff"]:.3g} (limit {MAX_ABS_DIFF}), '
+                f'argmax agreement {parity["argmax_agreement"]:.4%} (limit '
+                f'{MIN_ARGMAX_AGREEMENT:.1%}); the file was kept as {out}.failed for '
+                'inspection')
+    except Exception:
+        os.replace(tmp, out.with_name(out.name + '.failed'))
+        raise
+    os.replace(tmp, out)
+    print(f'wrote {out}: parity on {len(frames)} {val_split} frames, max abs diff '
+          f'{parity["max_abs_diff"]:.2e}, argmax agreement {parity["argmax_agreement"]:.4%}')
+
+    paths = {'float32': out}
+    contracts = {'float32': contract}
+    settings: dict[str, dict] = {}
+    if int8:
+        ids = pick_samples(manifest.ids(train_split), calibration_frames)
+        reader = FrameCalibrationReader(
+            (load_pair(manifest, train_split, i)[0] for i in ids), contract, input_size)
+        paths['int8'] = _variant_path(out, 'int8')
+        contracts['int8'] = run_contract(run_dir, config, manifest.folder, {
+            **base_provenance, 'precision': 'int8',
+            'quantization': {'format': int8_format, 'calibration_frames': len(ids),
+                             'calibration_split': train_split}})
+        print(f'quantizing to int8 ({int8_format}), calibrated on {len(ids)} {train_split} '
+              'frames')
+        settings['int8'] = quantize_int8(out, paths['int8'], reader, contracts['int8'],
+                                         int8_format)
+        settings['int8']['calibration_frames'] = len(ids)
+    if fp16:
+        paths['float16'] = _variant_path(out, 'fp16')
+        contracts['float16'] = run_contract(run_dir, config, manifest.folder,
+                                            {**base_provenance, 'precision': 'float16'})
+        settings['float16'] = convert_fp16(out, paths['float16'], contracts['float16'])
+    for tag, path in paths.items():
+        loaded = load_segmenter(path, providers=['cpu']).contract
+        if loaded.to_metadata() != contracts[tag].to_metadata():
+            raise ExportError(f'{path}: the contract read back differs from the one written')
+
+    variants = _score_variants(paths, manifest, val_split, timing_runs, timing_warmup)
+    for tag, entry in settings.items():
+        variants[tag]['settings'] = entry
+    report = {
+        'run': run_dir.name,
+        'run_dir': str(run_dir),
+        'weights': weights,
+        'data': str(manifest.folder),
+        'input_size': list(input_size),
+        **size,
+        'opset': OPSET,
+        'parity': parity,
+        'variants': variants,
+        'created': contract.provenance['created'],
+    }
+    report_path = out.with_name(f'{out.stem}.export.json')
+    write_json(report_path, report)
+    write_json(run_dir / 'export.json', {**report, 'report_path': str(report_path)})
+    report['report_path'] = str(report_path)
+    return report
+
+
+def format_export(report: Mapping[str, Any]) -> str:
+    """Return a human summary of an export report."""
+    lines = []
+    for tag, entry in report['variants'].items():
+        text = f'{tag:8s} {entry["path"]}  {entry["size_mb"]:.1f} MB  {entry["split"]} mIoU ' \
+               f'{entry["miou"]:.4f}'
+        if 'miou_change_points' in entry:
+            text += f' ({entry["miou_change_points"]:+.2f} points)'
+        if 'latency_ms' in entry:
+            text += f'  median {entry["latency_ms"]["median_ms"]:.2f} ms/image'
+        if 'speedup' in entry:
+            text += f' ({entry["speedup"]:.2f}x float32)'
+        lines.append(text)
+    int8 = report['variants'].get('int8')
+    if int8 is not None and -int8['miou_change_points'] > INT8_TARGET_MIOU_DROP * 100:
+        lines.append(f'WARNING: int8 costs {-int8["miou_change_points"]:.2f} points of mIoU '
+                     f'(target: at most {INT8_TARGET_MIOU_DROP * 100:.0f})')
+    lines.append(f'report: {report.get("report_path", "—")}')
+    return '\n'.join(lines)
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``fvt-train export``."""
+    parser = subparsers.add_parser(
+        'export', help='export a run to a contract-following ONNX file (plus int8/fp16)',
+        description='Convert a run with tf2onnx, write the model contract into the file, '
+                    "load it back through the node's loader and check it matches Keras on "
+                    'real frames. Writes OUT, optional OUT-stem.int8.onnx / .fp16.onnx and '
+                    'OUT-stem.export.json (parity, mIoU and latency of each file).')
+    parser.add_argument('run', metavar='RUN', help='run folder (runs/<name>)')
+    parser.add_argument('--out', required=True, help='output file, e.g. models/NAME.onnx')
+    parser.add_argument('--data', help="prepared folder (default: the run's data.prepared_dir)")
+    parser.add_argument('--weights', choices=('best', 'last'), default='best')
+    parser.add_argument('--int8', action='store_true',
+                        help='also write a statically quantized int8 file')
+    parser.add_argument('--int8-format', choices=INT8_FORMATS, default='qdq',
+                        help='int8 graph form (default: qdq, the faster one measured here)')
+    parser.add_argument('--fp16', action='store_true',
+                        help='also write a float16 file (float32 input and output)')
+    parser.add_argument('--parity-frames', type=int, default=8,
+                        help='validation frames for the Keras/ONNX check (default: 8)')
+    parser.add_argument('--calibration-frames', type=int, default=32,
+                        help='training frames for int8 calibration (default: 32)')
+    parser.add_argument('--timing-runs', type=int, default=30,
+                        help='timed runs per file, batch 1 (default: 30; 0 skips timing)')
+    parser.set_defaults(func=run_export_command)
+    return parser
+
+
+def run_export_command(args: argparse.Namespace) -> int:
+    """Run ``fvt-train export`` from parsed arguments."""
+    from fvt_segmentation.contract import ModelLoadError
+    from fvt_training.prepared import DataError
+    from fvt_training.train import RunError
+
+    try:
+        report = export_run(args.run, args.out, data=args.data, weights=args.weights,
+                            fp16=args.fp16, int8=args.int8, int8_format=args.int8_format,
+                            parity_frames=args.parity_frames,
+                            calibration_frames=args.calibration_frames,
+                            timing_runs=args.timing_runs)
+    except (ExportError, ModelLoadError, DataError, RunError) as err:
+        import sys
+
+        print(f'fvt-train export: error: {err}', file=sys.stderr)
+        return 2
+    print(format_export(report))
+    return 0
+

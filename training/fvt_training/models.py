@@ -1,0 +1,211 @@
+"""Model factories: every one returns a plain ``keras.Model`` with a softmax over the categories.
+
+``unet_like`` is the keras-io "Image segmentation with a U-Net-like architecture" network
+(Xception-style separable convolutions with residual adds), written here. ``unet``, ``fpn``,
+``linknet`` and ``pspnet`` come from segmentation-models with any of its backbones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import tensorflow as tf
+
+from fvt_segmentation.contract import CATEGORIES, Normalization
+
+keras = tf.keras
+layers = tf.keras.layers
+
+SM_ARCHITECTURES = {'unet': 'Unet', 'fpn': 'FPN', 'linknet': 'Linknet', 'pspnet': 'PSPNet'}
+PSPNET_DOWNSAMPLE = 8
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+# Preprocessing mode of every segmentation-models backbone, read from its source:
+# classification_models' resnet/resnext return x unchanged (the network normalises itself),
+# senet uses 'torch', keras_applications' vgg uses 'caffe' (BGR, mean subtraction),
+# densenet 'torch', inception/mobilenet 'tf' ([-1, 1]), efficientnet (qubvel) 'torch'.
+_BACKBONE_MODES = {
+    **{f'resnet{d}': 'identity' for d in (18, 34, 50, 101, 152)},
+    'seresnet18': 'identity', 'seresnet34': 'identity',
+    'resnext50': 'identity', 'resnext101': 'identity',
+    **{n: 'torch' for n in ('seresnet50', 'seresnet101', 'seresnet152', 'seresnext50',
+                            'seresnext101', 'senet154')},
+    'vgg16': 'caffe', 'vgg19': 'caffe',
+    'densenet121': 'torch', 'densenet169': 'torch', 'densenet201': 'torch',
+    'inceptionv3': 'tf', 'inceptionresnetv2': 'tf',
+    'mobilenet': 'tf', 'mobilenetv2': 'tf',
+    **{f'efficientnetb{i}': 'torch' for i in range(8)},
+}
+BACKBONES = tuple(_BACKBONE_MODES)
+
+
+class ModelConfigError(ValueError):
+    """A model configuration that cannot be built; the message shows the valid form."""
+
+
+class EncoderWeightsUnavailableError(RuntimeError):
+    """ImageNet encoder weights were requested but could not be downloaded."""
+
+
+def input_multiple(architecture: str, filters: Sequence[int] = (32, 64, 128, 256)) -> int:
+    """Return the number that input height and width must be multiples of."""
+    if architecture == 'unet_like':
+        return 2 ** len(filters)
+    if architecture == 'pspnet':
+        return 6 * PSPNET_DOWNSAMPLE
+    return 32
+
+
+def check_input_size(architecture: str, input_size: Sequence[int],
+                     filters: Sequence[int] = (32, 64, 128, 256)) -> None:
+    """Raise :class:`ModelConfigError` unless ``(height, width)`` suits ``architecture``."""
+    multiple = input_multiple(architecture, filters)
+    height, width = (int(v) for v in input_size)
+    if height <= 0 or width <= 0 or height % multiple or width % multiple:
+        def near(v: int) -> int:
+            return max(multiple, round(v / multiple) * multiple)
+        raise ModelConfigError(
+            f'{architecture} needs an input height and width that are positive multiples of '
+            f'{multiple}; got {height}x{width} (nearest valid: {near(height)}x{near(width)}; '
+            'prepare the data at that size)')
+
+
+def unet_like(input_size: Sequence[int], num_classes: int = len(CATEGORIES),
+              filters: Sequence[int] = (32, 64, 128, 256)) -> keras.Model:
+    """Build the keras-io U-Net-like network; ``filters[0]`` is the stem, the rest the blocks.
+
+    The encoder downsamples ``len(filters)`` times (stem stride 2, then one max-pool per
+    block), the decoder mirrors it with transposed convolutions and upsampling.
+    """
+    if len(filters) < 2:
+        raise ModelConfigError(f'unet_like needs at least 2 filter counts (stem + blocks), e.g. '
+                               f'[32, 64, 128, 256]; got {list(filters)}')
+    inputs = keras.Input(shape=(int(input_size[0]), int(input_size[1]), 3), name='image')
+    x = layers.Conv2D(filters[0], 3, strides=2, padding='same')(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation('relu')(x)
+    previous = x
+    for f in filters[1:]:
+        x = layers.Activation('relu')(x)
+        x = layers.SeparableConv2D(f, 3, padding='same')(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation('relu')(x)
+        x = layers.SeparableConv2D(f, 3, padding='same')(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(3, strides=2, padding='same')(x)
+        residual = layers.Conv2D(f, 1, strides=2, padding='same')(previous)
+        x = layers.add([x, residual])
+        previous = x
+    for f in reversed(filters):
+        x = layers.Activation('relu')(x)
+        x = layers.Conv2DTranspose(f, 3, padding='same')(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation('relu')(x)
+        x = layers.Conv2DTranspose(f, 3, padding='same')(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.UpSampling2D(2)(x)
+        residual = layers.UpSampling2D(2)(previous)
+        residual = layers.Conv2D(f, 1, padding='same')(residual)
+        x = layers.add([x, residual])
+        previous = x
+    outputs = layers.Conv2D(num_classes, 3, activation='softmax', padding='same',
+                            dtype='float32', name='scores')(x)
+    return keras.Model(inputs, outputs, name='unet_like')
+
+
+def _is_download_failure(err: BaseException) -> bool:
+    # keras' get_file raises a bare Exception('URL fetch failure on ...') when offline.
+    text = str(err)
+    return isinstance(err, OSError) or 'URL fetch failure' in text or 'HTTP' in text
+
+
+def sm_model(architecture: str, backbone: str, input_size: Sequence[int],
+             num_classes: int = len(CATEGORIES), encoder_weights: str | None = None,
+             encoder_freeze: bool = False) -> keras.Model:
+    """Build a segmentation-models network with a softmax head.
+
+    ``encoder_weights`` is ``'imagenet'`` (downloaded on first use into ``~/.keras/models``),
+    ``None`` (random initialisation) or the path of a local backbone weights file.
+    """
+    if architecture not in SM_ARCHITECTURES:
+        raise ModelConfigError(f'architecture must be one of {list(SM_ARCHITECTURES)}; '
+                               f'got {architecture!r}')
+    if backbone not in _BACKBONE_MODES:
+        raise ModelConfigError(f'backbone must be one of {list(BACKBONES)}; got {backbone!r}')
+    check_input_size(architecture, input_size)
+    if encoder_weights not in (None, 'imagenet') and not Path(encoder_weights).is_file():
+        raise ModelConfigError(f'encoder_weights must be imagenet, none or an existing weights '
+                               f'file; got {encoder_weights!r} (no such file)')
+    import segmentation_models as sm
+
+    factory = getattr(sm, SM_ARCHITECTURES[architecture])
+    kwargs = {}
+    if architecture == 'pspnet':
+        kwargs['downsample_factor'] = PSPNET_DOWNSAMPLE
+    try:
+        model = factory(backbone, input_shape=(int(input_size[0]), int(input_size[1]), 3),
+                        classes=num_classes, activation='softmax',
+                        encoder_weights=encoder_weights, encoder_freeze=encoder_freeze,
+                        **kwargs)
+    except Exception as err:
+        if encoder_weights == 'imagenet' and _is_download_failure(err):
+            raise EncoderWeightsUnavailableError(
+                f'could not download the ImageNet weights of backbone {backbone!r} ({err}). '
+                'Without internet, set `model.encoder_weights: none` (random initialisation), '
+                'or download the file elsewhere and either pass its path as '
+                '`model.encoder_weights: /path/to/file.h5` or put it in ~/.keras/models/ '
+                'under the name shown in the URL above.') from None
+        raise
+    return model
+
+
+def build_model(config: dict) -> keras.Model:
+    """Build the network a resolved configuration describes (its ``model`` section).
+
+    ``config['model']`` needs ``architecture``, ``input_size`` ([height, width]) and, per
+    architecture, ``filters`` (unet_like) or ``backbone``/``encoder_weights``/``encoder_freeze``.
+    """
+    spec = config['model']
+    architecture = spec['architecture']
+    if spec.get('input_size') is None:
+        raise ModelConfigError('model.input_size must be set as [height, width] before building '
+                               '(train fills it from the prepared data)')
+    if architecture == 'unet_like':
+        filters = spec.get('filters') or (32, 64, 128, 256)
+        check_input_size(architecture, spec['input_size'], filters)
+        return unet_like(spec['input_size'], len(CATEGORIES), filters)
+    weights = spec.get('encoder_weights')
+    weights = None if weights in (None, 'none') else weights
+    return sm_model(architecture, spec['backbone'], spec['input_size'], len(CATEGORIES),
+                    weights, bool(spec.get('encoder_freeze', False)))
+
+
+def input_normalization(backbone: str | None) -> tuple[Normalization, str]:
+    """Return ``(normalisation, color_order)`` equal to ``sm.get_preprocessing(backbone)``.
+
+    ``None`` (the unet_like baseline) means pixels scaled by 1/255 in RGB order.
+    """
+    if backbone is None:
+        return Normalization(scale=1.0 / 255.0), 'RGB'
+    try:
+        mode = _BACKBONE_MODES[backbone]
+    except KeyError:
+        raise ModelConfigError(f'backbone must be one of {list(BACKBONES)} (or None for '
+                               f'unet_like); got {backbone!r}') from None
+    if mode == 'identity':
+        return Normalization(scale=1.0), 'RGB'
+    if mode == 'tf':
+        return Normalization(scale=1.0 / 127.5, mean=(1.0, 1.0, 1.0)), 'RGB'
+    if mode == 'torch':
+        return Normalization(scale=1.0 / 255.0, mean=IMAGENET_MEAN_RGB,
+                             std=IMAGENET_STD_RGB), 'RGB'
+    return Normalization(scale=1.0, mean=CAFFE_MEAN_BGR), 'BGR'
+
+
+def model_normalization(config: dict) -> tuple[Normalization, str]:
+    """Return the input normalisation and colour order of the model ``config`` describes."""
+    spec = config['model']
+    return input_normalization(None if spec['architecture'] == 'unet_like' else spec['backbone'])

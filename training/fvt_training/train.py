@@ -1,0 +1,411 @@
+"""Train one experiment into its own run folder, resume it, and load finished runs.
+
+A run folder holds ``config.yaml`` (the resolved configuration the model is rebuilt from),
+``best.weights.h5`` / ``last.weights.h5``, ``state.json`` (epoch, learning rate, early-stopping
+and plateau counters, written after every epoch), ``history.csv``, ``plot.png``,
+``tensorboard/`` and, at the end, ``metrics.json`` (validation scores from one dataset-level
+confusion matrix). Only weights are saved: resuming rebuilds the model from config.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import csv
+import json
+import os
+from pathlib import Path
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from fvt_segmentation.contract import CATEGORIES, VOID
+from fvt_segmentation.metrics import confusion_matrix, summarize
+from fvt_training import data
+from fvt_training.config import load_config, write_config
+from fvt_training.keras_metrics import StreamingMeanIoU
+from fvt_training.losses import make_loss, resolve_class_weights
+from fvt_training.models import build_model, check_input_size, model_normalization
+from fvt_training.prepared import Manifest, read_manifest
+
+CONFIG_FILE = 'config.yaml'
+STATE_FILE = 'state.json'
+BEST_WEIGHTS = 'best.weights.h5'
+LAST_WEIGHTS = 'last.weights.h5'
+HISTORY_FILE = 'history.csv'
+PLOT_FILE = 'plot.png'
+METRICS_FILE = 'metrics.json'
+MONITOR = 'val_loss'
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be created, resumed or loaded; the message says why."""
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
+    with os.fdopen(fd, 'w') as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.write('\n')
+    os.replace(tmp, path)
+
+
+def _save_weights(model: tf.keras.Model, path: Path) -> None:
+    tmp = path.with_name(path.name.removesuffix('.weights.h5') + '.tmp.weights.h5')
+    model.save_weights(str(tmp))
+    os.replace(tmp, path)
+
+
+def create_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
+    """Create and return ``runs_dir/name``, or ``name-2``, ``name-3``... if it already exists."""
+    root = Path(runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while True:
+        candidate = root / (name if number == 1 else f'{name}-{number}')
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            number += 1
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """Return the ``tf.distribute`` strategy for ``default``, ``mirrored`` or ``multiworker``.
+
+    ``mirrored`` uses every local GPU (the CPU when there is none); ``multiworker`` reads the
+    cluster from the ``TF_CONFIG`` environment variable.
+    """
+    if name == 'default':
+        return tf.distribute.get_strategy()
+    if name == 'mirrored':
+        return tf.distribute.MirroredStrategy()
+    if name == 'multiworker':
+        if 'TF_CONFIG' not in os.environ:
+            raise RunError('train.strategy: multiworker needs the TF_CONFIG environment '
+                           'variable describing the cluster (see tf.distribute docs)')
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise RunError(f'train.strategy must be default, mirrored or multiworker; got {name!r}')
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, 'cluster_resolver', None)
+    if resolver is None or not resolver.task_type:
+        return True
+    has_chief = 'chief' in resolver.cluster_spec().as_dict()
+    return resolver.task_type == 'chief' or (
+        not has_chief and resolver.task_type == 'worker' and resolver.task_id == 0)
+
+
+class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
+    """EarlyStopping whose counters survive a restart (``state()`` and ``restore``).
+
+    The best weights live in best.weights.h5 (ModelCheckpoint), which training loads at the
+    end, so this callback keeps no copy of them.
+    """
+
+    def __init__(self, restore: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._restore = restore
+
+    def on_train_begin(self, logs: Mapping | None = None) -> None:
+        """Reset as Keras does, then apply the saved counters."""
+        super().on_train_begin(logs)
+        if self._restore:
+            self.wait = self._restore['wait']
+            self.best = self._restore['best']
+            self.best_epoch = self._restore['best_epoch']
+
+    def state(self) -> dict[str, Any]:
+        """Return the counters to save after an epoch."""
+        return {'wait': self.wait, 'best': float(self.best), 'best_epoch': self.best_epoch}
+
+
+class ResumableReduceLROnPlateau(tf.keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose counters survive a restart."""
+
+    def __init__(self, restore: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._restore = restore
+
+    def on_train_begin(self, logs: Mapping | None = None) -> None:
+        """Reset as Keras does, then apply the saved counters."""
+        super().on_train_begin(logs)
+        if self._restore:
+            self.wait = self._restore['wait']
+            self.best = self._restore['best']
+            self.cooldown_counter = self._restore['cooldown_counter']
+
+    def state(self) -> dict[str, Any]:
+        """Return the counters to save after an epoch."""
+        return {'wait': self.wait, 'best': float(self.best),
+                'cooldown_counter': self.cooldown_counter}
+
+
+class RunState(tf.keras.callbacks.Callback):
+    """After each epoch: save last weights and ``state.json`` (must run after the others)."""
+
+    def __init__(self, run_dir: Path, stopping: ResumableEarlyStopping,
+                 plateau: ResumableReduceLROnPlateau, elapsed_s: float) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.stopping = stopping
+        self.plateau = plateau
+        self.elapsed_s = elapsed_s
+        self._since = time.monotonic()
+
+    def on_train_begin(self, logs: Mapping | None = None) -> None:
+        """Start the clock of this session."""
+        self._since = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: Mapping | None = None) -> None:
+        """Write last.weights.h5 then state.json (the state never points past the weights)."""
+        now = time.monotonic()
+        self.elapsed_s += now - self._since
+        self._since = now
+        _save_weights(self.model, self.run_dir / LAST_WEIGHTS)
+        _write_json(self.run_dir / STATE_FILE, {
+            'epoch': epoch + 1,
+            'learning_rate': float(tf.keras.backend.get_value(self.model.optimizer.lr)),
+            'early_stopping': self.stopping.state(),
+            'plateau': self.plateau.state(),
+            'training_time_s': self.elapsed_s,
+            'finished': False,
+        })
+
+
+class PlotHistory(tf.keras.callbacks.Callback):
+    """Redraw ``plot.png`` (loss and mIoU curves) from ``history.csv`` after each epoch."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, epoch: int, logs: Mapping | None = None) -> None:
+        """Plot every epoch recorded so far."""
+        plot_history(self.run_dir / HISTORY_FILE, self.run_dir / PLOT_FILE)
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """Return the CSV history as ``{column: values}`` (empty when the file is missing)."""
+    if not path.is_file():
+        return {}
+    with path.open(newline='') as f:
+        rows = list(csv.DictReader(f))
+    columns: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            columns.setdefault(key, []).append(float(value) if value not in ('', None)
+                                               else float('nan'))
+    return columns
+
+
+def _truncate_history(path: Path, epochs: int) -> None:
+    """Drop rows of epochs that ``state.json`` does not count (a crash between the two)."""
+    if not path.is_file():
+        return
+    with path.open(newline='') as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) < epochs]
+    if len(kept) != len(rows):
+        tmp = path.with_name(path.name + '.tmp')
+        with tmp.open('w', newline='') as f:
+            csv.writer(f).writerows(kept)
+        os.replace(tmp, path)
+
+
+def plot_history(history_csv: Path, out_png: Path) -> None:
+    """Draw loss and mIoU (train and validation) per epoch into ``out_png`` atomically."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    history = read_history(history_csv)
+    if not history.get('epoch'):
+        return
+    epochs = [int(e) + 1 for e in history['epoch']]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in ((axes[0], 'loss', 'loss'), (axes[1], 'miou', 'mIoU (void ignored)')):
+        for prefix, label in (('', 'train'), ('val_', 'val')):
+            if prefix + key in history:
+                ax.plot(epochs, history[prefix + key], marker='o', label=label)
+        ax.set_xlabel('epoch')
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = out_png.with_name(out_png.stem + '.tmp.png')
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+
+
+def _sequences(config: Mapping, with_train: bool = True) -> tuple[Any, Any]:
+    normalization, color_order = model_normalization(config)
+    spec = config['data']
+    common = dict(batch_size=spec['batch_size'], normalization=normalization,
+                  color_order=color_order, workers=spec['workers'])
+    train_seq = None
+    if with_train:
+        train_seq = data.make_sequence(spec['prepared_dir'], spec['train_split'],
+                                       augment=spec['augment'], shuffle=True,
+                                       seed=config['seed'], **common)
+    val_seq = data.make_sequence(spec['prepared_dir'], spec['val_split'], augment='none',
+                                 shuffle=False, seed=config['seed'], **common)
+    return train_seq, val_seq
+
+
+def resolve_config(config: dict) -> tuple[dict, Manifest]:
+    """Fill ``model.input_size`` from the prepared data (or check it matches); return manifest."""
+    manifest = read_manifest(config['data']['prepared_dir'])
+    size = list(manifest.height_width)
+    spec = config['model']
+    if spec['input_size'] is None:
+        spec['input_size'] = size
+    elif list(spec['input_size']) != size:
+        raise RunError(f'model.input_size is {spec["input_size"]} but the prepared data in '
+                       f'{config["data"]["prepared_dir"]} is {size} ([height, width]); set '
+                       'model.input_size: null or prepare the data at that size')
+    check_input_size(spec['architecture'], spec['input_size'], spec['filters'])
+    return config, manifest
+
+
+def evaluate_confusion(model: tf.keras.Model, sequence: Any, desc: str = 'evaluate') -> np.ndarray:
+    """Return the confusion matrix of ``model`` over every batch of ``sequence``."""
+    cm = np.zeros((len(CATEGORIES), len(CATEGORIES)), dtype=np.int64)
+    for i in tqdm(range(len(sequence)), desc=desc, unit='batch'):
+        x, y = sequence[i][:2]
+        pred = np.argmax(model.predict_on_batch(x), axis=-1)
+        cm += confusion_matrix(np.argmax(y, axis=-1), pred, len(CATEGORIES))
+    return cm
+
+
+def _compile(model: tf.keras.Model, loss: tf.keras.losses.Loss, learning_rate: float) -> None:
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), loss=loss,
+                  metrics=[StreamingMeanIoU(name='miou')])
+
+
+def train(config: dict, run_dir: str | os.PathLike | None = None) -> Path:
+    """Train a validated config from scratch into a new run folder; return the folder.
+
+    With ``run_dir`` given, that existing folder is resumed instead (see :func:`resume`).
+    """
+    if run_dir is not None:
+        return resume(run_dir)
+    config, manifest = resolve_config(config)
+    strategy = make_strategy(config['train']['strategy'])
+    chief = _is_chief(strategy)
+    folder = (create_run_dir(config['runs_dir'], config['name']) if chief
+              else Path(tempfile.mkdtemp(prefix='fvt-worker-')))
+    write_config(config, folder / CONFIG_FILE,
+                 header=f'Resolved configuration of run {folder.name} (fvt-train train).')
+    print(f'run folder: {folder}')
+    return _fit(config, manifest, folder, strategy, state=None)
+
+
+def resume(run_dir: str | os.PathLike) -> Path:
+    """Continue an interrupted run from its last epoch: weights, lr and counters restored."""
+    folder = Path(run_dir)
+    state_path = folder / STATE_FILE
+    if not (folder / CONFIG_FILE).is_file() or not state_path.is_file():
+        raise RunError(f'{folder} is not a resumable run folder: expected {CONFIG_FILE} and '
+                       f'{STATE_FILE} (written after the first finished epoch)')
+    state = json.loads(state_path.read_text())
+    if state.get('finished'):
+        raise RunError(f'{folder} already finished ({state["epoch"]} epochs); start a new run '
+                       'instead')
+    config = load_config(folder / CONFIG_FILE)
+    config, manifest = resolve_config(config)
+    strategy = make_strategy(config['train']['strategy'])
+    print(f'resuming {folder} after epoch {state["epoch"]}')
+    return _fit(config, manifest, folder, strategy, state)
+
+
+def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute.Strategy,
+         state: Mapping | None) -> Path:
+    tf.keras.utils.set_random_seed(config['seed'])
+    train_cfg = config['train']
+    loss_spec = config['loss']
+    needs_freq = loss_spec['class_weights'] == 'auto' or (
+        loss_spec['name'] == 'weighted_dice' and loss_spec['class_weights'] is None)
+    frequencies = (manifest.class_frequencies(config['data']['train_split']).tolist()
+                   if needs_freq else None)
+    train_seq, val_seq = _sequences(config)
+
+    with strategy.scope():
+        model = build_model(config)
+        if state:  # before compile: the weights file must not meet compiled metric variables
+            model.load_weights(str(folder / LAST_WEIGHTS))
+        loss = make_loss(loss_spec, frequencies)
+        class_weights = resolve_class_weights(loss_spec, frequencies)
+        learning_rate = state['learning_rate'] if state else train_cfg['learning_rate']
+        _compile(model, loss, learning_rate)
+    if state:
+        _truncate_history(folder / HISTORY_FILE, state['epoch'])
+    stopping = ResumableEarlyStopping(
+        restore=state['early_stopping'] if state else None, monitor=MONITOR,
+        patience=train_cfg['early_stopping_patience'], verbose=1)
+    plateau = ResumableReduceLROnPlateau(
+        restore=state['plateau'] if state else None, monitor=MONITOR,
+        factor=train_cfg['plateau_factor'], patience=train_cfg['plateau_patience'],
+        min_lr=train_cfg['min_learning_rate'], verbose=1)
+    checkpoint = tf.keras.callbacks.ModelCheckpoint(
+        str(folder / BEST_WEIGHTS), monitor=MONITOR, save_best_only=True,
+        save_weights_only=True, verbose=0,
+        initial_value_threshold=state['early_stopping']['best'] if state else None)
+    callbacks = [
+        checkpoint, stopping, plateau,
+        tf.keras.callbacks.CSVLogger(str(folder / HISTORY_FILE), append=state is not None),
+        tf.keras.callbacks.TensorBoard(str(folder / 'tensorboard'), profile_batch=0),
+        PlotHistory(folder),
+        RunState(folder, stopping, plateau, state['training_time_s'] if state else 0.0),
+    ]
+    initial_epoch = state['epoch'] if state else 0
+    train_seq.set_epoch(initial_epoch)  # the shuffle order the interrupted run would have used
+    model.fit(train_seq, validation_data=val_seq, epochs=train_cfg['epochs'],
+              initial_epoch=initial_epoch, callbacks=callbacks,
+              steps_per_epoch=train_cfg['steps_per_epoch'] or None,
+              validation_steps=train_cfg['validation_steps'] or None,
+              verbose=1 if os.isatty(1) else 2)
+
+    run_state = json.loads((folder / STATE_FILE).read_text())
+    # The final scores come from the model as load_run gives it to evaluate and export:
+    # rebuilt outside the strategy with the best weights (the last if val_loss never was a
+    # number and so no best was saved).
+    _, model = load_run(folder, 'best' if (folder / BEST_WEIGHTS).is_file() else 'last')
+    cm = evaluate_confusion(model, val_seq, desc=f'{config["data"]["val_split"]} metrics')
+    normalization, color_order = model_normalization(config)
+    _write_json(folder / METRICS_FILE, {
+        'split': config['data']['val_split'],
+        'metrics': summarize(cm, CATEGORIES, VOID),
+        'confusion_matrix': cm.tolist(),
+        'epochs': run_state['epoch'],
+        'best_epoch': run_state['early_stopping']['best_epoch'] + 1,
+        'best_val_loss': run_state['early_stopping']['best'],
+        'training_time_s': run_state['training_time_s'],
+        'params': int(model.count_params()),
+        'trainable_params': int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        'class_weights': class_weights,
+        'normalization': json.loads(normalization.to_json()),
+        'color_order': color_order,
+    })
+    _write_json(folder / STATE_FILE, {**run_state, 'finished': True})
+    print(f'done: {folder} (val mIoU {summarize(cm, CATEGORIES, VOID)["miou"]:.4f})')
+    return folder
+
+
+def load_run(run_dir: str | os.PathLike, weights: str = 'best') -> tuple[dict, tf.keras.Model]:
+    """Rebuild a run's model from its config.yaml and load its ``best`` (or ``last``) weights."""
+    folder = Path(run_dir)
+    path = folder / (BEST_WEIGHTS if weights == 'best' else LAST_WEIGHTS)
+    if not (folder / CONFIG_FILE).is_file() or not path.is_file():
+        raise RunError(f'{folder} is not a run folder with weights: expected {CONFIG_FILE} '
+                       f'and {path.name}')
+    config = load_config(folder / CONFIG_FILE)
+    spec = dict(config['model'], encoder_weights='none')  # the run's weights replace them
+    model = build_model({**config, 'model': spec})
+    model.load_weights(str(path))
+    return config, model

@@ -1,0 +1,114 @@
+import json
+
+import pytest
+
+from fvt_training.cli import main
+from fvt_training.compare import CompareError, compare
+from fvt_training.config import load_config, write_config
+
+NON_VOID = ('flat', 'construction', 'object', 'nature', 'sky', 'human', 'vehicle')
+
+
+def _run(root, name, *, arch, backbone='efficientnetb0', loss='cce', augment='none',
+         miou=None, training_time=None, params=None, test_miou=None, export=None):
+    folder = root / name
+    folder.mkdir()
+    config = load_config(None, [f'name={name}', 'data.prepared_dir=data/camvid/256x192',
+                                f'model.architecture={arch}', f'model.backbone={backbone}',
+                                f'loss.name={loss}', f'data.augment={augment}'])
+    write_config(config, folder / 'config.yaml')
+    if miou is not None:
+        iou = {n: miou + 0.01 * i for i, n in enumerate(NON_VOID)}
+        (folder / 'metrics.json').write_text(json.dumps({
+            'split': 'val', 'training_time_s': training_time, 'params': params,
+            'metrics': {'miou': miou, 'miou_all': miou - 0.05, 'dice': miou + 0.1,
+                        'pixel_accuracy': 0.9, 'iou': iou}}))
+    if test_miou is not None:
+        (folder / 'eval_test.json').write_text(json.dumps({
+            'split': 'test', 'params': params, 'gflops': 1.5,
+            'metrics': {'miou': test_miou, 'dice': test_miou + 0.1},
+            'inference_ms': {'batch_1': {'median_ms': 41.25, 'p90_ms': 50.0}}}))
+    if export is not None:
+        (folder / 'export.json').write_text(json.dumps(export))
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path):
+    export = {'gflops': 8.2, 'variants': {
+        'float32': {'miou': 0.6, 'latency_ms': {'median_ms': 120.0}},
+        'int8': {'miou': 0.595, 'miou_change_points': -0.5, 'latency_ms': {'median_ms': 55.0}}}}
+    _run(tmp_path, 'fpn_b0', arch='fpn', loss='cce_dice', augment='flip_rotate', miou=0.62,
+         training_time=5400.0, params=5_800_000, test_miou=0.58, export=export)
+    _run(tmp_path, 'baseline', arch='unet_like', miou=0.41, training_time=600.0,
+         params=2_000_000)
+    _run(tmp_path, 'linknet', arch='linknet', backbone='mobilenetv2', miou=0.55,
+         training_time=1800.0, params=4_100_000)
+    _run(tmp_path, 'unfinished', arch='unet', backbone='resnet18')
+    (tmp_path / 'notes').mkdir()
+    return tmp_path
+
+
+def _rows(table):
+    lines = table.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip('|').split('|')]
+    return header, [dict(zip(header, (c.strip() for c in line.strip('|').split('|')),
+                             strict=True)) for line in lines[2:]]
+
+
+def test_table_has_every_column_and_dashes_for_missing_values(runs):
+    names = ['fpn_b0', 'baseline', 'linknet', 'unfinished', 'notes']
+    header, rows = _rows(compare([runs / n for n in names]))
+    assert header[:7] == ['run', 'model', 'loss', 'augmentation', 'val mIoU',
+                          'val 8-class mean', 'val Dice']
+    assert [f'IoU {n}' for n in NON_VOID] == header[7:14]
+    assert {'test mIoU', 'params', 'GFLOPs', 'training time', 'inference ms (eval)',
+            'ONNX fp32 CPU ms', 'ONNX int8 CPU ms', 'int8 ΔmIoU (points)'} <= set(header)
+    by_run = {r['run']: r for r in rows}
+    assert set(by_run) == {'fpn_b0', 'baseline', 'linknet', 'unfinished'}  # notes skipped
+    fpn = by_run['fpn_b0']
+    assert (fpn['model'], fpn['loss'], fpn['augmentation']) == (
+        'fpn/efficientnetb0', 'cce_dice', 'flip_rotate')
+    assert (fpn['val mIoU'], fpn['val 8-class mean'], fpn['IoU vehicle']) == (
+        '0.6200', '0.5700', '0.680')
+    assert (fpn['test mIoU'], fpn['params'], fpn['GFLOPs']) == ('0.5800', '5.80M', '8.20')
+    assert (fpn['training time'], fpn['inference ms (eval)']) == ('1h30m', '41.2')
+    assert (fpn['ONNX fp32 CPU ms'], fpn['ONNX int8 CPU ms'],
+            fpn['int8 ΔmIoU (points)']) == ('120.0', '55.0', '-0.50')
+    assert by_run['baseline']['model'] == 'unet_like'
+    assert by_run['baseline']['training time'] == '10.0m'
+    assert by_run['baseline']['test mIoU'] == '—' and by_run['baseline']['GFLOPs'] == '—'
+    unfinished = by_run['unfinished']
+    assert unfinished['model'] == 'unet/resnet18'
+    assert all(unfinished[h] == '—' for h in header[4:])
+
+
+def test_sorting_by_any_column_keeps_missing_values_last(runs):
+    folders = sorted(runs.iterdir())
+    _, rows = _rows(compare(folders, sort='val_miou'))
+    assert [r['run'] for r in rows] == ['baseline', 'linknet', 'fpn_b0', 'unfinished']
+    _, rows = _rows(compare(folders, sort='val_miou', desc=True))
+    assert [r['run'] for r in rows] == ['fpn_b0', 'linknet', 'baseline', 'unfinished']
+    _, rows = _rows(compare(folders, sort='training time', desc=True))  # header works too
+    assert [r['run'] for r in rows] == ['fpn_b0', 'linknet', 'baseline', 'unfinished']
+    _, rows = _rows(compare(folders, sort='run'))
+    assert [r['run'] for r in rows] == ['baseline', 'fpn_b0', 'linknet', 'unfinished']
+
+
+def test_unknown_column_and_no_runs_are_errors(runs):
+    with pytest.raises(CompareError, match="unknown sort column 'speed'.*val_miou"):
+        compare([runs / 'fpn_b0'], sort='speed')
+    with pytest.raises(CompareError, match='no run folders'):
+        compare([runs / 'notes'])
+
+
+def test_cli_prints_and_saves_the_table(runs, capsys):
+    out = runs / 'table.md'
+    assert main(['compare', str(runs / 'fpn_b0'), str(runs / 'linknet'), '--sort', 'params',
+                 '--desc', '--out', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == out.read_text()
+    _, rows = _rows(printed)
+    assert [r['run'] for r in rows] == ['fpn_b0', 'linknet']
+    assert main(['compare', str(runs / 'fpn_b0'), '--sort', 'nope']) == 2
+    assert 'unknown sort column' in capsys.readouterr().err

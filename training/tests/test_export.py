@@ -1,0 +1,153 @@
+import json
+
+from helpers_models import make_run
+import numpy as np
+import onnx
+from prepared_fixture import make_prepared
+import pytest
+
+from fvt_segmentation.contract import CATEGORIES, PALETTE
+from fvt_segmentation.inference import load_segmenter
+from fvt_training import export
+from fvt_training.cli import main
+from fvt_training.data import load_pair
+from fvt_training.prepared import read_manifest
+from fvt_training.train import load_run
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp('export')
+    data = make_prepared(root / 'data', (32, 32), {'train': 6, 'val': 3})
+    run = make_run(root / 'runs', data, name='tiny_unet')
+    out = root / 'models' / 'tiny.onnx'
+    report = export.export_run(run, out, int8=True, fp16=True, calibration_frames=4,
+                               timing_runs=2, timing_warmup=1)
+    return run, data, out, report
+
+
+def test_float32_file_follows_the_contract_and_loads_in_the_node_loader(exported):
+    run, data, out, _ = exported
+    segmenter = load_segmenter(out, providers=['cpu'])
+    contract = segmenter.contract
+    assert segmenter.input_size == (32, 32)
+    assert contract.categories == CATEGORIES and contract.palette == PALETTE
+    assert (contract.layout, contract.output, contract.ignore_index) == (
+        'NHWC', 'probabilities', 0)
+    assert contract.color_order == 'RGB' and contract.normalization.scale == pytest.approx(1 / 255)
+    prov = contract.provenance
+    assert prov['dataset'] == 'synthetic' and prov['licence'] == 'generated test data'
+    assert prov['architecture'] == 'unet_like' and prov['backbone'] is None
+    assert prov['input_size'] == [32, 32] and prov['run'] == 'tiny_unet'
+    assert prov['precision'] == 'float32' and prov['weights'] == 'best'
+    assert prov['metrics']['split'] == 'val' and 0 < prov['metrics']['miou'] <= 1
+    assert prov['config_file'].endswith('tiny_unet/config.yaml')
+    assert prov['training_command'].startswith('fvt-train train ')
+    assert prov['created'][:4].isdigit() and prov['params'] > 0 and prov['gflops'] > 0
+
+    model = onnx.load(str(out))
+    assert model.producer_name == 'fvt-train' and model.model_version > 2026_00_00_0000
+    assert 'unet_like' in model.doc_string and 'licence: generated test data' in model.doc_string
+    assert model.opset_import[0].version == export.OPSET
+    assert [i.name for i in model.graph.input] == ['image']
+    assert [o.name for o in model.graph.output] == ['probabilities']
+    assert not model.graph.input[0].type.tensor_type.shape.dim[0].HasField('dim_value')
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith('.tmp')]
+    assert leftovers == []
+
+
+def test_onnx_matches_keras_on_real_frames(exported):
+    run, data, out, report = exported
+    parity = report['parity']
+    assert parity['passed'] and parity['frames'] == 3 and parity['split'] == 'val'
+    assert parity['max_abs_diff'] <= 1e-3 and parity['argmax_agreement'] >= 0.999
+    # Checked again here, independently of the report.
+    _, model = load_run(run)
+    segmenter = load_segmenter(out, providers=['cpu'])
+    manifest = read_manifest(data)
+    frame = load_pair(manifest, 'val', manifest.ids('val')[0])[0]
+    x = segmenter.preprocess(frame)
+    np.testing.assert_allclose(segmenter.infer(x), model.predict(x, verbose=0), atol=1e-4)
+
+
+def test_report_is_written_beside_the_model_and_into_the_run(exported):
+    run, _, out, report = exported
+    beside = json.loads((out.parent / 'tiny.export.json').read_text())
+    in_run = json.loads((run / 'export.json').read_text())
+    assert beside['parity'] == in_run['parity'] == report['parity']
+    assert in_run['report_path'] == str(out.parent / 'tiny.export.json')
+    variants = beside['variants']
+    assert set(variants) == {'float32', 'int8', 'float16'}
+    for tag in ('int8', 'float16'):
+        entry = variants[tag]
+        assert entry['miou_change_points'] == pytest.approx(
+            (entry['miou'] - variants['float32']['miou']) * 100)
+        assert entry['speedup'] == pytest.approx(
+            variants['float32']['latency_ms']['median_ms'] / entry['latency_ms']['median_ms'])
+    assert variants['int8']['settings']['format'] == 'qdq'
+    assert variants['int8']['settings']['calibration_frames'] == 4
+
+
+def test_int8_file_is_quantized_carries_the_contract_and_keeps_softmax_float(exported):
+    _, _, out, _ = exported
+    path = out.with_name('tiny.int8.onnx')
+    segmenter = load_segmenter(path, providers=['cpu'])
+    float_contract = load_segmenter(out, providers=['cpu']).contract
+    assert segmenter.contract.provenance['precision'] == 'int8'
+    assert segmenter.contract.provenance['quantization']['calibration_split'] == 'train'
+    assert segmenter.contract.normalization == float_contract.normalization
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    assert 'QuantizeLinear' in ops and 'DequantizeLinear' in ops
+    assert model.producer_name == 'fvt-train'
+    producers = {o: n for n in model.graph.node for o in n.output}
+    softmax = next(n for n in model.graph.node if n.op_type == 'Softmax')
+    assert producers[softmax.input[0]].op_type == 'DequantizeLinear'
+    consumers = [n.op_type for n in model.graph.node if softmax.output[0] in n.input]
+    assert 'QuantizeLinear' not in consumers
+    classes = segmenter.segment(np.zeros((32, 32, 3), np.uint8)).classes
+    assert classes.shape == (32, 32) and classes.max() < len(CATEGORIES)
+
+
+def test_fp16_file_keeps_float32_input_and_output(exported):
+    _, _, out, _ = exported
+    path = out.with_name('tiny.fp16.onnx')
+    segmenter = load_segmenter(path, providers=['cpu'])
+    assert segmenter.contract.provenance['precision'] == 'float16'
+    model = onnx.load(str(path))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    x = segmenter.preprocess(np.full((32, 32, 3), 120, np.uint8))
+    scores = segmenter.infer(x)
+    assert scores.dtype == np.float32 and scores.shape == (1, 32, 32, 8)
+
+
+def test_check_parity_detects_a_different_network(exported):
+    run, data, out, _ = exported
+    config, _ = load_run(run)
+    other_run = make_run(out.parent.parent / 'other_runs', data, name='other', seed=5)
+    _, other = load_run(other_run)
+    segmenter = load_segmenter(out, providers=['cpu'])
+    manifest = read_manifest(data)
+    frames = [load_pair(manifest, 'val', i)[0] for i in manifest.ids('val')]
+    parity = export.check_parity(other, segmenter.contract, segmenter, frames)
+    assert not parity['passed'] and parity['max_abs_diff'] > 1e-3
+
+
+def test_failed_parity_exits_non_zero_and_keeps_the_file_as_failed(exported, tmp_path,
+                                                                    monkeypatch, capsys):
+    run, _, _, _ = exported
+    out = tmp_path / 'bad.onnx'
+    # No real float difference can beat a negative limit: the check must fail.
+    monkeypatch.setattr(export, 'MAX_ABS_DIFF', -1.0)
+    assert main(['export', str(run), '--out', str(out), '--timing-runs', '0']) == 2
+    err = capsys.readouterr().err
+    assert 'disagrees with Keras' in err and 'max |p_onnx - p_keras|' in err
+    assert not out.exists()
+    assert (tmp_path / 'bad.onnx.failed').is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ['bad.onnx.failed']
+
+
+def test_export_refuses_an_output_that_is_not_onnx(exported, tmp_path, capsys):
+    run, _, _, _ = exported
+    assert main(['export', str(run), '--out', str(tmp_path / 'model.h5')]) == 2
+    assert '.onnx' in capsys.readouterr().err

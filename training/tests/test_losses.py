@@ -1,0 +1,101 @@
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fvt_training.losses import (
+    CategoricalCrossentropy,
+    DiceLoss,
+    FocalLoss,
+    JaccardLoss,
+    categorical_crossentropy,
+    dice_loss,
+    focal_loss,
+    frequency_weights,
+    jaccard_loss,
+    make_loss,
+)
+
+# One image of two pixels, two classes: truth class 0 then class 1.
+Y_TRUE = tf.constant([[[[1.0, 0.0], [0.0, 1.0]]]])
+Y_PRED = tf.constant([[[[0.8, 0.2], [0.4, 0.6]]]])
+LN08, LN06 = -math.log(0.8), -math.log(0.6)
+# Per class (summed over pixels): class 0 tp 0.8 fp 0.4 fn 0.2; class 1 tp 0.6 fp 0.2 fn 0.4.
+DICE = (1.6 / 2.2, 1.2 / 1.8)
+IOU = (0.8 / 1.4, 0.6 / 1.2)
+
+
+def _f(value):
+    return float(value)
+
+
+def test_categorical_crossentropy():
+    assert _f(categorical_crossentropy(Y_TRUE, Y_PRED)) == pytest.approx((LN08 + LN06) / 2)
+    weighted = categorical_crossentropy(Y_TRUE, Y_PRED, [1.0, 3.0])
+    assert _f(weighted) == pytest.approx((LN08 + 3 * LN06) / 2)
+
+
+def test_dice_and_weighted_dice():
+    assert _f(dice_loss(Y_TRUE, Y_PRED)) == pytest.approx(1 - sum(DICE) / 2, abs=1e-5)
+    weighted = dice_loss(Y_TRUE, Y_PRED, [1.0, 3.0])
+    assert _f(weighted) == pytest.approx(1 - (DICE[0] + 3 * DICE[1]) / 4, abs=1e-5)
+    assert _f(dice_loss(Y_TRUE, Y_TRUE)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_jaccard():
+    assert _f(jaccard_loss(Y_TRUE, Y_PRED)) == pytest.approx(1 - sum(IOU) / 2, abs=1e-5)
+    assert _f(jaccard_loss(Y_TRUE, Y_TRUE)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_focal():
+    expected = 0.25 * (0.2 ** 2 * LN08 + 0.4 ** 2 * LN06) / 2
+    assert _f(focal_loss(Y_TRUE, Y_PRED, alpha=0.25, gamma=2.0)) == pytest.approx(expected)
+    # gamma 0 and alpha 1 is plain cross-entropy
+    assert _f(focal_loss(Y_TRUE, Y_PRED, 1.0, 0.0)) == pytest.approx((LN08 + LN06) / 2)
+
+
+def test_classes_wrap_the_functions_and_compose():
+    assert _f(CategoricalCrossentropy()(Y_TRUE, Y_PRED)) == pytest.approx((LN08 + LN06) / 2)
+    assert _f(JaccardLoss()(Y_TRUE, Y_PRED)) == pytest.approx(1 - sum(IOU) / 2, abs=1e-5)
+    assert _f(FocalLoss(1.0, 0.0)(Y_TRUE, Y_PRED)) == pytest.approx((LN08 + LN06) / 2)
+    combo = CategoricalCrossentropy() + 2 * DiceLoss()
+    expected = (LN08 + LN06) / 2 + 2 * (1 - sum(DICE) / 2)
+    assert _f(combo(Y_TRUE, Y_PRED)) == pytest.approx(expected, abs=1e-5)
+    assert combo.name == 'cce_plus_dice'
+    assert _f((0.5 * combo)(Y_TRUE, Y_PRED)) == pytest.approx(expected / 2, abs=1e-5)
+
+
+def test_frequency_weights_are_inverse_and_mean_one_over_present_classes():
+    assert frequency_weights([0.5, 0.25, 0.25, 0.0]) == pytest.approx([0.6, 1.2, 1.2, 0.0])
+    with pytest.raises(ValueError, match='at least one positive'):
+        frequency_weights([0.0, 0.0])
+
+
+def test_make_loss_builds_each_configured_loss():
+    spec = {'name': 'cce_dice', 'class_weights': None, 'cce_weight': 1.0, 'dice_weight': 2.0}
+    expected = (LN08 + LN06) / 2 + 2 * (1 - sum(DICE) / 2)
+    assert _f(make_loss(spec)(Y_TRUE, Y_PRED)) == pytest.approx(expected, abs=1e-5)
+    # weighted_dice takes its weights from the frequencies: [0.75, 0.25] -> [0.5, 1.5]
+    weighted = make_loss({'name': 'weighted_dice', 'class_weights': None}, [0.75, 0.25])
+    assert weighted.class_weights == pytest.approx([0.5, 1.5])
+    expected = 1 - (0.5 * DICE[0] + 1.5 * DICE[1]) / 2
+    assert _f(weighted(Y_TRUE, Y_PRED)) == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match='frequencies'):
+        make_loss({'name': 'weighted_dice', 'class_weights': 'auto'})
+    focal = make_loss({'name': 'focal', 'focal_alpha': 1.0, 'focal_gamma': 0.0})
+    assert _f(focal(Y_TRUE, Y_PRED)) == pytest.approx((LN08 + LN06) / 2)
+
+
+def test_a_composed_loss_trains_a_keras_model():
+    inputs = tf.keras.Input((4, 4, 3))
+    outputs = tf.keras.layers.Conv2D(2, 1, activation='softmax')(inputs)
+    model = tf.keras.Model(inputs, outputs)
+    model.compile(tf.keras.optimizers.Adam(0.05), loss=CategoricalCrossentropy() + DiceLoss())
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (4, 4, 4, 3)).astype('float32')
+    y = np.eye(2, dtype='float32')[(x[..., 0] > 0).astype(int)]
+    first = model.train_on_batch(x, y)
+    for _ in range(30):
+        last = model.train_on_batch(x, y)
+    assert last < first

@@ -1,0 +1,103 @@
+import socket
+
+import numpy as np
+import pytest
+
+from fvt_segmentation.contract import CATEGORIES
+from fvt_training.models import (
+    BACKBONES,
+    EncoderWeightsUnavailableError,
+    ModelConfigError,
+    build_model,
+    check_input_size,
+    input_normalization,
+    sm_model,
+    unet_like,
+)
+
+
+def _config(**model):
+    spec = {'architecture': 'unet_like', 'backbone': 'mobilenetv2', 'encoder_weights': 'none',
+            'encoder_freeze': False, 'filters': [8, 16, 32], 'input_size': [64, 96]}
+    spec.update(model)
+    return {'model': spec}
+
+
+def _scores(model, height, width):
+    x = np.random.default_rng(0).uniform(0, 1, (2, height, width, 3)).astype('float32')
+    return model.predict(x, verbose=0)
+
+
+def test_unet_like_outputs_a_softmax_per_pixel():
+    model = build_model(_config())
+    assert model.output_shape == (None, 64, 96, len(CATEGORIES))
+    scores = _scores(model, 64, 96)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, rtol=1e-4)
+    assert (scores >= 0).all()
+
+
+def test_unet_like_default_filters_follow_the_keras_io_example():
+    model = unet_like((32, 32))
+    separable = [layer.filters for layer in model.layers
+                 if layer.__class__.__name__ == 'SeparableConv2D']
+    assert separable == [64, 64, 128, 128, 256, 256]
+
+
+def test_segmentation_models_linknet_builds_with_softmax_and_no_download():
+    model = build_model(_config(architecture='linknet', input_size=[64, 64]))
+    assert model.output_shape == (None, 64, 64, len(CATEGORIES))
+    np.testing.assert_allclose(_scores(model, 64, 64).sum(-1), 1.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize(('architecture', 'size', 'multiple'), [
+    ('unet_like', (64, 60), 8), ('fpn', (64, 48), 32), ('pspnet', (64, 64), 48)])
+def test_input_sizes_must_be_multiples(architecture, size, multiple):
+    with pytest.raises(ModelConfigError, match=f'multiples of {multiple}; got '
+                                               f'{size[0]}x{size[1]}'):
+        check_input_size(architecture, size, [8, 16, 32])
+    with pytest.raises(ModelConfigError, match=f'multiples of {multiple}'):
+        build_model(_config(architecture=architecture, input_size=list(size)))
+
+
+def test_unknown_backbone_and_missing_weights_file_are_explained(tmp_path):
+    with pytest.raises(ModelConfigError, match="backbone must be one of .*got 'resnet19'"):
+        build_model(_config(architecture='fpn', backbone='resnet19', input_size=[64, 64]))
+    with pytest.raises(ModelConfigError, match='no such file'):
+        build_model(_config(architecture='fpn', input_size=[64, 64],
+                            encoder_weights=str(tmp_path / 'missing.h5')))
+
+
+def test_imagenet_weights_offline_give_a_clear_message(tmp_path, monkeypatch):
+    # An empty keras cache and no name resolution: exactly a machine without internet.
+    monkeypatch.setenv('KERAS_HOME', str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(-2, 'Name or service not known')
+
+    monkeypatch.setattr(socket, 'getaddrinfo', offline)
+    with pytest.raises(EncoderWeightsUnavailableError) as err:
+        sm_model('linknet', 'mobilenetv2', (64, 64), encoder_weights='imagenet')
+    message = str(err.value)
+    assert "backbone 'mobilenetv2'" in message
+    assert 'model.encoder_weights: none' in message and '~/.keras/models' in message
+
+
+@pytest.mark.parametrize('backbone', ['resnet18', 'resnext50', 'seresnet50', 'vgg16',
+                                      'densenet121', 'inceptionv3', 'mobilenetv2',
+                                      'efficientnetb0'])
+def test_input_normalization_equals_segmentation_models_preprocessing(backbone):
+    import segmentation_models as sm
+
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 5, 7, 3)).astype('float32')
+    expected = sm.get_preprocessing(backbone)(pixels.copy())
+    normalization, color_order = input_normalization(backbone)
+    ordered = pixels[..., ::-1] if color_order == 'BGR' else pixels
+    gain, offset = normalization.as_affine()
+    np.testing.assert_allclose(ordered * gain + offset, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_every_backbone_has_a_normalization_and_unet_like_scales_to_unit():
+    assert all(input_normalization(b)[1] in ('RGB', 'BGR') for b in BACKBONES)
+    normalization, order = input_normalization(None)
+    assert order == 'RGB' and normalization.scale == pytest.approx(1 / 255)
+    assert normalization.mean == (0.0, 0.0, 0.0) and normalization.std == (1.0, 1.0, 1.0)

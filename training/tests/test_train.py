@@ -1,0 +1,138 @@
+import csv
+import json
+
+import numpy as np
+from prepared_fixture import make_prepared
+import pytest
+import yaml
+
+from fvt_training.cli import main
+from fvt_training.config import load_config
+from fvt_training.train import RunError, create_run_dir, load_run, resume, train
+
+TINY = ['model.architecture=unet_like', 'model.filters=[8, 16, 32]', 'data.batch_size=4',
+        'train.learning_rate=0.01', 'data.workers=1']
+
+
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp('prepared'), (64, 64),
+                         {'train': 8, 'val': 4})
+
+
+def _config(prepared, runs, *extra):
+    return load_config(None, [f'data.prepared_dir={prepared}', f'runs_dir={runs}',
+                              'name=tiny', *TINY, *extra])
+
+
+def _history(run):
+    with (run / 'history.csv').open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope='module')
+def finished_run(prepared, tmp_path_factory):
+    runs = tmp_path_factory.mktemp('runs')
+    return train(_config(prepared, runs, 'train.epochs=4'))
+
+
+def test_training_lowers_the_loss_and_fills_the_run_folder(finished_run):
+    run = finished_run
+    assert run.name == 'tiny'
+    for name in ('config.yaml', 'best.weights.h5', 'last.weights.h5', 'state.json',
+                 'history.csv', 'plot.png', 'metrics.json'):
+        assert (run / name).is_file(), name
+    assert any((run / 'tensorboard').rglob('events.out.tfevents*'))
+    rows = _history(run)
+    assert [int(r['epoch']) for r in rows] == [0, 1, 2, 3]
+    assert float(rows[-1]['loss']) < float(rows[0]['loss'])
+    assert {'loss', 'miou', 'val_loss', 'val_miou'} <= set(rows[0])
+
+    metrics = json.loads((run / 'metrics.json').read_text())
+    assert metrics['epochs'] == 4
+    assert 0.0 <= metrics['metrics']['miou'] <= 1.0
+    assert set(metrics['metrics']['iou']) == {'flat', 'construction', 'object', 'nature', 'sky',
+                                              'human', 'vehicle'}
+    assert metrics['metrics']['pixels'] == 4 * 64 * 64
+    assert metrics['params'] > 0 and metrics['training_time_s'] > 0
+    assert json.loads((run / 'state.json').read_text())['finished'] is True
+
+
+def test_resolved_config_is_commented_and_rebuilds_the_model(finished_run, prepared):
+    text = (finished_run / 'config.yaml').read_text()
+    leaf_lines = [ln for ln in text.splitlines()
+                  if ln.strip() and not ln.startswith('#') and not ln.rstrip().endswith(':')]
+    assert all('  # (' in ln for ln in leaf_lines)
+    config, model = load_run(finished_run)
+    assert config['model']['input_size'] == [64, 64]
+    assert model.output_shape == (None, 64, 64, 8)
+    x = np.random.default_rng(0).uniform(0, 1, (1, 64, 64, 3)).astype('float32')
+    scores = model.predict(x, verbose=0)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, rtol=1e-4)
+
+
+def test_resume_continues_from_the_saved_epoch_with_the_saved_state(prepared, tmp_path):
+    run = train(_config(prepared, tmp_path, 'train.epochs=2'))
+    # Make the folder look like a process killed after epoch 2 of 4.
+    (run / 'metrics.json').unlink()
+    state = json.loads((run / 'state.json').read_text())
+    state.update(finished=False, learning_rate=0.002)
+    state['plateau']['wait'] = 0
+    (run / 'state.json').write_text(json.dumps(state))
+    config = yaml.safe_load((run / 'config.yaml').read_text())
+    config['train']['epochs'] = 4
+    (run / 'config.yaml').write_text(yaml.safe_dump(config))
+    # ...after its CSV logger had written epoch 3 but before state.json counted it.
+    rows = _history(run)
+    with (run / 'history.csv').open('a', newline='') as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow({**rows[-1], 'epoch': '2'})
+
+    assert resume(run) == run
+    rows = _history(run)
+    assert [int(r['epoch']) for r in rows] == [0, 1, 2, 3]
+    assert [float(r['lr']) for r in rows[2:]] == pytest.approx([0.002, 0.002])
+    final = json.loads((run / 'state.json').read_text())
+    assert final['epoch'] == 4 and final['finished'] is True
+    assert json.loads((run / 'metrics.json').read_text())['epochs'] == 4
+
+
+def test_mirrored_strategy_trains_on_the_cpu(prepared, tmp_path):
+    run = train(_config(prepared, tmp_path, 'train.epochs=1', 'train.strategy=mirrored'))
+    assert json.loads((run / 'metrics.json').read_text())['epochs'] == 1
+
+
+def test_finished_or_foreign_folders_do_not_resume(finished_run, tmp_path):
+    with pytest.raises(RunError, match='already finished'):
+        resume(finished_run)
+    with pytest.raises(RunError, match='not a resumable run folder'):
+        resume(tmp_path)
+
+
+def test_run_folders_are_numbered(tmp_path):
+    assert create_run_dir(tmp_path, 'exp').name == 'exp'
+    assert create_run_dir(tmp_path, 'exp').name == 'exp-2'
+    assert create_run_dir(tmp_path, 'exp').name == 'exp-3'
+
+
+def test_cli_trains_a_config_file_with_overrides(prepared, tmp_path, capsys):
+    config = tmp_path / 'exp.yaml'
+    config.write_text(f'data:\n  prepared_dir: {prepared}\nmodel:\n  architecture: unet_like\n')
+    assert main(['train', str(config), f'runs_dir={tmp_path / "runs"}', 'epochs=1',
+                 'model.filters=[8, 16]', 'batch_size=4']) == 0
+    run = tmp_path / 'runs' / 'exp'
+    assert json.loads((run / 'metrics.json').read_text())['epochs'] == 1
+
+
+def test_cli_reports_bad_input_size_in_one_line(prepared, tmp_path, capsys):
+    code = main(['train', '--resume', str(tmp_path)])
+    assert code == 2
+    assert 'not a resumable run folder' in capsys.readouterr().err
+    code = main(['train', 'nope.yaml'])
+    assert code == 2 and 'does not exist' in capsys.readouterr().err
+    config = tmp_path / 'bad.yaml'
+    config.write_text(f'data:\n  prepared_dir: {prepared}\nmodel:\n  architecture: fpn\n'
+                      '  backbone: mobilenetv2\n  encoder_weights: none\n'
+                      '  input_size: [48, 48]\n')
+    assert main(['train', str(config)]) == 2
+    err = capsys.readouterr().err
+    assert 'model.input_size is [48, 48]' in err and '[64, 64]' in err
