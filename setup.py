@@ -65,6 +65,7 @@ setup(
             'segmentation_node = fvt_segmentation.segmentation_node:main',
             'replay = fvt_segmentation.replay:main',
             'record = fvt_segmentation.record:main',
+            'demo = fvt_segmentation.demo:main',
         ],
     },
 )

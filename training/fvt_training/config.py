@@ -80,6 +80,14 @@ def _float(minimum: float, maximum: float | None = None,
     return check
 
 
+def _opt_momentum(v: Any) -> float | None:
+    if v is None:
+        return None
+    if not _is_num(v) or not 0.0 < v < 1.0:
+        raise _InvalidValueError
+    return float(v)
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise _InvalidValueError
@@ -142,7 +150,7 @@ SCHEMA: dict[str, Any] = {
     'data': {
         'prepared_dir': _f(None, 'str', 'prepared data folder for one input size (holds '
                            'manifest.json), written by `fvt-train prepare`', _str,
-                           'data.prepared_dir: data/camvid/192x256', required=True),
+                           'data.prepared_dir: data/camvid/256x192', required=True),
         'train_split': _f('train', 'str', 'split used for training', _str,
                           'data.train_split: train'),
         'val_split': _f('val', 'str', 'split used for validation, checkpoints and metrics.json',
@@ -170,6 +178,11 @@ SCHEMA: dict[str, Any] = {
         'filters': _f([32, 64, 128, 256], 'list of ints', 'unet_like only: stem filters then '
                       'one entry per down/up block', _filters,
                       'model.filters: [32, 64, 128, 256]'),
+        'bn_momentum': _f(None, 'float in (0, 1) or null', 'momentum of every '
+                          'BatchNormalization layer; null keeps the architecture\'s (Keras 0.99, '
+                          'MobileNetV2 0.999). From scratch with few steps per epoch, 0.9 lets '
+                          'the moving statistics that validation uses settle within an epoch',
+                          _opt_momentum, 'model.bn_momentum: 0.9'),
         'input_size': _f(None, '[height, width] or null', 'network input size; null: the '
                          'prepared data size (must then match it)', _size,
                          'model.input_size: [192, 256]'),

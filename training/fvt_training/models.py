@@ -176,11 +176,28 @@ def build_model(config: dict) -> keras.Model:
     if architecture == 'unet_like':
         filters = spec.get('filters') or (32, 64, 128, 256)
         check_input_size(architecture, spec['input_size'], filters)
-        return unet_like(spec['input_size'], len(CATEGORIES), filters)
-    weights = spec.get('encoder_weights')
-    weights = None if weights in (None, 'none') else weights
-    return sm_model(architecture, spec['backbone'], spec['input_size'], len(CATEGORIES),
-                    weights, bool(spec.get('encoder_freeze', False)))
+        model = unet_like(spec['input_size'], len(CATEGORIES), filters)
+    else:
+        weights = spec.get('encoder_weights')
+        weights = None if weights in (None, 'none') else weights
+        model = sm_model(architecture, spec['backbone'], spec['input_size'], len(CATEGORIES),
+                         weights, bool(spec.get('encoder_freeze', False)))
+    if spec.get('bn_momentum') is not None:
+        set_bn_momentum(model, spec['bn_momentum'])
+    return model
+
+
+def set_bn_momentum(model: keras.Model, momentum: float) -> int:
+    """Set the momentum of every BatchNormalization layer (nested models too); return how many.
+
+    It takes effect at the next trace of the training step, so call it before ``compile``.
+    """
+    count = 0
+    for layer in model.submodules:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+            count += 1
+    return count
 
 
 def input_normalization(backbone: str | None) -> tuple[Normalization, str]:

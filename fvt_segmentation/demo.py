@@ -1,0 +1,356 @@
+"""The main job: run the node on a recording and show what it does.
+
+Starts ``segmentation_node`` as its own process (as on the car, with the shipped DDS
+profiles), replays the recording's camera topic into it, and collects what comes back:
+overlay frames (PNG files and an animated GIF), the mask topic recorded to a rosbag2 bag, and
+a summary (frames in and out, drops, end-to-end latency, mIoU of the node's masks against the
+recording's ground truth). Ctrl-C stops everything and keeps what was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+import json
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from fvt_segmentation.metrics import confusion_matrix, summarize
+from fvt_segmentation.recording import (
+    CAMERA_BASE_TOPIC, CAMERA_TOPIC, default_recording, read_truth, stamp_ns)
+from fvt_segmentation.resources import resolve_model_path
+from fvt_segmentation.transport import apply_transport_environment
+
+NODE = 'segmentation_node'
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Collected:
+    """What came back from the node; filled by subscription callbacks."""
+
+    published_at: dict[int, float] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    masks: int = 0
+    overlays: int = 0
+    unmatched: int = 0
+    confusion: np.ndarray | None = None
+    categories: list[str] | None = None
+    diagnostics: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='demo', description='Run segmentation_node on a recording (default: the bundled '
+        'CamVid recording and model) and report what it produced.')
+    parser.add_argument('--bag', type=Path, default=None,
+                        help='rosbag2 recording with camera frames on '
+                        f'{CAMERA_TOPIC} (default: the bundled one)')
+    parser.add_argument('--model', default='', help='ONNX model (default: models/default.onnx)')
+    parser.add_argument('--out', type=Path, default=Path('output/demo'),
+                        help='output folder (default: %(default)s)')
+    parser.add_argument('--rate', type=float, default=5.0,
+                        help='replay speed factor; the bundled frames are 1 s apart '
+                        '(default: %(default)s, i.e. 5 frames per second)')
+    parser.add_argument('--frames', type=int, default=0, help='stop after N frames (0: all)')
+    parser.add_argument('--providers', default='tensorrt,cuda,cpu',
+                        help='ONNX Runtime providers, preferred first (default: %(default)s)')
+    parser.add_argument('--no-gif', action='store_true', help='skip the animated GIF')
+    return parser.parse_args(argv)
+
+
+def _node_command(model: Path, providers: list[str]) -> list[str]:
+    provider_list = '[' + ','.join(providers) + ']'
+    return [sys.executable, '-m', 'fvt_segmentation.segmentation_node', '--ros-args',
+            '-r', f'__node:={NODE}', '-r', f'image:={CAMERA_BASE_TOPIC}',
+            '-p', 'input_transport:=compressed', '-p', f'model_path:={model}',
+            '-p', f'providers:={provider_list}', '-p', 'mask_resolution:=input']
+
+
+def _stop_node(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def _write_gif(frames: list[Path], path: Path, fps: float) -> bool:
+    from PIL import Image
+
+    if not frames:
+        return False
+    images = [Image.open(f).convert('RGB') for f in frames]
+    images = [im.resize((im.width // 2, im.height // 2)) for im in images]
+    tmp = path.with_suffix('.tmp.gif')
+    images[0].save(tmp, save_all=True, append_images=images[1:],
+                   duration=int(1000 / max(fps, 1.0)), loop=0, optimize=True)
+    os.replace(tmp, path)
+    return True
+
+
+class DemoClient:
+    """The in-process side: publishes the recording, subscribes to the node's outputs."""
+
+    def __init__(self, bag: Path, out: Path, truth: dict[int, np.ndarray], rate: float,
+                 frames: int) -> None:
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        from fvt_segmentation.record import BagRecorder
+        from fvt_segmentation.replay import BagPlayer, BagPublisher
+
+        self.rclpy = rclpy
+        self.out = out
+        self.truth = truth
+        self.limit = frames
+        self.data = Collected()
+        (out / 'overlays').mkdir(parents=True, exist_ok=True)
+        self.node = rclpy.create_node('fvt_demo')
+        self.player = BagPlayer(bag, topics=[CAMERA_TOPIC], rate=rate)
+        self.publisher = BagPublisher(self.node, self.player, reliable=True, depth=5)
+        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                              reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(Image, f'/{NODE}/mask', self._on_mask, reliable)
+        self.node.create_subscription(Image, f'/{NODE}/overlay', self._on_overlay, reliable)
+        self.node.create_subscription(String, f'/{NODE}/categories', self._on_categories,
+                                      latched)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
+                                      reliable)
+        self.recorder = BagRecorder(self.node, out / 'masks_bag')
+        self.recorder.add_topic(f'/{NODE}/mask', 'sensor_msgs/msg/Image', qos=reliable)
+        self.executor = MultiThreadedExecutor(num_threads=3)
+        self.executor.add_node(self.node)
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spinner.start()
+
+    # --- callbacks (executor threads) ------------------------------------------------------
+    def _on_mask(self, msg: Any) -> None:
+        now = time.monotonic()
+        stamp = stamp_ns(msg.header)
+        mask = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, :msg.width]
+        with self.data.lock:
+            self.data.masks += 1
+            sent = self.data.published_at.get(stamp)
+            if sent is None:
+                self.data.unmatched += 1
+                return
+            self.data.latencies_ms.append((now - sent) * 1e3)
+            truth = self.truth.get(stamp)
+            if truth is not None and truth.shape == mask.shape:
+                n = len(self.data.categories or []) or int(max(mask.max(), truth.max())) + 1
+                cm = confusion_matrix(truth, mask, n)
+                self.data.confusion = cm if self.data.confusion is None else (
+                    self.data.confusion + cm)
+
+    def _on_overlay(self, msg: Any) -> None:
+        import cv2
+
+        rgb = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, :msg.width * 3]
+        bgr = cv2.cvtColor(rgb.reshape(msg.height, msg.width, 3), cv2.COLOR_RGB2BGR)
+        with self.data.lock:
+            index = self.data.overlays
+            self.data.overlays += 1
+        cv2.imwrite(str(self.out / 'overlays' / f'frame_{index:04d}.png'), bgr)
+
+    def _on_categories(self, msg: Any) -> None:
+        doc = json.loads(msg.data)
+        with self.data.lock:
+            self.data.categories = [c['name'] for c in doc['categories']]
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.name.endswith('segmentation'):
+                with self.data.lock:
+                    self.data.diagnostics = {kv.key: kv.value for kv in status.values}
+                    self.data.diagnostics['level'] = str(int.from_bytes(
+                        status.level, 'little') if isinstance(status.level, bytes)
+                        else status.level)
+
+    # --- main thread -----------------------------------------------------------------------
+    def wait_ready(self, proc: subprocess.Popen, timeout: float) -> None:
+        """Wait until the node is up (categories received, subscriptions matched)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f'the node exited with code {proc.returncode} at startup')
+            with self.data.lock:
+                have_categories = self.data.categories is not None
+            if have_categories and not self.publisher.wait_for_subscribers(1, 0.2):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f'the node was not ready within {timeout:g} s')
+
+    def play(self, stop: threading.Event) -> int:
+        """Replay the camera topic; returns the number of frames published."""
+        from tqdm import tqdm
+
+        total = self.player.message_count
+        if self.limit:
+            total = min(total, self.limit)
+        bar = tqdm(total=total, unit='frame', desc='frames in -> masks out')
+        sent = 0
+
+        def publish(item: Any) -> None:
+            nonlocal sent
+            with self.data.lock:
+                self.data.published_at[stamp_ns(item.message.header)] = time.monotonic()
+            self.publisher.publish(item)
+            sent += 1
+            bar.set_postfix(masks=self.data.masks)
+            bar.update()
+            if self.limit and sent >= self.limit:
+                stop.set()
+
+        try:
+            self.player.play(publish, stop=stop)
+            # Let the last frames come back (bounded wait).
+            deadline = time.monotonic() + 10.0
+            while self.data.masks < sent and time.monotonic() < deadline and not (
+                    stop.is_set() and sent < total):
+                time.sleep(0.05)
+            bar.set_postfix(masks=self.data.masks)
+        finally:
+            bar.close()
+        return sent
+
+    def close(self) -> Path:
+        """Finish the mask bag and stop spinning."""
+        bag = self.recorder.close()
+        self.executor.shutdown(timeout_sec=2.0)
+        self.player.close()
+        self.node.destroy_node()
+        return bag
+
+
+def summary_lines(data: Collected, sent: int, model: Path, bag: Path) -> tuple[list[str], dict]:
+    """Return the printed summary and the same figures as a JSON-ready dict."""
+    lat = np.asarray(data.latencies_ms)
+    scores = (summarize(data.confusion, data.categories or [str(i) for i in
+                                                           range(len(data.confusion))])
+              if data.confusion is not None else None)
+    node_counts = {k: data.diagnostics.get(f'frames_{k}') for k in
+                   ('received', 'processed', 'dropped', 'stale', 'rejected', 'failed')}
+    figures = {
+        'recording': str(bag), 'model': str(model),
+        'provider': data.diagnostics.get('provider'),
+        'frames_in': sent, 'masks_out': data.masks, 'overlays_out': data.overlays,
+        'lost_or_dropped': sent - data.masks,
+        'node_counters': node_counts,
+        'latency_ms_p50': float(np.percentile(lat, 50)) if lat.size else None,
+        'latency_ms_p99': float(np.percentile(lat, 99)) if lat.size else None,
+        'metrics': scores,
+    }
+    lines = [
+        f'recording   {bag}',
+        f'model       {model} (provider {figures["provider"]})',
+        f'frames in   {sent}    masks out {data.masks}    overlays out {data.overlays}    '
+        f'dropped/lost {sent - data.masks}',
+        'node        ' + '  '.join(f'{k} {v}' for k, v in node_counts.items() if v is not None),
+    ]
+    if lat.size:
+        lines.append(f'latency     end to end (frame published -> mask received, across '
+                     f'processes): p50 {figures["latency_ms_p50"]:.1f} ms, '
+                     f'p99 {figures["latency_ms_p99"]:.1f} ms')
+    if scores:
+        lines.append(f'accuracy    mIoU {scores["miou"]:.3f} (7 categories, void ignored), '
+                     f'8-class mean {scores["miou_all"]:.3f}, pixel accuracy '
+                     f'{scores["pixel_accuracy"]:.3f} over {data.masks} frames')
+        lines.append('            ' + '  '.join(
+            f'{k} {v:.2f}' if v is not None else f'{k} -' for k, v in scores['iou'].items()))
+    return lines, figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``demo`` command."""
+    args = _parse_args(argv)
+    added = apply_transport_environment()
+    bag = args.bag or default_recording()
+    model = resolve_model_path(args.model)
+    for what, path in (('recording', bag), ('model', model)):
+        if not path.exists():
+            print(f'error: {what} {path} not found', file=sys.stderr)
+            return 2
+    try:
+        truth = read_truth(bag)
+    except ValueError as err:
+        print(f'warning: {err}; no accuracy will be reported', file=sys.stderr)
+        truth = {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for stale in (args.out / 'overlays').glob('frame_*.png'):
+        stale.unlink()
+    if (args.out / 'masks_bag').exists():
+        import shutil
+
+        shutil.rmtree(args.out / 'masks_bag')
+    print(f'recording {bag}\nmodel     {model}\noutput    {args.out}\n'
+          f'transport {", ".join(f"{k}={v}" for k, v in added.items()) or "as already set"}')
+
+    import rclpy
+
+    log_path = args.out / 'node.log'
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(_node_command(model, args.providers.split(',')), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    rclpy.init()
+    client = None
+    stop = threading.Event()
+    sent = 0
+    interrupted = False
+    try:
+        client = DemoClient(bag, args.out, truth, args.rate, args.frames)
+        print('waiting for the node (model load and warm-up) ...', flush=True)
+        client.wait_ready(proc, READY_TIMEOUT_S)
+        sent = client.play(stop)
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        print('\ninterrupted: stopping and keeping what was written', file=sys.stderr)
+    except RuntimeError as err:
+        print(f'error: {err}; node log {log_path}:', file=sys.stderr)
+        print(log_path.read_text()[-3000:], file=sys.stderr)
+        _stop_node(proc)
+        rclpy.try_shutdown()
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
+        sent = sent or (len(client.data.published_at) if client else 0)
+        bag_out = client.close() if client else None
+        code = _stop_node(proc)
+        rclpy.try_shutdown()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    frames = sorted((args.out / 'overlays').glob('frame_*.png'))
+    gif = args.out / 'overlay.gif'
+    if not args.no_gif and _write_gif(frames, gif, args.rate):
+        print(f'wrote {gif} ({len(frames)} frames)')
+    lines, figures = summary_lines(client.data, sent, model, bag)
+    figures.update({'mask_bag': str(bag_out), 'overlays': str(args.out / 'overlays'),
+                    'node_exit_code': code, 'interrupted': interrupted})
+    (args.out / 'summary.json').write_text(json.dumps(figures, indent=1) + '\n')
+    print('\n'.join(['', '== summary', *lines,
+                     f'outputs     {args.out}/overlays/*.png, {gif.name}, masks_bag/ '
+                     f'(rosbag2), summary.json, node.log']))
+    return 130 if interrupted else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
