@@ -21,11 +21,26 @@ import threading
 import time
 from typing import Any
 
+import cv2
+from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+from tqdm import tqdm
 
 from fvt_segmentation.metrics import confusion_matrix, summarize
+from fvt_segmentation.record import BagRecorder
 from fvt_segmentation.recording import (
-    CAMERA_BASE_TOPIC, CAMERA_TOPIC, default_recording, read_truth, stamp_ns)
+    CAMERA_BASE_TOPIC,
+    CAMERA_TOPIC,
+    default_recording,
+    read_truth,
+    stamp_ns,
+)
+from fvt_segmentation.replay import BagPlayer, BagPublisher
 from fvt_segmentation.resources import resolve_model_path
 from fvt_segmentation.transport import apply_transport_environment
 
@@ -45,6 +60,7 @@ class Collected:
     confusion: np.ndarray | None = None
     categories: list[str] | None = None
     diagnostics: dict[str, str] = field(default_factory=dict)
+    diagnostics_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -106,17 +122,6 @@ class DemoClient:
 
     def __init__(self, bag: Path, out: Path, truth: dict[int, np.ndarray], rate: float,
                  frames: int) -> None:
-        import rclpy
-        from rclpy.executors import MultiThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
-        from std_msgs.msg import String
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        from fvt_segmentation.record import BagRecorder
-        from fvt_segmentation.replay import BagPlayer, BagPublisher
-
-        self.rclpy = rclpy
         self.out = out
         self.truth = truth
         self.limit = frames
@@ -163,8 +168,6 @@ class DemoClient:
                     self.data.confusion + cm)
 
     def _on_overlay(self, msg: Any) -> None:
-        import cv2
-
         rgb = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, :msg.width * 3]
         bgr = cv2.cvtColor(rgb.reshape(msg.height, msg.width, 3), cv2.COLOR_RGB2BGR)
         with self.data.lock:
@@ -182,9 +185,7 @@ class DemoClient:
             if status.name.endswith('segmentation'):
                 with self.data.lock:
                     self.data.diagnostics = {kv.key: kv.value for kv in status.values}
-                    self.data.diagnostics['level'] = str(int.from_bytes(
-                        status.level, 'little') if isinstance(status.level, bytes)
-                        else status.level)
+                    self.data.diagnostics_at = time.monotonic()
 
     # --- main thread -----------------------------------------------------------------------
     def wait_ready(self, proc: subprocess.Popen, timeout: float) -> None:
@@ -202,8 +203,6 @@ class DemoClient:
 
     def play(self, stop: threading.Event) -> int:
         """Replay the camera topic; returns the number of frames published."""
-        from tqdm import tqdm
-
         total = self.player.message_count
         if self.limit:
             total = min(total, self.limit)
@@ -229,6 +228,10 @@ class DemoClient:
                     stop.is_set() and sent < total):
                 time.sleep(0.05)
             bar.set_postfix(masks=self.data.masks)
+            # The node's counters arrive about once a second: wait for a fresh set.
+            done = time.monotonic()
+            while self.data.diagnostics_at < done and time.monotonic() < done + 2.5:
+                time.sleep(0.05)
         finally:
             bar.close()
         return sent
@@ -304,8 +307,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.out / 'masks_bag')
     print(f'recording {bag}\nmodel     {model}\noutput    {args.out}\n'
           f'transport {", ".join(f"{k}={v}" for k, v in added.items()) or "as already set"}')
-
-    import rclpy
 
     log_path = args.out / 'node.log'
     with open(log_path, 'w') as log:

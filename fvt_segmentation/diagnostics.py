@@ -31,6 +31,8 @@ class HealthSnapshot:
     provider: str
     model: str
     extra: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, LatencySummary | None] = field(default_factory=dict)
+    """Per-frame stages other than inference (queue, conversion, ...), in pipeline order."""
 
 
 def _fmt(value: float) -> str:
@@ -76,7 +78,9 @@ def build_status(health: HealthSnapshot, name: str, expected_rate: float,
         'output_rate_hz': _fmt(health.output_rate),
         'expected_rate_hz': _fmt(expected_rate),
     }
-    for label, summary in (('inference', health.inference), ('end_to_end', health.end_to_end)):
+    latencies = [('inference', health.inference), ('end_to_end', health.end_to_end),
+                 *((f'stage_{name}', summary) for name, summary in health.stages.items())]
+    for label, summary in latencies:
         if summary is not None:
             values[f'{label}_p50_ms'] = _fmt(summary.p50_ms)
             values[f'{label}_p95_ms'] = _fmt(summary.p95_ms)

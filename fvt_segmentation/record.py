@@ -1,7 +1,7 @@
 """Record ROS 2 topics into a rosbag2 bag: ``record -o OUT TOPIC [TOPIC ...]``.
 
 Messages are stored as received (serialised CDR, no re-encoding), stamped with the receive
-time like ``ros2 bag record``. The bag is written under ``OUT.partial`` and renamed to ``OUT``
+time like ``ros2 bag record``. The bag is written under ``OUT.partial/`` and moved to ``OUT``
 once closed, so ``OUT`` always is a complete bag. By default the metadata is version 5, the
 format Humble records, which Humble, Jazzy, Kilted and rosbags all read. :class:`BagRecorder`
 is the library side, for recording from a node of one's own.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 import logging
 from pathlib import Path
 import shutil
@@ -27,7 +28,7 @@ from fvt_segmentation.cli_args import split_ros_args
 from fvt_segmentation.rosbag_io import (
     HUMBLE_BAG_VERSION,
     WRITER_VERSIONS,
-    downgrade_metadata_to_humble,
+    finish_bag,
     message_class,
     normalize_msgtype,
     offered_qos,
@@ -48,7 +49,8 @@ class BagRecorder:
     ``bag_version`` 5 (default) is readable by every distro from Humble on; 8 is what Jazzy
     records, 9 what Kilted records. Call :meth:`close` (or use as a context manager) to
     finish the bag; until then it lies in ``<output>.partial``. Thread-safe: callbacks may
-    run in any executor.
+    run in any executor. Every call into the bag writer runs on one dedicated thread, since
+    the sqlite3 storage may only be used from the thread that opened it.
     """
 
     def __init__(self, node: Any, output: str | Path, storage: str = 'sqlite3',
@@ -61,11 +63,14 @@ class BagRecorder:
             raise ValueError(f'expected bag version in {BAG_VERSIONS}, got {bag_version}')
         self.node = node
         self.output = Path(output)
+        # Staged in <output>.partial/<name>: rosbags names the storage files after the bag
+        # folder, so the finished bag keeps consistent names when moved to <output>.
         self.partial = self.output.with_name(self.output.name + '.partial')
         if self.output.exists():
             raise FileExistsError(f'{self.output} exists already; expected a new bag path')
         if self.partial.exists():
             shutil.rmtree(self.partial)  # left over by a crashed run: never a complete bag
+        self.partial.mkdir(parents=True)
         self.bag_version = bag_version
         self.on_message = on_message
         self.counts: dict[str, int] = {}
@@ -73,10 +78,15 @@ class BagRecorder:
         self._typestore = get_typestore(Stores.LATEST)
         self._lock = threading.Lock()
         self._subscriptions: list[Any] = []
-        self._writer = Writer(self.partial, version=8 if bag_version == 5 else bag_version,
+        writer_version = 8 if bag_version == HUMBLE_BAG_VERSION else bag_version
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix='bag-writer')
+        self._writer = Writer(self.partial / self.output.name, version=writer_version,
                               storage_plugin=STORAGES[storage])
-        self._writer.open()
+        self._on_io(self._writer.open)
         self._closed = False
+
+    def _on_io(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._io.submit(function, *args, **kwargs).result()
 
     @property
     def message_count(self) -> int:
@@ -136,8 +146,8 @@ class BagRecorder:
                 durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
                             else DurabilityPolicy.VOLATILE))
         with self._lock:
-            connection = self._writer.add_connection(
-                topic, msgtype, typestore=self._typestore,
+            connection = self._on_io(
+                self._writer.add_connection, topic, msgtype, typestore=self._typestore,
                 offered_qos_profiles=[offered_qos(p) for p in offered])
             self.types[topic] = msgtype
             self.counts[topic] = 0
@@ -158,7 +168,7 @@ class BagRecorder:
         with self._lock:
             if self._closed:
                 return
-            self._writer.write(connection, stamp, data)
+            self._on_io(self._writer.write, connection, stamp, data)
             self.counts[topic] += 1
             total = sum(self.counts.values())
         if self.on_message is not None:
@@ -173,10 +183,11 @@ class BagRecorder:
         for subscription in self._subscriptions:
             self.node.destroy_subscription(subscription)
         self._subscriptions.clear()
-        self._writer.close()
-        if self.bag_version == HUMBLE_BAG_VERSION:
-            downgrade_metadata_to_humble(self.partial)
-        self.partial.rename(self.output)
+        self._on_io(self._writer.close)
+        self._io.shutdown()
+        finish_bag(self.partial / self.output.name, self.output,
+                   humble=self.bag_version == HUMBLE_BAG_VERSION)
+        self.partial.rmdir()
         return self.output
 
     def abort(self) -> None:
@@ -188,7 +199,8 @@ class BagRecorder:
         for subscription in self._subscriptions:
             self.node.destroy_subscription(subscription)
         self._subscriptions.clear()
-        self._writer.abort()
+        self._on_io(self._writer.abort)
+        self._io.shutdown()
         shutil.rmtree(self.partial, ignore_errors=True)
 
     def __enter__(self) -> BagRecorder:

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from rosbags.rosbag2 import Reader
+from rosbags.rosbag2 import Reader, ReaderError
 
 from fvt_segmentation.cli_args import split_ros_args
 from fvt_segmentation.rosbag_io import message_class, normalize_msgtype
@@ -78,8 +78,12 @@ class BagPlayer:
         self.rate = rate
         self.loop = loop
         self.remap = {_absolute(k): _absolute(v) for k, v in (remap or {}).items()}
-        self._reader = Reader(self.path)
-        self._reader.open()
+        try:
+            self._reader = Reader(self.path)
+            self._reader.open()
+        except (FileNotFoundError, ReaderError) as err:
+            raise ValueError(f'{self.path}: expected a rosbag2 bag (a folder with '
+                             f'metadata.yaml and .db3 or .mcap files): {err}') from err
         try:
             self._resolve(topics, start_offset)
         except Exception:
@@ -97,9 +101,15 @@ class BagPlayer:
         for conn in self.connections:
             msgtype = normalize_msgtype(conn.msgtype)
             if self.types.setdefault(conn.topic, msgtype) != msgtype:
-                raise ValueError(f'{self.path}: topic {conn.topic} is recorded with two types, '
-                                 f'{self.types[conn.topic]} and {msgtype}; select one '
-                                 'with --topics after remapping')
+                raise ValueError(f'{self.path}: expected one type per topic, got '
+                                 f'{self.types[conn.topic]} and {msgtype} on {conn.topic}; '
+                                 'leave it out with --topics')
+        outputs: dict[str, str] = {}
+        for topic, msgtype in self.types.items():
+            out = self.remap.get(topic, topic)
+            if outputs.setdefault(out, msgtype) != msgtype:
+                raise ValueError(f'expected one type per output topic, got {outputs[out]} '
+                                 f'and {msgtype} remapped onto {out}')
         self.classes = {t: message_class(m) for t, m in self.types.items()}
         self.start_ns = self._reader.start_time + round(start_offset * 1e9)
         if self.start_ns >= self._reader.end_time:
@@ -146,8 +156,9 @@ class BagPlayer:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=None if self.loop else self.message_count, unit='msg',
-                       desc=self.path.name)
+            from_start = self.start_ns == self._reader.start_time
+            bar = tqdm(total=self.message_count if from_start and not self.loop else None,
+                       unit='msg', desc=self.path.name)
         delivered = 0
         try:
             while not stop.is_set():
@@ -191,9 +202,12 @@ class BagPublisher:
         reliability = (ReliabilityPolicy.RELIABLE if reliable
                        else ReliabilityPolicy.BEST_EFFORT)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability)
-        self.publishers = {
-            out: node.create_publisher(player.classes[bag_topic], out, qos)
-            for bag_topic, out in ((t, player.remap.get(t, t)) for t in player.types)}
+        self.publishers: dict[str, Any] = {}
+        for bag_topic in player.types:
+            out = player.remap.get(bag_topic, bag_topic)
+            if out not in self.publishers:  # several bag topics may be remapped onto one
+                self.publishers[out] = node.create_publisher(
+                    player.classes[bag_topic], out, qos)
 
     def wait_for_subscribers(self, count: int, timeout: float) -> list[str]:
         """Wait until each topic has ``count`` subscribers; return the topics still missing."""
@@ -204,6 +218,18 @@ class BagPublisher:
     def publish(self, item: BagMessage) -> None:
         """Publish one message on its output topic, unchanged."""
         self.publishers[item.topic].publish(item.message)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until reliable subscribers acknowledged everything (before destroying).
+
+        A reliable writer that is destroyed drops what is not acknowledged yet, typically
+        the last message. Returns False if some were still unacknowledged after ``timeout``.
+        """
+        from rclpy.duration import Duration
+
+        deadline = time.monotonic() + timeout
+        return all(p.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
+                   for p in self.publishers.values())
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -266,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           args.wait_timeout, ', '.join(missing))
                 return 2
         delivered = player.play(publisher.publish, stop, progress=not args.no_progress)
+        if not publisher.flush():
+            LOG.warning('some subscribers did not acknowledge the last messages')
         LOG.info('published %d messages', delivered)
         return 0
     except KeyboardInterrupt:

@@ -90,21 +90,42 @@ def offered_qos(profile: Any) -> Qos:
     )
 
 
-def downgrade_metadata_to_humble(bag_dir: Path) -> None:
-    """Rewrite ``bag_dir/metadata.yaml`` (written by rosbags as version 8) as version 5.
+def finish_bag(staged: Path, output: Path, humble: bool) -> Path:
+    """Move the closed rosbag2 folder ``staged`` to ``output`` (same name, other parent).
+
+    With ``humble`` the metadata, written by rosbags as version 8, is first rewritten as
+    version 5 (see :func:`humble_metadata`). The folder is moved last, so ``output`` only ever
+    holds a complete bag.
+    """
+    staged, output = Path(staged), Path(output)
+    if staged.name != output.name:
+        raise ValueError(f'expected a staged bag named {output.name}, got {staged}: the '
+                         'storage files are named after the folder')
+    if humble:
+        path = staged / 'metadata.yaml'
+        yaml = YAML(typ='safe')
+        yaml.default_flow_style = False
+        document = yaml.load(path.read_text('utf8'))
+        humble_metadata(document['rosbag2_bagfile_information'])
+        stream = StringIO()
+        yaml.dump(document, stream)
+        tmp = path.with_suffix('.yaml.tmp')
+        tmp.write_text(stream.getvalue(), 'utf8')
+        tmp.replace(path)
+    staged.rename(output)
+    return output
+
+
+def humble_metadata(info: dict[str, Any]) -> None:
+    """Make ``rosbag2_bagfile_information`` written by rosbags as version 8 a version 5 one.
 
     Version 5 is what Humble records; later distros keep reading it. Version 8 differs only
-    by keys a version 5 reader never asks for, and its QoS strings already use Humble's
-    integer form (version 9 changed them to a list with names, which Humble cannot parse).
-    The file is replaced atomically.
+    by keys a version 5 reader never asks for (6 added custom_data, 7 type_description_hash,
+    8 ros_distro), and its QoS strings already use Humble's integer form (version 9 changed
+    them to a list with names, which Humble cannot parse).
     """
-    path = Path(bag_dir) / 'metadata.yaml'
-    yaml = YAML(typ='safe')
-    yaml.default_flow_style = False
-    document = yaml.load(path.read_text('utf8'))
-    info = document['rosbag2_bagfile_information']
     if info.get('version') != 8:
-        raise ValueError(f'{path}: expected metadata version 8 to downgrade, '
+        raise ValueError(f'expected metadata version 8 to rewrite as 5, '
                          f'got {info.get("version")!r}')
     info['version'] = HUMBLE_BAG_VERSION
     for key in _POST_V5_BAG_KEYS:
@@ -112,8 +133,3 @@ def downgrade_metadata_to_humble(bag_dir: Path) -> None:
     for entry in info.get('topics_with_message_count', []):
         for key in _POST_V5_TOPIC_KEYS:
             entry['topic_metadata'].pop(key, None)
-    stream = StringIO()
-    yaml.dump(document, stream)
-    tmp = path.with_suffix('.yaml.tmp')
-    tmp.write_text(stream.getvalue(), 'utf8')
-    tmp.replace(path)

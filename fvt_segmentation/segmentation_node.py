@@ -58,6 +58,15 @@ from fvt_segmentation.stats import Counters, LatencyWindow, RateMeter, summarize
 NODE_NAME = 'segmentation_node'
 OUTPUTS = ('mask', 'colored_mask', 'overlay', 'confidence', 'class_fractions')
 """Per-frame outputs, published as ``~/<name>``; each is computed only when subscribed."""
+STAGES = ('delivery', 'queue', 'conversion', 'preprocess', 'postprocess', 'handoff', 'outputs',
+          'publish')
+"""Per-frame stages around the inference, timed for ``/diagnostics`` (``stage_<name>_*``):
+delivery = header stamp to the subscription callback (node clock: transport, plus the
+camera's own delay and any clock offset; unstamped frames are left out), queue = waiting in
+the newest-frame slot, conversion = message to numpy view (or JPEG/PNG decode),
+preprocess/postprocess = :meth:`Segmenter.segment`'s, handoff = result ready to the output
+thread starting on it, outputs = building the subscribed outputs, publish = the
+``publish()`` calls. Inference is reported as ``inference_*``."""
 LOG_THROTTLE_S = 5.0
 
 
@@ -81,6 +90,7 @@ class RuntimeSettings:
 class _Pending(NamedTuple):
     msg: Any
     received: float  # time.monotonic() in the subscription callback
+    received_ns: int  # the node clock then, for the delivery time
 
 
 class _Result(NamedTuple):
@@ -89,6 +99,7 @@ class _Result(NamedTuple):
     result: Segmentation
     wanted: frozenset[str]
     settings: RuntimeSettings
+    ready: float  # time.monotonic() when the inference stage handed it over
 
 
 def _qos(reliability: str, depth: int) -> QoSProfile:
@@ -131,6 +142,7 @@ class SegmentationNode(Node):
         self._input_rate = RateMeter(window)
         self._output_rate = RateMeter(window)
         self._inference_ms = LatencyWindow()
+        self._stage_ms = {name: LatencyWindow() for name in STAGES}
         self._end_to_end_ms = LatencyWindow()
         self._started = time.monotonic()
         self._reported_rejections = 0
@@ -203,7 +215,8 @@ class SegmentationNode(Node):
         now = time.monotonic()
         self.counters.add('received')
         self._input_rate.tick(now)
-        if self._frames.put(_Pending(msg, now)) is not None:
+        pending = _Pending(msg, now, self.get_clock().now().nanoseconds)
+        if self._frames.put(pending) is not None:
             self.counters.add('dropped')
 
     def _drain(self, slot: LatestSlot, handle: Any) -> None:
@@ -236,7 +249,12 @@ class SegmentationNode(Node):
 
     def _infer(self, pending: _Pending) -> None:
         """Inference stage: check and decode the frame, run the model, pass the result on."""
+        self._stage_ms['queue'].add((time.monotonic() - pending.received) * 1e3)
         msg, settings = pending.msg, self.settings
+        stamp = msg.header.stamp
+        if stamp.sec or stamp.nanosec:
+            stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
+            self._stage_ms['delivery'].add((pending.received_ns - stamp_ns) / 1e6)
         age_ms = self._too_old(msg, settings)
         if age_ms is not None:
             self.counters.add('stale')
@@ -245,6 +263,7 @@ class SegmentationNode(Node):
                 f'max_frame_age_ms {settings.max_frame_age_ms}',
                 throttle_duration_sec=LOG_THROTTLE_S)
             return
+        start = time.perf_counter()
         try:
             frame = self._decode(msg)
         except FrameError as err:
@@ -252,14 +271,18 @@ class SegmentationNode(Node):
             self.get_logger().error(f'rejected {_stamp_text(msg)} on {self.input_topic}: {err}',
                                     throttle_duration_sec=LOG_THROTTLE_S)
             return
+        self._stage_ms['conversion'].add((time.perf_counter() - start) * 1e3)
         wanted = frozenset(name for name in OUTPUTS if settings.enabled(name)
                            and self._outputs[name].get_subscription_count() > 0)
         result = self.segmenter.segment(frame.pixels, frame.color_order,
                                         want_confidence='confidence' in wanted)
         self._inference_ms.add(result.timings_ms['inference'])
+        for stage in ('preprocess', 'postprocess'):
+            self._stage_ms[stage].add(result.timings_ms[stage])
         # The output stage builds and publishes while the next frame is being inferred; if
         # it falls behind, its unpublished result is replaced (and counted as dropped).
-        if self._results.put(_Result(pending, frame, result, wanted, settings)) is not None:
+        ready = _Result(pending, frame, result, wanted, settings, time.monotonic())
+        if self._results.put(ready) is not None:
             self.counters.add('dropped')
 
     # ---- output -----------------------------------------------------------------------
@@ -270,12 +293,19 @@ class SegmentationNode(Node):
         msg = Image(check_fields=True)
         return msg, alloc_image(msg, header, size, encoding)
 
-    def _send(self, name: str, msg: Any) -> None:
+    def _send(self, name: str, msg: Any) -> float:
+        """Publish ``msg`` on ``~/<name>``; return the time ``publish()`` took in s."""
+        start = time.perf_counter()
         self._outputs[name].publish(msg)
+        elapsed = time.perf_counter() - start
         self.published.add(name)
+        return elapsed
 
     def _publish(self, item: _Result) -> None:
         """Output stage: compute the wanted outputs straight into their messages, publish."""
+        self._stage_ms['handoff'].add((time.monotonic() - item.ready) * 1e3)
+        start = time.perf_counter()
+        publishing = 0.0  # seconds spent in publish(), the rest is building the outputs
         header, frame, wanted, settings = (
             item.pending.msg.header, item.frame, item.wanted, item.settings)
         result = item.result
@@ -284,27 +314,29 @@ class SegmentationNode(Node):
         if 'mask' in wanted:
             msg, pixels = self._image(header, size, 'mono8')
             resize_nearest(classes, size, out=pixels)
-            self._send('mask', msg)
+            publishing += self._send('mask', msg)
         if 'colored_mask' in wanted or 'overlay' in wanted:
             colored, colors = self._image(header, size, 'rgb8')
             colorize(classes, self._palette, out=colors)
             if 'overlay' in wanted:
                 overlay, pixels = self._image(header, size, 'rgb8')
                 blend(frame_to_rgb(frame, size), colors, settings.overlay_alpha, out=pixels)
-                self._send('overlay', overlay)
+                publishing += self._send('overlay', overlay)
             if 'colored_mask' in wanted:
-                self._send('colored_mask', colored)
+                publishing += self._send('colored_mask', colored)
         if 'confidence' in wanted and result.confidence is not None:
             msg, pixels = self._image(header, size, 'mono8')
             resize_nearest(result.confidence, size, out=pixels)
-            self._send('confidence', msg)
+            publishing += self._send('confidence', msg)
         if 'class_fractions' in wanted:
             fractions = class_fractions(classes, self._num_classes)
             msg = Float32MultiArray()
             msg.layout.dim = [MultiArrayDimension(
                 label=self._fractions_layout_label, size=self._num_classes, stride=1)]
             msg.data = array.array('f', fractions.tobytes())
-            self._send('class_fractions', msg)
+            publishing += self._send('class_fractions', msg)
+        self._stage_ms['outputs'].add((time.perf_counter() - start - publishing) * 1e3)
+        self._stage_ms['publish'].add(publishing * 1e3)
         done = time.monotonic()
         self.counters.add('processed')
         self._output_rate.tick(done)
@@ -330,6 +362,7 @@ class SegmentationNode(Node):
         return HealthSnapshot(
             input_rate=self._input_rate.rate(now), output_rate=self._output_rate.rate(now),
             inference=summarize(self._inference_ms), end_to_end=summarize(self._end_to_end_ms),
+            stages={name: summarize(window) for name, window in self._stage_ms.items()},
             counters=counters, new_rejections=new_rejections,
             seconds_since_input=self._input_rate.seconds_since_last(now),
             uptime_s=now - self._started, provider=self.segmenter.active_provider,

@@ -3,7 +3,9 @@
 The middleware reads these variables once per process, when the first participant is created
 (``rclpy.init``), so they must be in the environment of every process that sends or receives
 large images before it starts: the launch file and the main job pass
-:func:`transport_environment` to the processes they start. No rclpy import here.
+:func:`transport_environment` to the processes they start, and
+``eval "$(python3 -m fvt_segmentation.transport)"`` sets them in a shell (e.g. before
+starting a camera driver). No rclpy import here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Mapping
 from importlib import metadata
 import os
 from pathlib import Path
+import shlex
+import sys
 
 from fvt_segmentation.resources import share_directories
 
@@ -97,3 +101,14 @@ def apply_transport_environment(share_or_config_dir: str | Path | None = None) -
     added = transport_environment(share_or_config_dir)
     os.environ.update(added)
     return added
+
+
+def main() -> int:
+    """Print ``export`` lines for a shell: ``eval "$(python3 -m fvt_segmentation.transport)"``."""
+    for name, value in transport_environment().items():
+        print(f'export {name}={shlex.quote(value)}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

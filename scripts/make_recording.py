@@ -11,7 +11,7 @@ The bag holds two topics, both ``sensor_msgs/msg/CompressedImage`` with the same
 frame: the camera frame as JPEG on ``/camera/image_raw/compressed`` and the ground-truth
 category mask (ids 0..7, PNG, lossless) on ``/camera/ground_truth/compressed``. Frames are
 stamped one ``--period`` apart from a fixed start, so rebuilding gives the same bag. It is
-written as rosbag2 metadata version 8 on sqlite3 with Humble-style QoS strings, which the
+written on sqlite3 with its metadata in rosbag2 version 5 (Humble's own), which the
 ``ros2 bag`` of Humble, Jazzy and Kilted all read.
 """
 
@@ -26,22 +26,13 @@ import tempfile
 import cv2
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
-import yaml
 
+from fvt_segmentation.recording import CAMERA_TOPIC, TRUTH_TOPIC
+from fvt_segmentation.rosbag_io import finish_bag
 from fvt_training.prepared import DataError, image_path, label_path, read_manifest
 
-CAMERA_TOPIC = '/camera/image_raw/compressed'
-TRUTH_TOPIC = '/camera/ground_truth/compressed'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
 START_NS = 1_200_000_000 * 10**9  # a fixed, plausible epoch so the file is reproducible
-
-
-def humble_compatible(metadata: Path) -> None:
-    """Drop the per-topic type hashes, which Humble's metadata reader does not know."""
-    doc = yaml.safe_load(metadata.read_text())
-    for entry in doc['rosbag2_bagfile_information']['topics_with_message_count']:
-        entry['topic_metadata'].pop('type_description_hash', None)
-    metadata.write_text(yaml.safe_dump(doc, default_flow_style=False, sort_keys=False))
 
 
 def build(prepared: Path, split: str, sequence: str, count: int, start: int, period: float,
@@ -78,10 +69,9 @@ def build(prepared: Path, split: str, sequence: str, count: int, start: int, per
                                     (truth, 'mono8; png compressed mono8', png)):
                 msg = image_cls(header=header, format=fmt, data=data.reshape(-1))
                 writer.write(conn, stamp_ns, store.serialize_cdr(msg, COMPRESSED))
-    humble_compatible(tmp / 'metadata.yaml')
     if out.exists():
         shutil.rmtree(out)
-    tmp.rename(out)
+    finish_bag(tmp, out, humble=True)
     staging.rmdir()
     return len(ids)
 

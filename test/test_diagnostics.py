@@ -71,3 +71,13 @@ def test_no_latency_before_the_first_frame() -> None:
                             uptime_s=0.5))
     assert 'inference_p50_ms' not in values(result)
     assert values(result)['seconds_since_last_frame'] == 'never'
+
+
+def test_stage_times_are_reported_per_stage() -> None:
+    stages = {'queue': LatencySummary(4.0, 9.5, 50), 'conversion': LatencySummary(0.01, 0.02, 50),
+              'publish': None}
+    result = values(status(replace(HEALTHY, stages=stages)))
+    assert result['stage_queue_p50_ms'] == '4.00' and result['stage_queue_p95_ms'] == '9.50'
+    assert result['stage_conversion_p50_ms'] == '0.01'
+    assert 'stage_publish_p50_ms' not in result  # no sample yet
+    assert result['inference_p50_ms'] == '12.00'

@@ -23,6 +23,7 @@ from std_msgs.msg import Float32MultiArray, String
 from fvt_segmentation.contract import CATEGORIES, PALETTE, ModelContract, Normalization
 from fvt_segmentation.conversions import blend, image_to_frame
 from fvt_segmentation.inference import preprocess_frame, resize_classes
+from fvt_segmentation.segmentation_node import STAGES
 
 MODEL_SIZE = (32, 64)
 # Pixels normalised to [-1, 1] make the tiny model's affine classifier use most classes.
@@ -401,3 +402,6 @@ def test_diagnostics_report_provider_counts_and_staleness(ros: RosHarness,
     for key in ('inference_p50_ms', 'inference_p95_ms', 'end_to_end_p50_ms', 'input_rate_hz',
                 'frames_dropped', 'frames_rejected', 'published_mask'):
         assert key in status
+    stage_keys = {k for k in status if k.startswith('stage_')}
+    assert stage_keys == {f'stage_{name}_{q}_ms' for name in STAGES for q in ('p50', 'p95')}
+    assert float(status['stage_publish_p50_ms']) > 0  # the mask was published

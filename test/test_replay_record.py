@@ -24,7 +24,7 @@ from std_msgs.msg import String
 
 from fvt_segmentation.record import BagRecorder
 from fvt_segmentation.replay import BagPlayer, BagPublisher
-from fvt_segmentation.rosbag_io import downgrade_metadata_to_humble
+from fvt_segmentation.rosbag_io import finish_bag
 
 REPO = Path(__file__).resolve().parents[1]
 STORE = get_typestore(Stores.LATEST)
@@ -102,9 +102,8 @@ def _subscribe(node, topics: dict[str, type]) -> dict[str, list[tuple]]:
 
 
 def _humble_bag(path: Path, storage: StoragePlugin) -> Path:
-    write_bag(path, 8, storage)
-    downgrade_metadata_to_humble(path)
-    return path
+    staged = write_bag(path.parent / 'staging' / path.name, 8, storage)
+    return finish_bag(staged, path, humble=True)
 
 
 BAG_FORMATS = {
@@ -247,6 +246,8 @@ def test_recorder_writes_what_was_published(tmp_path):
     assert out.is_dir() and not recorder.partial.exists()
     meta = _metadata(out)
     assert meta['version'] == 5 and meta['message_count'] == 2 * COUNT
+    assert meta['relative_file_paths'] == ['recorded.db3']
+    assert sorted(p.name for p in out.iterdir()) == ['metadata.yaml', 'recorded.db3']
     assert all('type_description_hash' not in t['topic_metadata']
                for t in meta['topics_with_message_count'])
     qos_text = {t['topic_metadata']['name']: t['topic_metadata']['offered_qos_profiles']
@@ -281,8 +282,20 @@ def test_record_command_closes_a_complete_bag_on_ctrl_c(tmp_path):
     assert process.returncode == 0, output
     assert 'wrote' in output
     assert _metadata(out)['version'] == 9
+    assert sorted(p.name for p in out.iterdir()) == ['cli_bag.mcap', 'metadata.yaml']
     bag = _read_bag(out)
     assert [m.data for _, m in bag['/cli/note']] == [f'cli {i}' for i in range(20)]
     with AnyReader([out]) as reader:  # stored as CDR that rclpy reads back
         assert [deserialize_message(bytes(r), String).data for _, _, r in reader.messages()
                 ] == [f'cli {i}' for i in range(20)]
+
+
+def test_record_command_leaves_nothing_when_the_topic_never_appears(tmp_path):
+    out = tmp_path / 'never'
+    result = subprocess.run(
+        [sys.executable, '-m', 'fvt_segmentation.record', '/never/published', '-o', str(out),
+         '--discovery-timeout', '0.5'],
+        cwd=REPO, env=_child_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert '/never/published' in result.stderr and '--type' in result.stderr
+    assert list(tmp_path.iterdir()) == []  # neither the bag nor its .partial staging folder

@@ -50,6 +50,19 @@ def test_environment_leaves_user_choices_alone():
     assert set(transport_environment(environ=only_cyclone)) == {FASTDDS2_VARIABLE}
 
 
+def test_shell_exports_apply_in_a_shell():
+    env = {k: v for k, v in os.environ.items()
+           if k not in (FASTDDS2_VARIABLE, FASTDDS3_VARIABLE, CYCLONEDDS_VARIABLE)}
+    env['ROS_DISTRO'] = 'jazzy'
+    script = (f'eval "$({sys.executable} -m fvt_segmentation.transport)"; echo '
+              f'"${FASTDDS2_VARIABLE}|${CYCLONEDDS_VARIABLE}|${{{FASTDDS3_VARIABLE}:-unset}}"')
+    result = subprocess.run(['bash', '-c', script], env=env, cwd=REPO, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (f'{CONFIG / "fastdds.xml"}|'
+                                     f'{(CONFIG / "cyclonedds.xml").as_uri()}|unset')
+
+
 def test_config_dir_is_found_from_share_dir_or_config_dir(tmp_path):
     assert resolve_config_dir(REPO) == CONFIG
     assert resolve_config_dir(CONFIG) == CONFIG

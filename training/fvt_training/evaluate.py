@@ -281,7 +281,8 @@ def evaluate(source: str | os.PathLike, data: str | os.PathLike | None = None,
     ``out_dir`` for both). ``data`` defaults to a run's own prepared folder; ``timing_runs=0``
     skips the timing.
     """
-    from fvt_training.prepared import read_manifest
+    from fvt_training.data import load_pair
+    from fvt_training.prepared import read_manifest, write_png_atomic
 
     model = open_model(source, providers, weights, data)
     data = data or model.prepared_dir
@@ -301,8 +302,6 @@ def evaluate(source: str | os.PathLike, data: str | os.PathLike | None = None,
     written = [str(plot_confusion(cm, CATEGORIES, figures / 'confusion.png',
                                   f'{model.name} on {split} ({len(ids)} images)'))]
     palette = model.contract.palette_array()
-    from fvt_training.prepared import write_png_atomic
-
     for sample_id in chosen:
         image, truth, prediction = kept[sample_id]
         path = figures / f'sample_{sample_id}.png'
@@ -311,8 +310,6 @@ def evaluate(source: str | os.PathLike, data: str | os.PathLike | None = None,
 
     timing = {}
     if timing_runs > 0:
-        from fvt_training.data import load_pair
-
         frames = [load_pair(manifest, split, i)[0] for i in ids[:max(1, timing_batch)]]
         timing = time_inference(model, frames, timing_runs, timing_warmup, timing_batch)
     report = {
@@ -365,14 +362,16 @@ def format_report(report: dict) -> str:
     return '\n'.join(lines)
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """Parse a command-line integer >= 1 (argparse ``type``)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f'expected a positive integer; got {text}')
     return value
 
 
-def _non_negative(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """Parse a command-line integer >= 0 (argparse ``type``)."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f'expected an integer >= 0; got {text}')
@@ -391,17 +390,17 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument('--data', help='prepared folder (holds manifest.json); default: the '
                         "run's data.prepared_dir (required for an .onnx file)")
     parser.add_argument('--split', default='test', help='split to score (default: test)')
-    parser.add_argument('--batch-size', type=_positive, default=8,
+    parser.add_argument('--batch-size', type=positive_int, default=8,
                         help='images per forward pass (default: 8)')
-    parser.add_argument('--limit', type=_positive, help='score only the first N images')
-    parser.add_argument('--samples', type=_non_negative, default=4,
+    parser.add_argument('--limit', type=positive_int, help='score only the first N images')
+    parser.add_argument('--samples', type=non_negative_int, default=4,
                         help='image | truth | prediction figures to write (default: 4)')
-    parser.add_argument('--timing-runs', type=_non_negative, default=30,
+    parser.add_argument('--timing-runs', type=non_negative_int, default=30,
                         help='timed runs per batch size after warm-up; 0 skips timing '
                              '(default: 30)')
-    parser.add_argument('--timing-warmup', type=_non_negative, default=5,
+    parser.add_argument('--timing-warmup', type=non_negative_int, default=5,
                         help='untimed warm-up runs (default: 5)')
-    parser.add_argument('--timing-batch', type=_positive, default=8,
+    parser.add_argument('--timing-batch', type=positive_int, default=8,
                         help='the large batch timed besides batch 1 (default: 8)')
     parser.add_argument('--providers', default=','.join(DEFAULT_PROVIDERS),
                         help='ONNX Runtime providers in preference order (default: cpu)')

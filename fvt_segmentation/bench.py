@@ -1,0 +1,382 @@
+"""Benchmark the segmentation node between processes: delivery, latency, per-stage costs.
+
+    bench --model models/bench.onnx [--sizes 1024x512,2048x1024] [--transport profile,default]
+          [--duration 60] [--rate 30] [--json OUT]
+
+For every frame size and transport, three processes run in a DDS domain of their own: the
+node (``python -m fvt_segmentation.segmentation_node``), a camera publishing rgb8 frames at
+``--rate`` Hz and a receiver subscribed to ``~/mask`` only (the node computes no other
+output) and to ``/diagnostics``. ``profile`` gives all three the shipped DDS profiles
+(:func:`transport.transport_environment`), ``default`` the middleware defaults. Bare model
+inference is timed in this process (``Segmenter.infer`` on a preprocessed tensor) right
+before and after each configuration, so that the node overhead (end to end minus bare
+inference) is measured against the machine's load of the moment. Prints two markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+import json
+import os
+from pathlib import Path
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+import fvt_segmentation
+from fvt_segmentation.bench_probes import READY, STOP, percentiles_ms, write_json
+from fvt_segmentation.contract import ModelLoadError
+from fvt_segmentation.frame_source import synthetic_frame
+from fvt_segmentation.inference import Segmenter, load_segmenter
+from fvt_segmentation.resources import resolve_model_path
+from fvt_segmentation.segmentation_node import NODE_NAME, STAGES
+from fvt_segmentation.transport import (
+    CYCLONEDDS_VARIABLE,
+    FASTDDS_VARIABLES,
+    transport_environment,
+)
+
+TRANSPORTS = ('profile', 'default')
+IMAGE_TOPIC = '/bench/image'
+MASK_TOPIC = f'/{NODE_NAME}/mask'
+LAG_WINDOW_S = 10.0
+WARMUP_RUNS = 3
+STARTUP_TIMEOUT_S = 90.0
+DRAIN_S = 2.0
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One run: frame size, transport and the DDS domain that isolates it."""
+
+    width: int
+    height: int
+    transport: str
+    domain: int
+
+    @property
+    def size(self) -> str:
+        """'WIDTHxHEIGHT'."""
+        return f'{self.width}x{self.height}'
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse 'WIDTHxHEIGHT' into (width, height)."""
+    try:
+        width, height = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'expected WIDTHxHEIGHT such as 2048x1024, got {text!r}') from None
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f'expected a positive size, got {text!r}')
+    return width, height
+
+
+def parse_transports(text: str) -> list[str]:
+    """Parse a comma-separated list of transports (profile, default)."""
+    names = [name.strip() for name in text.split(',') if name.strip()]
+    unknown = [name for name in names if name not in TRANSPORTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f'expected a comma-separated subset of {list(TRANSPORTS)}, got {text!r}')
+    return names
+
+
+def child_environment(transport: str, domain: int) -> dict[str, str]:
+    """Return the environment of the three processes of one configuration.
+
+    Every DDS profile variable of the caller is removed; ``profile`` then adds the shipped
+    ones. The DDS domain is the configuration's own and discovery stays on this machine.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if k not in (*FASTDDS_VARIABLES, CYCLONEDDS_VARIABLE)}
+    if transport == 'profile':
+        env.update(transport_environment(environ=env))
+    env['ROS_DOMAIN_ID'] = str(domain)
+    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    env.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+    env['PYTHONUNBUFFERED'] = '1'
+    # The children import this very package, even from a source checkout.
+    package_root = str(Path(fvt_segmentation.__file__).resolve().parents[1])
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [package_root, env.get('PYTHONPATH')]))
+    return env
+
+
+def time_inference(segmenter: Segmenter, runs: int) -> list[float]:
+    """Time ``segmenter.infer`` on one preprocessed tensor, in ms; warm-up runs not counted."""
+    height, width = segmenter.input_size
+    tensor = segmenter.preprocess(synthetic_frame(0, height, width))
+    for _ in range(WARMUP_RUNS):
+        segmenter.infer(tensor)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        segmenter.infer(tensor)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_ready(receiver: subprocess.Popen, node: subprocess.Popen, log: Path) -> None:
+    line = receiver.stdout.readline() if receiver.stdout else ''
+    if line.strip() != READY:
+        tail = log.read_text(errors='replace')[-2000:] if log.exists() else ''
+        state = 'running' if node.poll() is None else f'exited with {node.returncode}'
+        raise RuntimeError(f'the receiver did not get ready (said {line.strip()!r}); the '
+                           f'node is {state}; node log tail:\n{tail}')
+
+
+def run_configuration(config: Configuration, args: argparse.Namespace,
+                      workdir: Path) -> dict[str, Any]:
+    """Start node, receiver and camera for ``config``; return the raw figures of the run."""
+    env = child_environment(config.transport, config.domain)
+    python = sys.executable
+    tag = f'{config.size}_{config.transport}'
+    node_log = workdir / f'node_{tag}.log'
+    camera_json, receiver_json = workdir / f'camera_{tag}.json', workdir / f'rx_{tag}.json'
+    node_cmd = [python, '-m', 'fvt_segmentation.segmentation_node', '--ros-args',
+                '-r', f'image:={IMAGE_TOPIC}', '-p', f'model_path:={args.model}',
+                '-p', f'providers:=[{",".join(args.providers)}]',
+                '-p', f'intra_op_threads:={args.intra_op_threads}']
+    for param in args.node_param:
+        node_cmd += ['-p', param]
+    processes: list[subprocess.Popen] = []
+    with open(node_log, 'w') as log:
+        try:
+            node = subprocess.Popen(node_cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            processes.append(node)
+            receiver = subprocess.Popen(
+                [python, '-m', 'fvt_segmentation.bench_probes', 'receiver', '--mask-topic',
+                 MASK_TOPIC, '--out', str(receiver_json), '--timeout', str(STARTUP_TIMEOUT_S)],
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            processes.append(receiver)
+            _wait_ready(receiver, node, node_log)
+            camera = subprocess.Popen(
+                [python, '-m', 'fvt_segmentation.bench_probes', 'camera', '--topic',
+                 IMAGE_TOPIC, '--width', str(config.width), '--height', str(config.height),
+                 '--rate', str(args.rate), '--duration', str(args.duration), '--out',
+                 str(camera_json)], env=env)
+            processes.append(camera)
+            _follow(camera, args.duration, f'{config.size} {config.transport}')
+            if camera.returncode != 0:
+                raise RuntimeError(f'the camera process exited with {camera.returncode}')
+            time.sleep(DRAIN_S)  # the masks of the last frames are on their way
+            _stop_receiver(receiver)
+        finally:
+            for process in reversed(processes):
+                _stop(process)
+    return {'camera': json.loads(camera_json.read_text()),
+            'receiver': json.loads(receiver_json.read_text())}
+
+
+def _follow(camera: subprocess.Popen, duration: float, label: str) -> None:
+    """Show a progress bar while the camera runs (startup plus ``duration`` seconds)."""
+    with tqdm(total=round(duration), desc=label, unit='s', leave=False) as bar:
+        start = time.monotonic()
+        while camera.poll() is None:
+            time.sleep(0.5)
+            bar.n = min(round(time.monotonic() - start), bar.total)
+            bar.refresh()
+            if time.monotonic() - start > duration + STARTUP_TIMEOUT_S:
+                camera.kill()
+                camera.wait()
+
+
+def _stop_receiver(receiver: subprocess.Popen) -> None:
+    assert receiver.stdin is not None
+    receiver.stdin.write(STOP + '\n')
+    receiver.stdin.flush()
+    receiver.wait(timeout=30)
+    if receiver.returncode != 0:
+        raise RuntimeError(f'the receiver process exited with {receiver.returncode}')
+
+
+def _number(status: dict[str, str], key: str) -> float | None:
+    value = status.get(key)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def summarize_run(config: Configuration, raw: dict[str, Any],
+                  bare_ms: list[float]) -> dict[str, Any]:
+    """Turn the raw figures of one run and the bare inference times into the reported ones."""
+    camera, receiver = raw['camera'], raw['receiver']
+    bare_p50, bare_p90 = percentiles_ms(bare_ms, 50, 90)
+    status = receiver['status']
+    masks = np.asarray(receiver['masks'], np.int64).reshape(-1, 2)
+    latency_ms = (masks[:, 1] - masks[:, 0]) / 1e6
+    e2e_p50, e2e_p99 = percentiles_ms(latency_ms.tolist(), 50, 99)
+    first, last = camera['first_stamp_ns'], camera['last_stamp_ns']
+    window_ns = int(LAG_WINDOW_S * 1e9)
+    lag_first = percentiles_ms(latency_ms[masks[:, 0] < first + window_ns].tolist(), 50)[0]
+    lag_last = percentiles_ms(latency_ms[masks[:, 0] > last - window_ns].tolist(), 50)[0]
+    published = camera['published']
+    received = _number(status, 'frames_received')
+    overhead = None if e2e_p50 is None else e2e_p50 - bare_p50
+    node_inference = _number(status, 'inference_p50_ms')
+    overhead_node = (None if e2e_p50 is None or node_inference is None
+                     else e2e_p50 - node_inference)
+    return {
+        **asdict(config), 'size': config.size,
+        'published': published, 'camera_rate_hz': camera['rate_hz'],
+        'camera_publish_p50_ms': camera['publish_p50_ms'],
+        'received_by_node': received,
+        'received_pct': None if received is None else 100.0 * received / max(published, 1),
+        'processed': _number(status, 'frames_processed'),
+        'dropped': _number(status, 'frames_dropped'),
+        'masks_published': _number(status, 'published_mask'),
+        'masks_received': int(len(masks)), 'mask_shapes': receiver['shapes'],
+        'e2e_p50_ms': e2e_p50, 'e2e_p99_ms': e2e_p99,
+        'bare_inference_p50_ms': bare_p50, 'bare_inference_p90_ms': bare_p90,
+        'bare_inference_runs': len(bare_ms),
+        'node_inference_p50_ms': node_inference,
+        'node_end_to_end_p50_ms': _number(status, 'end_to_end_p50_ms'),
+        'overhead_ms': overhead,
+        'overhead_pct': None if overhead is None else 100.0 * overhead / bare_p50,
+        'overhead_vs_node_inference_ms': overhead_node,
+        'overhead_vs_node_inference_pct': (None if overhead_node is None
+                                           else 100.0 * overhead_node / node_inference),
+        'stages_p50_ms': {name: _number(status, f'stage_{name}_p50_ms') for name in STAGES},
+        'lag_first_p50_ms': lag_first, 'lag_last_p50_ms': lag_last,
+        'output_rate_hz': _number(status, 'output_rate_hz'),
+    }
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return '-' if value is None else f'{value:.{digits}f}'
+
+
+def render_tables(rows: list[dict[str, Any]], header: str) -> str:
+    """Return the header line and the two markdown tables (delivery/latency, stages)."""
+    lines = [header, '',
+             '| frames | transport | published (Hz) | received by node | processed | '
+             'masks published | masks received | e2e p50 / p99 ms | bare inference p50 ms | '
+             'overhead ms (% of inference) | node inference p50 ms | overhead vs node '
+             'inference ms (%) | lag p50 first / last 10 s ms |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+    for row in rows:
+        lines.append(
+            f"| {row['size']} | {row['transport']} | {row['published']} "
+            f"({_fmt(row['camera_rate_hz'])}) | {_fmt(row['received_by_node'], 0)} "
+            f"({_fmt(row['received_pct'])} %) | {_fmt(row['processed'], 0)} | "
+            f"{_fmt(row['masks_published'], 0)} | {row['masks_received']} | "
+            f"{_fmt(row['e2e_p50_ms'])} / {_fmt(row['e2e_p99_ms'])} | "
+            f"{_fmt(row['bare_inference_p50_ms'])} | {_fmt(row['overhead_ms'])} "
+            f"({_fmt(row['overhead_pct'], 0)} %) | {_fmt(row['node_inference_p50_ms'])} | "
+            f"{_fmt(row['overhead_vs_node_inference_ms'])} "
+            f"({_fmt(row['overhead_vs_node_inference_pct'], 0)} %) | "
+            f"{_fmt(row['lag_first_p50_ms'])} / "
+            f"{_fmt(row['lag_last_p50_ms'])} |")
+    split = STAGES.index('preprocess') + 1
+    lines += ['', '| frames | transport | ' + ' | '.join(STAGES[:split]) + ' | inference | '
+              + ' | '.join(STAGES[split:]) + ' | node receipt to publish | '
+              + 'outside the node (e2e - node) | camera publish() |',
+              '| --- | --- |' + ' --- |' * (len(STAGES) + 4)]
+    for row in rows:
+        stages = row['stages_p50_ms']
+        node_e2e = row['node_end_to_end_p50_ms']
+        outside = (None if node_e2e is None or row['e2e_p50_ms'] is None
+                   else row['e2e_p50_ms'] - node_e2e)
+        cells = [_fmt(stages[name], 2) for name in STAGES]
+        cells.insert(STAGES.index('preprocess') + 1, _fmt(row['node_inference_p50_ms'], 2))
+        cells += [_fmt(node_e2e, 2), _fmt(outside, 2), _fmt(row['camera_publish_p50_ms'], 2)]
+        lines.append(f"| {row['size']} | {row['transport']} | " + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def _load_text() -> str:
+    return '/'.join(f'{v:.1f}' for v in os.getloadavg())
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog='Without models/default.onnx, write a model of a few GFLOPs first: '
+               'python scripts/make_bench_model.py models/bench.onnx')
+    parser.add_argument('--model', default='',
+                        help='ONNX model (default: the shipped models/default.onnx)')
+    parser.add_argument('--sizes', default='1024x512,2048x1024',
+                        type=lambda text: [parse_size(s) for s in text.split(',') if s.strip()],
+                        help='comma-separated frame sizes WIDTHxHEIGHT')
+    parser.add_argument('--transport', type=parse_transports, default=list(TRANSPORTS),
+                        help='comma-separated: profile (shipped DDS profiles), default')
+    parser.add_argument('--duration', type=float, default=60.0,
+                        help='seconds of frames per configuration')
+    parser.add_argument('--rate', type=float, default=30.0, help='camera frames per second')
+    parser.add_argument('--inference-runs', type=int, default=30,
+                        help='timed bare inference runs before and after each configuration')
+    parser.add_argument('--providers', default='cpu',
+                        type=lambda text: [p.strip() for p in text.split(',') if p.strip()],
+                        help='ONNX Runtime providers for the node and the bare timing')
+    parser.add_argument('--intra-op-threads', type=int, default=0)
+    parser.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='extra node parameter (repeatable), e.g. input_depth:=4')
+    parser.add_argument('--domain-base', type=int, default=None,
+                        help='ROS_DOMAIN_ID of the first configuration, the next ones count '
+                             'up (default: random in 120..199)')
+    parser.add_argument('--json', type=Path, help='also write every figure to this file')
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every configuration, print the tables; return 1 if the model cannot be used."""
+    args = _parse_args(argv)
+    args.model = resolve_model_path(args.model).resolve()
+    try:
+        segmenter = load_segmenter(args.model, providers=args.providers,
+                                   intra_op_threads=args.intra_op_threads)
+    except ModelLoadError as err:
+        print(f'bench: {err}\n  write a benchmark model with: python '
+              'scripts/make_bench_model.py models/bench.onnx', file=sys.stderr)
+        return 1
+    base = (args.domain_base if args.domain_base is not None
+            else random.Random(os.getpid()).randrange(120, 200 - 8))
+    configs = [Configuration(width, height, transport, base + i)
+               for i, ((width, height), transport) in enumerate(
+                   (s, t) for s in args.sizes for t in args.transport)]
+    load_before = _load_text()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix='fvt_bench_') as tmp:
+        for config in configs:
+            # Timed just before and just after the run: the machine's load of the moment.
+            bare = time_inference(segmenter, args.inference_runs)
+            raw = run_configuration(config, args, Path(tmp))
+            bare += time_inference(segmenter, args.inference_runs)
+            rows.append(summarize_run(config, raw, bare))
+    height, width = segmenter.input_size
+    params = f'; node parameters {" ".join(args.node_param)}' if args.node_param else ''
+    header = (f'bench: model {args.model.name} (input {width}x{height}, '
+              f'{segmenter.active_provider}), camera {_fmt(args.rate, 0)} Hz rgb8 for '
+              f'{_fmt(args.duration, 0)} s per row, mask only subscribed{params}; machine: '
+              f'{os.cpu_count()} CPUs, load average {load_before} before, {_load_text()} '
+              'after (1/5/15 min)')
+    print(render_tables(rows, header), flush=True)
+    if args.json:
+        write_json(args.json, {'header': header, 'model': str(args.model),
+                               'rate_hz': args.rate, 'duration_s': args.duration,
+                               'rows': rows})
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

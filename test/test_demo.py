@@ -1,0 +1,70 @@
+"""The main job runs end to end on a few frames of the bundled recording."""
+
+import json
+import os
+import subprocess
+import sys
+
+from onnx_models import build_model
+from rosbags.rosbag2 import Reader
+
+from fvt_segmentation.contract import ModelContract, Normalization
+
+
+def run_demo(tmp_path, *args):
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    return subprocess.run([sys.executable, '-m', 'fvt_segmentation.demo', '--out',
+                           str(tmp_path / 'out'), '--rate', '10', '--providers', 'cpu', *args],
+                          capture_output=True, text=True, timeout=180, env=env)
+
+
+def test_demo_on_a_few_frames_writes_everything_it_promises(tmp_path):
+    model = build_model(tmp_path / 'm.onnx', size=(96, 128), contract=ModelContract(
+        normalization=Normalization(1 / 255, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))))
+    result = run_demo(tmp_path, '--frames', '6', '--model', str(model))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / 'out'
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['frames_in'] == 6
+    assert summary['masks_out'] == 6 and summary['lost_or_dropped'] == 0
+    assert summary['latency_ms_p50'] > 0 and summary['latency_ms_p99'] >= summary[
+        'latency_ms_p50']
+    assert 0 <= summary['metrics']['miou'] <= 1 and summary['metrics']['pixels'] == 6 * 480 * 360
+    assert summary['provider'] == 'CPUExecutionProvider'
+    assert len(list((out / 'overlays').glob('frame_*.png'))) == 6
+    assert (out / 'overlay.gif').stat().st_size > 0
+    with Reader(out / 'masks_bag') as bag:
+        assert bag.message_count == 6
+        assert [c.topic for c in bag.connections] == ['/segmentation_node/mask']
+    assert 'mIoU' in result.stdout and 'p99' in result.stdout
+
+
+def test_demo_reports_a_missing_model_in_one_line(tmp_path):
+    result = run_demo(tmp_path, '--model', str(tmp_path / 'nope.onnx'))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f'error: model {tmp_path / "nope.onnx"} '
+                                                  'not found']
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(tmp_path):
+    import signal
+    import time
+
+    model = build_model(tmp_path / 'm.onnx', size=(96, 128))
+    out = tmp_path / 'out'
+    proc = subprocess.Popen([sys.executable, '-m', 'fvt_segmentation.demo', '--out', str(out),
+                             '--rate', '2', '--providers', 'cpu', '--model', str(model)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list((out / 'overlays').glob('*.png'))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert 'Traceback' not in stderr
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['interrupted'] and 3 <= summary['frames_in'] < 40
+    assert summary['node_exit_code'] == 0
+    with Reader(out / 'masks_bag') as bag:
+        assert bag.message_count >= 2
+    assert (out / 'overlay.gif').exists()
