@@ -9,7 +9,7 @@ Pipeline: the subscription callback only stores the newest frame in a one-slot h
 inference thread takes it, decodes and segments it and puts the result in a second one-slot
 holder; the output thread builds the outputs somebody subscribes to and publishes them while
 the next frame is being inferred. A slow stage therefore drops frames instead of building a
-backlog. See ``docs/node.md`` for topics and parameters.
+backlog. See README.md for topics and parameters.
 """
 
 from __future__ import annotations
