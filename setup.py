@@ -53,7 +53,7 @@ setup(
     ],
     extras_require={
         'ros-pypi': ros_from_pypi,
-        'test': ros_from_pypi + ['pytest', 'onnx', 'ruff', 'psutil'],
+        'test': ros_from_pypi + ['pytest', 'onnx', 'ruff', 'colcon-common-extensions'],
     },
     zip_safe=True,
     maintainer='Future Vision Transport perception team',

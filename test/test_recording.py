@@ -7,7 +7,12 @@ from rosbags.rosbag2 import Reader
 import yaml
 
 from fvt_segmentation.recording import (
-    CAMERA_TOPIC, TRUTH_TOPIC, default_recording, read_truth, stamp_ns)
+    CAMERA_TOPIC,
+    TRUTH_TOPIC,
+    default_recording,
+    read_truth,
+    stamp_ns,
+)
 
 
 def test_recording_has_camera_frames_and_truth_with_matching_stamps():
@@ -26,7 +31,8 @@ def test_recording_has_camera_frames_and_truth_with_matching_stamps():
     truth = read_truth(bag)
     assert sorted(truth) == sorted(frames)
     stamps = sorted(frames)
-    assert all(b - a == 1_000_000_000 for a, b in zip(stamps, stamps[1:]))  # 1 s apart
+    assert all(b - a == 1_000_000_000  # 1 s apart
+               for a, b in zip(stamps, stamps[1:], strict=False))
     for stamp, image in frames.items():
         assert image.shape == (360, 480, 3)
         assert truth[stamp].shape == (360, 480) and truth[stamp].max() <= 7

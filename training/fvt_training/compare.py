@@ -136,7 +136,7 @@ def columns(eval_splits: Sequence[str] = ()) -> list[Column]:
 def read_run(folder: Path) -> dict | None:
     """Return what a run folder holds, or None when ``folder`` is not a run folder."""
     from fvt_training.run_contract import read_json
-    from fvt_training.train import CONFIG_FILE, METRICS_FILE
+    from fvt_training.run_files import CONFIG_FILE, METRICS_FILE
 
     config_path = folder / CONFIG_FILE
     if not folder.is_dir() or not (config_path.is_file() or (folder / METRICS_FILE).is_file()):

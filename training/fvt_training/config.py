@@ -179,7 +179,7 @@ SCHEMA: dict[str, Any] = {
                       'one entry per down/up block', _filters,
                       'model.filters: [32, 64, 128, 256]'),
         'bn_momentum': _f(None, 'float in (0, 1) or null', 'momentum of every '
-                          'BatchNormalization layer; null keeps the architecture\'s (Keras 0.99, '
+                          "BatchNormalization layer; null keeps the architecture's (Keras 0.99, "
                           'MobileNetV2 0.999). From scratch with few steps per epoch, 0.9 lets '
                           'the moving statistics that validation uses settle within an epoch',
                           _opt_momentum, 'model.bn_momentum: 0.9'),

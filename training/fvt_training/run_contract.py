@@ -18,7 +18,7 @@ from typing import Any
 from fvt_segmentation.contract import ModelContract
 from fvt_training.models import model_normalization
 from fvt_training.prepared import DataError, read_manifest
-from fvt_training.train import CONFIG_FILE, METRICS_FILE
+from fvt_training.run_files import COMMAND_FILE, CONFIG_FILE, METRICS_FILE
 
 SUMMARY_KEYS = ('miou', 'miou_all', 'dice', 'pixel_accuracy', 'iou')
 
@@ -84,11 +84,19 @@ def run_contract(run_dir: str | os.PathLike, config: Mapping[str, Any],
         'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
         'run': run_dir.name,
         'config_file': str(run_dir / CONFIG_FILE),
-        'training_command': f'fvt-train train {run_dir / CONFIG_FILE}',
+        'training_command': training_command(run_dir),
     }
     provenance.update(extra_provenance or {})
     return ModelContract(layout='NHWC', color_order=color_order, normalization=normalization,
                          output='probabilities', ignore_index=0, provenance=provenance)
+
+
+def training_command(run_dir: Path) -> str:
+    """Return the command line(s) that trained the run, or one that reproduces its config."""
+    recorded = run_dir / COMMAND_FILE
+    if recorded.is_file():
+        return ' && '.join(line for line in recorded.read_text().splitlines() if line)
+    return f'fvt-train train {run_dir / CONFIG_FILE}'
 
 
 def doc_string(contract: ModelContract) -> str:

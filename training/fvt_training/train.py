@@ -14,6 +14,8 @@ import csv
 import json
 import os
 from pathlib import Path
+import shlex
+import sys
 import tempfile
 import time
 from typing import Any
@@ -30,14 +32,17 @@ from fvt_training.keras_metrics import StreamingMeanIoU
 from fvt_training.losses import make_loss, resolve_class_weights
 from fvt_training.models import build_model, check_input_size, model_normalization
 from fvt_training.prepared import Manifest, read_manifest
+from fvt_training.run_files import (
+    BEST_WEIGHTS,
+    COMMAND_FILE,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LAST_WEIGHTS,
+    METRICS_FILE,
+    PLOT_FILE,
+    STATE_FILE,
+)
 
-CONFIG_FILE = 'config.yaml'
-STATE_FILE = 'state.json'
-BEST_WEIGHTS = 'best.weights.h5'
-LAST_WEIGHTS = 'last.weights.h5'
-HISTORY_FILE = 'history.csv'
-PLOT_FILE = 'plot.png'
-METRICS_FILE = 'metrics.json'
 MONITOR = 'val_loss'
 
 
@@ -302,8 +307,18 @@ def train(config: dict, run_dir: str | os.PathLike | None = None) -> Path:
               else Path(tempfile.mkdtemp(prefix='fvt-worker-')))
     write_config(config, folder / CONFIG_FILE,
                  header=f'Resolved configuration of run {folder.name} (fvt-train train).')
+    if chief:
+        _record_command(folder)
     print(f'run folder: {folder}')
     return _fit(config, manifest, folder, strategy, state=None)
+
+
+def _record_command(folder: Path) -> None:
+    """Append the command line that started (or resumed) the run to ``command.txt``."""
+    words = ['fvt-train', *sys.argv[1:]] if Path(sys.argv[0]).name == 'fvt-train' else [
+        'python', *sys.argv]
+    with open(folder / COMMAND_FILE, 'a') as file:
+        file.write(' '.join(shlex.quote(w) for w in words) + '\n')
 
 
 def resume(run_dir: str | os.PathLike) -> Path:
@@ -320,6 +335,7 @@ def resume(run_dir: str | os.PathLike) -> Path:
     config = load_config(folder / CONFIG_FILE)
     config, manifest = resolve_config(config)
     strategy = make_strategy(config['train']['strategy'])
+    _record_command(folder)
     print(f'resuming {folder} after epoch {state["epoch"]}')
     return _fit(config, manifest, folder, strategy, state)
 

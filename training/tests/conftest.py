@@ -6,8 +6,9 @@ from pathlib import Path
 import shutil
 import sys
 
-from fvt_training import prepare
 import pytest
+
+from fvt_training import prepare
 
 # The fixture modules next to this file (fixtures_cityscapes, prepared_fixture) import by name.
 sys.path.insert(0, str(Path(__file__).parent))

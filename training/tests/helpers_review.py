@@ -12,6 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 import sys
 
+import numpy as np
+
+from fvt_segmentation.contract import CATEGORIES, ModelContract, Normalization
 from fvt_training.prepared import (
     Manifest,
     SplitInfo,
@@ -20,9 +23,6 @@ from fvt_training.prepared import (
     write_manifest,
     write_png_atomic,
 )
-import numpy as np
-
-from fvt_segmentation.contract import CATEGORIES, ModelContract, Normalization
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'test'))
 

@@ -6,9 +6,10 @@ import random
 
 import albumentations as A  # noqa: N812
 import cv2
-from fvt_training.augment import PRESETS, AugmentationError, build_augmentation
 import numpy as np
 import pytest
+
+from fvt_training.augment import PRESETS, AugmentationError, build_augmentation
 
 AUGMENTING = ('light', 'flip_rotate', 'heavy')
 # Lowest image/mask agreement (correlation ratio, see below) each preset must keep. Emboss

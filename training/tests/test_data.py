@@ -5,12 +5,12 @@ from __future__ import annotations
 import shutil
 
 from fixtures_cityscapes import EXPECTED_FREQUENCIES, categories, frame_index, frame_value
-from fvt_training import data
 import numpy as np
 import pytest
 import tf_keras
 
 from fvt_segmentation.contract import Normalization
+from fvt_training import data
 
 EXPECTED_LABEL = categories()[::2, ::2]  # the 64x32 frames prepared at 32x16
 

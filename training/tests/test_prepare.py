@@ -8,6 +8,11 @@ from pathlib import Path
 
 import cv2
 from fixtures_cityscapes import EXPECTED_FREQUENCIES, categories, rgb_image
+import numpy as np
+from PIL import Image
+import pytest
+
+from fvt_segmentation.contract import CATEGORIES
 from fvt_training.prepare import (
     UNKNOWN_LABEL,
     cityscapes_label_table,
@@ -15,11 +20,6 @@ from fvt_training.prepare import (
     split_train_val,
 )
 from fvt_training.prepared import read_manifest
-import numpy as np
-from PIL import Image
-import pytest
-
-from fvt_segmentation.contract import CATEGORIES
 
 # CamVid id -> category id, written out by hand from the dataset README's table.
 CAMVID_EXPECTED = {0: 5, 1: 2, 2: 3, 3: 1, 4: 1, 5: 4, 6: 3, 7: 2, 8: 7, 9: 6, 10: 6, 11: 0}

@@ -13,15 +13,15 @@ import sys
 import threading
 
 import cv2
-from fvt_training import cli
-from fvt_training.prepared import DataError
-from fvt_training.review.app import ReviewSetupError, create_app
-from fvt_training.review.reviews import ImageReview, ReviewCache
 from helpers_review import HUMAN, VOID, build_review_model, make_review_data
 import numpy as np
 import pytest
 
 from fvt_segmentation.contract import CATEGORIES, PALETTE, ModelLoadError
+from fvt_training import cli
+from fvt_training.prepared import DataError
+from fvt_training.review.app import ReviewSetupError, create_app
+from fvt_training.review.reviews import ImageReview, ReviewCache
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 CHROMEDRIVER = '/usr/bin/chromedriver'
