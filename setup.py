@@ -66,6 +66,7 @@ setup(
             'replay = fvt_segmentation.replay:main',
             'record = fvt_segmentation.record:main',
             'demo = fvt_segmentation.demo:main',
+            'bench = fvt_segmentation.bench:main',
         ],
     },
 )

@@ -1,6 +1,6 @@
 """Benchmark the segmentation node between processes: delivery, latency, per-stage costs.
 
-    bench --model models/bench.onnx [--sizes 1024x512,2048x1024] [--transport profile,default]
+    bench --model output/bench.onnx [--sizes 1024x512,2048x1024] [--transport profile,default]
           [--duration 60] [--rate 30] [--json OUT]
 
 For every frame size and transport, three processes run in a DDS domain of their own: the
@@ -312,7 +312,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog='Without models/default.onnx, write a model of a few GFLOPs first: '
-               'python scripts/make_bench_model.py models/bench.onnx')
+               'python scripts/make_bench_model.py output/bench.onnx')
     parser.add_argument('--model', default='',
                         help='ONNX model (default: the shipped models/default.onnx)')
     parser.add_argument('--sizes', default='1024x512,2048x1024',
@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    intra_op_threads=args.intra_op_threads)
     except ModelLoadError as err:
         print(f'bench: {err}\n  write a benchmark model with: python '
-              'scripts/make_bench_model.py models/bench.onnx', file=sys.stderr)
+              'scripts/make_bench_model.py output/bench.onnx', file=sys.stderr)
         return 1
     base = (args.domain_base if args.domain_base is not None
             else random.Random(os.getpid()).randrange(120, 200 - 8))

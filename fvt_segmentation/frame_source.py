@@ -23,6 +23,7 @@ from sensor_msgs.msg import Image
 
 from fvt_segmentation.cli_args import split_ros_args
 from fvt_segmentation.matching import wait_for_subscribers
+from fvt_segmentation.params import RELIABILITIES
 
 ENCODING_BY_CHANNELS = {1: 'mono8', 3: 'rgb8'}
 
@@ -151,7 +152,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--height', type=int, default=1024)
     parser.add_argument('--images', nargs='+', metavar='FILE',
                         help='publish these images (cycled) instead of synthetic frames')
-    parser.add_argument('--qos', choices=('best_effort', 'reliable'), default='best_effort')
+    parser.add_argument('--qos', choices=RELIABILITIES, default='best_effort')
     parser.add_argument('--frame-id', default='camera')
     parser.add_argument('--wait-for-subscribers', type=int, default=1, metavar='N',
                         help='wait for N matched subscriptions before publishing (0: no wait)')

@@ -174,34 +174,31 @@ class BagRecorder:
         if self.on_message is not None:
             self.on_message(topic, total)
 
-    def close(self) -> Path:
-        """Stop recording, finish the bag and move it to ``output``; returns ``output``."""
+    def _stop(self, end_writer: Callable[[], None]) -> bool:
+        """Unsubscribe, end the writer with ``end_writer``; False if stopped already."""
         with self._lock:
             if self._closed:
-                return self.output
+                return False
             self._closed = True
         for subscription in self._subscriptions:
             self.node.destroy_subscription(subscription)
         self._subscriptions.clear()
-        self._on_io(self._writer.close)
+        self._on_io(end_writer)
         self._io.shutdown()
-        finish_bag(self.partial / self.output.name, self.output,
-                   humble=self.bag_version == HUMBLE_BAG_VERSION)
-        self.partial.rmdir()
+        return True
+
+    def close(self) -> Path:
+        """Stop recording, finish the bag and move it to ``output``; returns ``output``."""
+        if self._stop(self._writer.close):
+            finish_bag(self.partial / self.output.name, self.output,
+                       humble=self.bag_version == HUMBLE_BAG_VERSION)
+            self.partial.rmdir()
         return self.output
 
     def abort(self) -> None:
         """Stop recording and delete the unfinished bag (nothing is left at ``output``)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        for subscription in self._subscriptions:
-            self.node.destroy_subscription(subscription)
-        self._subscriptions.clear()
-        self._on_io(self._writer.abort)
-        self._io.shutdown()
-        shutil.rmtree(self.partial, ignore_errors=True)
+        if self._stop(self._writer.abort):
+            shutil.rmtree(self.partial, ignore_errors=True)
 
     def __enter__(self) -> BagRecorder:
         return self

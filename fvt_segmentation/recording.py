@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 from rosbags.highlevel import AnyReader
 
+from fvt_segmentation.inference import Segmenter, resize_classes
+from fvt_segmentation.metrics import confusion_matrix, summarize
 from fvt_segmentation.resources import package_file
 
 CAMERA_TOPIC = '/camera/image_raw/compressed'
@@ -33,12 +35,14 @@ def stamp_ns(header: object) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def read_truth(bag: str | Path, topic: str = TRUTH_TOPIC) -> dict[int, np.ndarray]:
-    """Return the ground-truth masks of a recording, keyed by header stamp (ns).
+def read_images(bag: str | Path, topic: str) -> dict[int, np.ndarray]:
+    """Decode every ``CompressedImage`` of ``topic``, keyed by header stamp (ns).
 
-    Raises ``ValueError`` naming the bag when it has no such topic or a mask does not decode.
+    Colour frames come back as BGR (what the node gets from ``cv2.imdecode``), masks as
+    single-channel arrays. Raises ``ValueError`` naming the bag for a missing topic or data
+    that does not decode.
     """
-    truth: dict[int, np.ndarray] = {}
+    images: dict[int, np.ndarray] = {}
     with AnyReader([Path(bag)]) as reader:
         connections = [c for c in reader.connections if c.topic == topic]
         if not connections:
@@ -46,9 +50,39 @@ def read_truth(bag: str | Path, topic: str = TRUTH_TOPIC) -> dict[int, np.ndarra
                              f'{sorted(c.topic for c in reader.connections)}')
         for connection, _, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, connection.msgtype)
-            mask = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)
-            if mask is None or mask.ndim != 2:
-                raise ValueError(f'{bag}: a {topic} message at {stamp_ns(msg.header)} ns is '
-                                 'not a single-channel PNG mask')
-            truth[stamp_ns(msg.header)] = mask
+            image = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)
+            if image is None:
+                raise ValueError(f'{bag}: the {topic} message at {stamp_ns(msg.header)} ns '
+                                 'does not decode')
+            images[stamp_ns(msg.header)] = image
+    return images
+
+
+def read_truth(bag: str | Path, topic: str = TRUTH_TOPIC) -> dict[int, np.ndarray]:
+    """Return the ground-truth category masks of a recording, keyed by header stamp (ns)."""
+    truth = read_images(bag, topic)
+    for stamp, mask in truth.items():
+        if mask.ndim != 2:
+            raise ValueError(f'{bag}: the {topic} message at {stamp} ns is not a '
+                             'single-channel mask')
     return truth
+
+
+def score_on_recording(segmenter: Segmenter, bag: str | Path | None = None) -> dict:
+    """Segment every camera frame of a recording as the node does; score against its truth.
+
+    Frames are decoded to BGR as the node's compressed input path does, segmented, and the
+    class map resized (nearest) to the frame. Returns :func:`fvt_segmentation.metrics.summarize`
+    of the dataset-level confusion matrix, plus ``frames``.
+    """
+    bag = bag or default_recording()
+    frames = read_images(bag, CAMERA_TOPIC)
+    truth = read_truth(bag)
+    num_classes = segmenter.contract.num_classes
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for stamp, frame in frames.items():
+        classes = resize_classes(segmenter.segment(frame, 'BGR').classes, frame.shape[:2])
+        cm += confusion_matrix(truth[stamp], classes, num_classes)
+    scores = summarize(cm, segmenter.contract.categories, segmenter.contract.ignore_index)
+    scores['frames'] = len(frames)
+    return scores

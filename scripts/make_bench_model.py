@@ -36,7 +36,8 @@ def parse_size(text: str) -> tuple[int, int]:
 def main() -> None:
     """Write the model and print its size and estimated cost."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('out', nargs='?', type=Path, default=REPO / 'models' / 'bench.onnx')
+    parser.add_argument('out', nargs='?', type=Path, default=REPO / 'output' / 'bench.onnx',
+                        help='where to write it (default: output/bench.onnx, git-ignored)')
     parser.add_argument('--size', type=parse_size, default=(256, 512),
                         help='model input WIDTHxHEIGHT (default 512x256)')
     parser.add_argument('--repeats', type=int, default=2,

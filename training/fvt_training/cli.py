@@ -5,6 +5,9 @@ Each subcommand comes from a registrar ``add_<name>_parser(subparsers)`` listed 
 ``func=<callable(args) -> int | None>`` with ``set_defaults``. Registrar modules must not
 import TensorFlow at module level (handlers import it when they run), so ``fvt-train --help``
 stays fast. To add a subcommand, write its registrar and append it here.
+
+Handlers raise the errors of :data:`USER_ERRORS` for problems a user can fix: :func:`main`
+prints their message as one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -26,6 +29,37 @@ REGISTRARS = [
     'fvt_training.compare:add_compare_parser',
     'fvt_training.export:add_export_parser',
 ]
+
+USER_ERRORS = {
+    'fvt_training.config': ('ConfigError',),
+    'fvt_training.prepared': ('DataError',),
+    'fvt_training.run_files': ('RunError',),
+    'fvt_training.models': ('ModelConfigError', 'EncoderWeightsUnavailableError'),
+    'fvt_segmentation.contract': ('ModelLoadError',),
+    'fvt_training.evaluate': ('EvaluationError',),
+    'fvt_training.export': ('ExportError',),
+    'fvt_training.compare': ('CompareError',),
+    'fvt_training.review.app': ('ReviewSetupError',),
+}
+"""Errors whose message is the whole story for a user (no traceback), by module. A module's
+errors count once it is loaded: none can be raised before, and looking them up this way
+keeps TensorFlow and Flask unloaded until a command needs them."""
+
+
+def positive_int(text: str) -> int:
+    """Parse a command-line integer >= 1 (argparse ``type``)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer; got {text}')
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """Parse a command-line integer >= 0 (argparse ``type``)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected an integer >= 0; got {text}')
+    return value
 
 
 def add_config_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -99,12 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    # Errors whose message is the whole story for a user: print it, no traceback.
-    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
-    for module, names in (('fvt_training.prepared', ('DataError',)),
-                          ('fvt_training.models', ('ModelConfigError',
-                                                   'EncoderWeightsUnavailableError')),
-                          ('fvt_training.train', ('RunError',))):
+    errors: list[type[BaseException]] = [FileNotFoundError]
+    for module, names in USER_ERRORS.items():
         loaded = sys.modules.get(module)
         errors.extend(getattr(loaded, n) for n in names if loaded is not None)
     return tuple(errors)

@@ -20,9 +20,15 @@ from typing import Any
 import yaml
 
 from fvt_segmentation.contract import CATEGORIES, VOID
+from fvt_training.run_files import (
+    CONFIG_FILE,
+    EVAL_PREFIX,
+    EXPORT_FILE,
+    METRICS_FILE,
+    read_json,
+)
 
 MISSING = '—'
-EXPORT_FILE = 'export.json'
 
 
 class CompareError(ValueError):
@@ -135,16 +141,13 @@ def columns(eval_splits: Sequence[str] = ()) -> list[Column]:
 
 def read_run(folder: Path) -> dict | None:
     """Return what a run folder holds, or None when ``folder`` is not a run folder."""
-    from fvt_training.run_contract import read_json
-    from fvt_training.run_files import CONFIG_FILE, METRICS_FILE
-
     config_path = folder / CONFIG_FILE
     if not folder.is_dir() or not (config_path.is_file() or (folder / METRICS_FILE).is_file()):
         return None
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     evals = {}
-    for path in sorted(folder.glob('eval_*.json')):
-        evals[path.stem.removeprefix('eval_')] = read_json(path)
+    for path in sorted(folder.glob(f'{EVAL_PREFIX}*.json')):
+        evals[path.stem.removeprefix(EVAL_PREFIX)] = read_json(path)
     return {'name': folder.name, 'folder': str(folder), 'config': config or {},
             'metrics': read_json(folder / METRICS_FILE) or {},
             'export': read_json(folder / EXPORT_FILE) or {}, 'evals': evals}
@@ -215,11 +218,7 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 def run_compare_command(args: argparse.Namespace) -> int:
     """Run ``fvt-train compare`` from parsed arguments."""
-    try:
-        table = compare(args.runs, args.sort, args.desc)
-    except (CompareError, ValueError) as err:
-        print(f'fvt-train compare: error: {err}', file=sys.stderr)
-        return 2
+    table = compare(args.runs, args.sort, args.desc)
     sys.stdout.write(table)
     if args.out:
         from fvt_training.prepared import write_bytes_atomic

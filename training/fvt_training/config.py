@@ -14,17 +14,16 @@ from dataclasses import dataclass
 import difflib
 import os
 from pathlib import Path
-import tempfile
 from typing import Any
 
 import yaml
 
 from fvt_segmentation.contract import CATEGORIES
+from fvt_training.prepared import write_bytes_atomic
 
 ARCHITECTURES = ('unet_like', 'unet', 'fpn', 'linknet', 'pspnet')
 LOSS_NAMES = ('cce', 'dice', 'weighted_dice', 'focal', 'cce_dice', 'jaccard')
 STRATEGIES = ('default', 'mirrored', 'multiworker')
-AUGMENT_PRESETS = ('none', 'light', 'flip_rotate', 'heavy')
 NUM_CATEGORIES = len(CATEGORIES)
 
 
@@ -376,8 +375,4 @@ def render_config(config: Mapping, header: str = '') -> str:
 
 def write_config(config: Mapping, path: str | os.PathLike, header: str = '') -> None:
     """Write :func:`render_config` output atomically (temp file + rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        f.write(render_config(config, header))
-    os.replace(tmp, path)
+    write_bytes_atomic(Path(path), render_config(config, header).encode('utf-8'))

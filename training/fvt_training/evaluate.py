@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from datetime import datetime, timezone
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ import numpy as np
 from fvt_segmentation.contract import CATEGORIES, VOID, ModelContract
 from fvt_segmentation.inference import preprocess_frame, resize_classes, scores_to_classes
 from fvt_segmentation.metrics import confusion_matrix, summarize
+from fvt_training.cli import non_negative_int, positive_int
+from fvt_training.run_files import EVAL_PREFIX, write_json
 
 DEFAULT_PROVIDERS = ('cpu',)
 QUANTIZED_OPS = frozenset({'QuantizeLinear', 'DequantizeLinear', 'QLinearConv', 'ConvInteger',
@@ -78,7 +79,8 @@ class KerasRunModel:
 
     def report_paths(self, split: str) -> tuple[Path, Path]:
         """Return the default ``(JSON report, figures folder)``: inside the run folder."""
-        return self.source / f'eval_{split}.json', self.source / f'eval_{split}'
+        name = f'{EVAL_PREFIX}{split}'
+        return self.source / f'{name}.json', self.source / name
 
 
 class OnnxFileModel:
@@ -129,9 +131,8 @@ class OnnxFileModel:
 
     def report_paths(self, split: str) -> tuple[Path, Path]:
         """Return the default ``(JSON report, figures folder)``: next to the model file."""
-        stem = self.source.with_suffix('')
-        return (stem.with_name(f'{stem.name}.eval_{split}.json'),
-                stem.with_name(f'{stem.name}.eval_{split}'))
+        name = f'{self.source.stem}.{EVAL_PREFIX}{split}'
+        return self.source.with_name(f'{name}.json'), self.source.with_name(name)
 
 
 def open_model(source: str | os.PathLike, providers: Sequence[str] = DEFAULT_PROVIDERS,
@@ -164,7 +165,7 @@ def confusion_over_split(model: KerasRunModel | OnnxFileModel, manifest: Any, sp
     """
     from tqdm import tqdm
 
-    from fvt_training.data import load_pair
+    from fvt_training.prepared import load_pair
 
     if tuple(model.contract.categories) != CATEGORIES:
         raise EvaluationError(f'{model.source}: the model predicts categories '
@@ -263,13 +264,6 @@ def pick_samples(ids: Sequence[str], count: int) -> list[str]:
     return [ids[i] for i in dict.fromkeys(positions.tolist())]
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON atomically."""
-    from fvt_training.prepared import write_bytes_atomic
-
-    write_bytes_atomic(path, (json.dumps(payload, indent=2) + '\n').encode('utf-8'))
-
-
 def evaluate(source: str | os.PathLike, data: str | os.PathLike | None = None,
              split: str = 'test', *, out_dir: str | os.PathLike | None = None,
              batch_size: int = 8, limit: int | None = None, samples: int = 4,
@@ -281,8 +275,7 @@ def evaluate(source: str | os.PathLike, data: str | os.PathLike | None = None,
     ``out_dir`` for both). ``data`` defaults to a run's own prepared folder; ``timing_runs=0``
     skips the timing.
     """
-    from fvt_training.data import load_pair
-    from fvt_training.prepared import read_manifest, write_png_atomic
+    from fvt_training.prepared import load_pair, read_manifest, write_png_atomic
 
     model = open_model(source, providers, weights, data)
     data = data or model.prepared_dir
@@ -362,22 +355,6 @@ def format_report(report: dict) -> str:
     return '\n'.join(lines)
 
 
-def positive_int(text: str) -> int:
-    """Parse a command-line integer >= 1 (argparse ``type``)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer; got {text}')
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """Parse a command-line integer >= 0 (argparse ``type``)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 0; got {text}')
-    return value
-
-
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``fvt-train evaluate``."""
     parser = subparsers.add_parser(
@@ -414,21 +391,11 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
     """Run ``fvt-train evaluate`` from parsed arguments; print the summary."""
-    import sys
-
-    from fvt_segmentation.contract import ModelLoadError
-    from fvt_training.prepared import DataError
-    from fvt_training.train import RunError
-
-    try:
-        report = evaluate(args.source, args.data, args.split, out_dir=args.out_dir,
-                          batch_size=args.batch_size, limit=args.limit, samples=args.samples,
-                          timing_runs=args.timing_runs, timing_warmup=args.timing_warmup,
-                          timing_batch=args.timing_batch,
-                          providers=[p for p in args.providers.split(',') if p],
-                          weights=args.weights)
-    except (EvaluationError, ModelLoadError, DataError, RunError) as err:
-        print(f'fvt-train evaluate: error: {err}', file=sys.stderr)
-        return 2
+    report = evaluate(args.source, args.data, args.split, out_dir=args.out_dir,
+                      batch_size=args.batch_size, limit=args.limit, samples=args.samples,
+                      timing_runs=args.timing_runs, timing_warmup=args.timing_warmup,
+                      timing_batch=args.timing_batch,
+                      providers=[p for p in args.providers.split(',') if p],
+                      weights=args.weights)
     print(format_report(report))
     return 0

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.contract import ModelContract
+from fvt_training.cli import non_negative_int, positive_int
 
 OPSET = 17
 INPUT_NAME = 'image'
@@ -96,17 +97,10 @@ def attach_contract(proto: Any, contract: ModelContract) -> None:
 
 def save_atomic(proto: Any, path: Path) -> None:
     """Save an ONNX model through a temporary file in the same folder and a rename."""
-    import onnx
+    from fvt_training.prepared import write_bytes_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.tmp-{path.stem}-', suffix='.onnx')
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(path, proto.SerializeToString())
 
 
 def check_parity(keras_model: Any, keras_contract: ModelContract, segmenter: Any,
@@ -238,9 +232,9 @@ def _score_variants(paths: Mapping[str, Path], manifest: Any, split: str, runs: 
                     warmup: int) -> dict[str, dict]:
     from fvt_segmentation.contract import CATEGORIES, VOID
     from fvt_segmentation.metrics import summarize
-    from fvt_training.data import load_pair
     from fvt_training.evaluate import OnnxFileModel, confusion_over_split, preprocess_batch
     from fvt_training.latency import time_interleaved
+    from fvt_training.prepared import load_pair
 
     models = {tag: OnnxFileModel(path) for tag, path in paths.items()}
     scores: dict[str, dict] = {}
@@ -280,10 +274,10 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *,
     """
     from fvt_segmentation.inference import load_segmenter
     from fvt_training import flops
-    from fvt_training.data import load_pair
-    from fvt_training.evaluate import pick_samples, write_json
-    from fvt_training.prepared import read_manifest
+    from fvt_training.evaluate import pick_samples
+    from fvt_training.prepared import load_pair, read_manifest
     from fvt_training.run_contract import run_contract
+    from fvt_training.run_files import EXPORT_FILE, write_json
     from fvt_training.train import load_run
 
     run_dir, out = Path(run_dir), Path(out)
@@ -371,7 +365,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *,
     }
     report_path = out.with_name(f'{out.stem}.export.json')
     write_json(report_path, report)
-    write_json(run_dir / 'export.json', {**report, 'report_path': str(report_path)})
+    write_json(run_dir / EXPORT_FILE, {**report, 'report_path': str(report_path)})
     report['report_path'] = str(report_path)
     return report
 
@@ -399,8 +393,6 @@ def format_export(report: Mapping[str, Any]) -> str:
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``fvt-train export``."""
-    from fvt_training.evaluate import non_negative_int, positive_int
-
     parser = subparsers.add_parser(
         'export', help='export a run to a contract-following ONNX file (plus int8/fp16)',
         description='Convert a run with tf2onnx, write the model contract into the file, '
@@ -430,21 +422,11 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def run_export_command(args: argparse.Namespace) -> int:
     """Run ``fvt-train export`` from parsed arguments."""
-    from fvt_segmentation.contract import ModelLoadError
-    from fvt_training.prepared import DataError
-    from fvt_training.train import RunError
-
-    try:
-        report = export_run(args.run, args.out, data=args.data, weights=args.weights,
-                            fp16=args.fp16, int8=args.int8, int8_format=args.int8_format,
-                            parity_frames=args.parity_frames,
-                            calibration_frames=args.calibration_frames,
-                            timing_runs=args.timing_runs)
-    except (ExportError, ModelLoadError, DataError, RunError) as err:
-        import sys
-
-        print(f'fvt-train export: error: {err}', file=sys.stderr)
-        return 2
+    report = export_run(args.run, args.out, data=args.data, weights=args.weights,
+                        fp16=args.fp16, int8=args.int8, int8_format=args.int8_format,
+                        parity_frames=args.parity_frames,
+                        calibration_frames=args.calibration_frames,
+                        timing_runs=args.timing_runs)
     print(format_export(report))
     return 0
 

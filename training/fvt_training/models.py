@@ -73,6 +73,14 @@ def check_input_size(architecture: str, input_size: Sequence[int],
             'prepare the data at that size)')
 
 
+def _relu_conv_bn_twice(x: tf.Tensor, conv: type, filters: int) -> tf.Tensor:
+    for _ in range(2):
+        x = layers.Activation('relu')(x)
+        x = conv(filters, 3, padding='same')(x)
+        x = layers.BatchNormalization()(x)
+    return x
+
+
 def unet_like(input_size: Sequence[int], num_classes: int = len(CATEGORIES),
               filters: Sequence[int] = (32, 64, 128, 256)) -> keras.Model:
     """Build the keras-io U-Net-like network; ``filters[0]`` is the stem, the rest the blocks.
@@ -89,23 +97,13 @@ def unet_like(input_size: Sequence[int], num_classes: int = len(CATEGORIES),
     x = layers.Activation('relu')(x)
     previous = x
     for f in filters[1:]:
-        x = layers.Activation('relu')(x)
-        x = layers.SeparableConv2D(f, 3, padding='same')(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation('relu')(x)
-        x = layers.SeparableConv2D(f, 3, padding='same')(x)
-        x = layers.BatchNormalization()(x)
+        x = _relu_conv_bn_twice(x, layers.SeparableConv2D, f)
         x = layers.MaxPooling2D(3, strides=2, padding='same')(x)
         residual = layers.Conv2D(f, 1, strides=2, padding='same')(previous)
         x = layers.add([x, residual])
         previous = x
     for f in reversed(filters):
-        x = layers.Activation('relu')(x)
-        x = layers.Conv2DTranspose(f, 3, padding='same')(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation('relu')(x)
-        x = layers.Conv2DTranspose(f, 3, padding='same')(x)
-        x = layers.BatchNormalization()(x)
+        x = _relu_conv_bn_twice(x, layers.Conv2DTranspose, f)
         x = layers.UpSampling2D(2)(x)
         residual = layers.UpSampling2D(2)(previous)
         residual = layers.Conv2D(f, 1, padding='same')(residual)

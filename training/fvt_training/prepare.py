@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fvt_segmentation.contract import CATEGORIES
+from fvt_training.cli import positive_int
 from fvt_training.prepared import (
     IMAGES,
     LABELS,
@@ -167,6 +168,14 @@ def split_train_val(ids: Sequence[str], val_fraction: float,
     return sorted(ranked[n_val:]), sorted(ranked[:n_val])
 
 
+def _folders_found(folders: Iterable[Path], layout: str, problems: list[str]) -> bool:
+    """Return whether every folder exists; add a problem naming ``layout`` for each missing."""
+    missing = [f'{folder}: folder not found; expected {layout}'
+               for folder in folders if not folder.is_dir()]
+    problems.extend(missing)
+    return not missing
+
+
 def _pair_up(images: dict[str, Path], labels: dict[str, Path], expected_label: Callable[
         [Path], Path], expected_image: Callable[[Path], Path],
         problems: list[str]) -> tuple[SourcePair, ...]:
@@ -183,11 +192,8 @@ def _scan_cityscapes_split(root: Path, split: str,
                            problems: list[str]) -> tuple[SourcePair, ...]:
     image_dir = root / 'leftImg8bit' / split
     label_dir = root / 'gtFine' / split
-    missing = [f'{folder}: folder not found; expected the official Cityscapes layout '
-               'leftImg8bit/<split>/<city>/ and gtFine/<split>/<city>/'
-               for folder in (image_dir, label_dir) if not folder.is_dir()]
-    if missing:
-        problems.extend(missing)
+    if not _folders_found((image_dir, label_dir), 'the official Cityscapes layout '
+                          'leftImg8bit/<split>/<city>/ and gtFine/<split>/<city>/', problems):
         return ()
     images = {p.name[:-len(CITYSCAPES_IMAGE_SUFFIX)]: p
               for p in image_dir.glob(f'*/*{CITYSCAPES_IMAGE_SUFFIX}')}
@@ -236,11 +242,8 @@ def cityscapes_source(root: str | os.PathLike[str], val_fraction: float = 0.1,
 
 def _scan_camvid_split(root: Path, split: str, problems: list[str]) -> tuple[SourcePair, ...]:
     image_dir, label_dir = root / split / 'images', root / split / 'labels'
-    missing = [f'{folder}: folder not found; expected the CamVid layout '
-               '<split>/images/<stem>.jpg and <split>/labels/<stem>.png'
-               for folder in (image_dir, label_dir) if not folder.is_dir()]
-    if missing:
-        problems.extend(missing)
+    if not _folders_found((image_dir, label_dir), 'the CamVid layout <split>/images/<stem>.jpg '
+                          'and <split>/labels/<stem>.png', problems):
         return ()
     images = {p.stem: p for p in image_dir.iterdir()
               if p.suffix.lower() in CAMVID_IMAGE_SUFFIXES}
@@ -502,9 +505,6 @@ def main_prepare(args: argparse.Namespace) -> int:
                 print(f'note: {width}x{height} is not a multiple of 32; segmentation-models '
                       'networks need multiples of 32', file=sys.stderr)
         manifests = prepare_dataset(source, args.out, sizes, workers=args.workers)
-    except DataError as err:
-        print(f'fvt-train prepare: error: {err}', file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print('fvt-train prepare: interrupted; run the same command again to finish',
               file=sys.stderr)
@@ -515,13 +515,6 @@ def main_prepare(args: argparse.Namespace) -> int:
               f'({counts})')
     print(f'done in {time.monotonic() - started:.1f} s', file=sys.stderr)
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer; got {text}')
-    return value
 
 
 def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -538,7 +531,7 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         sub.add_argument('--out', required=True, help='output folder (one subfolder per size)')
         sub.add_argument('--size', required=True, action='append', metavar='WxH',
                          help='output size, e.g. 512x256; repeat or comma-separate for several')
-        sub.add_argument('--workers', type=_positive_int, default=default_workers,
+        sub.add_argument('--workers', type=positive_int, default=default_workers,
                          help=f'parallel decode/encode threads (default {default_workers})')
         sub.set_defaults(func=main_prepare)
 
@@ -555,15 +548,3 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         description='CamVid train -> train, val -> val (split by sequence); no test split.')
     common(camvid)
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``prepare`` on its own (``python -m fvt_training.prepare``)."""
-    parser = argparse.ArgumentParser(prog='fvt-train')
-    add_prepare_parser(parser.add_subparsers(dest='command', required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == '__main__':
-    sys.exit(main())

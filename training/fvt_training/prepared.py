@@ -224,8 +224,10 @@ def load_pair(manifest: Manifest, split: str, sample_id: str) -> tuple[np.ndarra
         if array.shape[:2] != expected:
             raise DataError(f'{path}: size {array.shape[1]}x{array.shape[0]}; the manifest '
                             f'says {manifest.size[0]}x{manifest.size[1]}')
-    if label.ndim != 2 or label.dtype != np.uint8 or int(label.max()) >= len(CATEGORIES):
-        raise DataError(f'{paths[1]}: expected single-channel uint8 category ids '
-                        f'0..{len(CATEGORIES) - 1}; found shape {label.shape}, {label.dtype}, '
-                        f'max {label.max()}')
+    if label.ndim != 2 or label.dtype != np.uint8:
+        raise DataError(f'{paths[1]}: expected a single-channel uint8 label; found shape '
+                        f'{label.shape} of {label.dtype}')
+    if int(label.max()) >= len(CATEGORIES):
+        raise DataError(f'{paths[1]}: expected category ids 0..{len(CATEGORIES) - 1}; found '
+                        f'{int(label.max())}')
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), label

@@ -1,6 +1,6 @@
 """The model contract a training run exports: normalisation, provenance, licence sentence.
 
-Imports TensorFlow (through the run-folder layout of :mod:`fvt_training.train`).
+Imports TensorFlow (through :mod:`fvt_training.models`).
 
 Evaluation of a Keras run preprocesses frames with exactly this contract, and export writes
 it into the ONNX file, so a run and its exported file are always fed the same way.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timezone
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,23 +17,9 @@ from typing import Any
 from fvt_segmentation.contract import ModelContract
 from fvt_training.models import model_normalization
 from fvt_training.prepared import DataError, read_manifest
-from fvt_training.run_files import COMMAND_FILE, CONFIG_FILE, METRICS_FILE
+from fvt_training.run_files import COMMAND_FILE, CONFIG_FILE, METRICS_FILE, read_json
 
 SUMMARY_KEYS = ('miou', 'miou_all', 'dice', 'pixel_accuracy', 'iou')
-
-
-def read_json(path: str | os.PathLike) -> dict | None:
-    """Return a JSON file's object, or None when the file is missing."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding='utf-8'))
-    except json.JSONDecodeError as err:
-        raise ValueError(f'{path}: not valid JSON ({err.msg} at line {err.lineno})') from None
-    if not isinstance(value, dict):
-        raise ValueError(f'{path}: expected a JSON object; got {type(value).__name__}')
-    return value
 
 
 def val_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -1,8 +1,17 @@
-"""Names of the files in a run folder.
+"""The files of a run folder: their names, and reading and writing its JSON files.
 
 Kept apart from ``train.py`` so that tools that only read runs (``fvt-train compare``) do not
 import TensorFlow.
 """
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fvt_training.prepared import write_bytes_atomic
 
 CONFIG_FILE = 'config.yaml'
 STATE_FILE = 'state.json'
@@ -12,3 +21,34 @@ HISTORY_FILE = 'history.csv'
 PLOT_FILE = 'plot.png'
 METRICS_FILE = 'metrics.json'
 COMMAND_FILE = 'command.txt'
+TENSORBOARD_DIR = 'tensorboard'
+EXPORT_FILE = 'export.json'
+EVAL_PREFIX = 'eval_'
+"""``fvt-train evaluate`` writes ``eval_<split>.json`` and the figures folder ``eval_<split>``."""
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be created, resumed or loaded; the message says why."""
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+    """Return a JSON file's object, or None when the file is missing.
+
+    Raises :class:`RunError` naming the file when it is not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding='utf-8'))
+    except json.JSONDecodeError as err:
+        raise RunError(f'{path}: not valid JSON ({err.msg} at line {err.lineno})') from None
+    if not isinstance(value, dict):
+        raise RunError(f'{path}: expected a JSON object; got {type(value).__name__}')
+    return value
+
+
+def write_json(path: str | os.PathLike, payload: Any, sort_keys: bool = False) -> None:
+    """Write ``payload`` as indented JSON through a temporary file and a rename."""
+    text = json.dumps(payload, indent=2, sort_keys=sort_keys) + '\n'
+    write_bytes_atomic(Path(path), text.encode('utf-8'))

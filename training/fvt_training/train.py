@@ -41,21 +41,12 @@ from fvt_training.run_files import (
     METRICS_FILE,
     PLOT_FILE,
     STATE_FILE,
+    TENSORBOARD_DIR,
+    RunError,
+    write_json,
 )
 
 MONITOR = 'val_loss'
-
-
-class RunError(RuntimeError):
-    """A run folder that cannot be created, resumed or loaded; the message says why."""
-
-
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write('\n')
-    os.replace(tmp, path)
 
 
 def _save_weights(model: tf.keras.Model, path: Path) -> None:
@@ -105,49 +96,45 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
         not has_chief and resolver.task_type == 'worker' and resolver.task_id == 0)
 
 
-class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
-    """EarlyStopping whose counters survive a restart (``state()`` and ``restore``).
+class _ResumableCounters:
+    """Keras callback mixin: ``wait``, ``best`` and the :attr:`COUNTERS` survive a restart.
+
+    :meth:`state` gives them after an epoch; ``restore`` (a saved state) puts them back.
+    """
+
+    COUNTERS: tuple[str, ...] = ()
+
+    def __init__(self, restore: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._restore = restore
+
+    def on_train_begin(self, logs: Mapping | None = None) -> None:
+        """Reset as Keras does, then apply the saved counters."""
+        super().on_train_begin(logs)
+        if self._restore:
+            for name in ('wait', 'best', *self.COUNTERS):
+                setattr(self, name, self._restore[name])
+
+    def state(self) -> dict[str, Any]:
+        """Return the counters to save after an epoch."""
+        return {'wait': self.wait, 'best': float(self.best),
+                **{name: getattr(self, name) for name in self.COUNTERS}}
+
+
+class ResumableEarlyStopping(_ResumableCounters, tf.keras.callbacks.EarlyStopping):
+    """EarlyStopping whose counters survive a restart.
 
     The best weights live in best.weights.h5 (ModelCheckpoint), which training loads at the
     end, so this callback keeps no copy of them.
     """
 
-    def __init__(self, restore: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._restore = restore
-
-    def on_train_begin(self, logs: Mapping | None = None) -> None:
-        """Reset as Keras does, then apply the saved counters."""
-        super().on_train_begin(logs)
-        if self._restore:
-            self.wait = self._restore['wait']
-            self.best = self._restore['best']
-            self.best_epoch = self._restore['best_epoch']
-
-    def state(self) -> dict[str, Any]:
-        """Return the counters to save after an epoch."""
-        return {'wait': self.wait, 'best': float(self.best), 'best_epoch': self.best_epoch}
+    COUNTERS = ('best_epoch',)
 
 
-class ResumableReduceLROnPlateau(tf.keras.callbacks.ReduceLROnPlateau):
+class ResumableReduceLROnPlateau(_ResumableCounters, tf.keras.callbacks.ReduceLROnPlateau):
     """ReduceLROnPlateau whose counters survive a restart."""
 
-    def __init__(self, restore: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._restore = restore
-
-    def on_train_begin(self, logs: Mapping | None = None) -> None:
-        """Reset as Keras does, then apply the saved counters."""
-        super().on_train_begin(logs)
-        if self._restore:
-            self.wait = self._restore['wait']
-            self.best = self._restore['best']
-            self.cooldown_counter = self._restore['cooldown_counter']
-
-    def state(self) -> dict[str, Any]:
-        """Return the counters to save after an epoch."""
-        return {'wait': self.wait, 'best': float(self.best),
-                'cooldown_counter': self.cooldown_counter}
+    COUNTERS = ('cooldown_counter',)
 
 
 class RunState(tf.keras.callbacks.Callback):
@@ -172,14 +159,14 @@ class RunState(tf.keras.callbacks.Callback):
         self.elapsed_s += now - self._since
         self._since = now
         _save_weights(self.model, self.run_dir / LAST_WEIGHTS)
-        _write_json(self.run_dir / STATE_FILE, {
+        write_json(self.run_dir / STATE_FILE, {
             'epoch': epoch + 1,
             'learning_rate': float(tf.keras.backend.get_value(self.model.optimizer.lr)),
             'early_stopping': self.stopping.state(),
             'plateau': self.plateau.state(),
             'training_time_s': self.elapsed_s,
             'finished': False,
-        })
+        }, sort_keys=True)
 
 
 class PlotHistory(tf.keras.callbacks.Callback):
@@ -375,7 +362,7 @@ def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute
     callbacks = [
         checkpoint, stopping, plateau,
         tf.keras.callbacks.CSVLogger(str(folder / HISTORY_FILE), append=state is not None),
-        tf.keras.callbacks.TensorBoard(str(folder / 'tensorboard'), profile_batch=0),
+        tf.keras.callbacks.TensorBoard(str(folder / TENSORBOARD_DIR), profile_batch=0),
         PlotHistory(folder),
         RunState(folder, stopping, plateau, state['training_time_s'] if state else 0.0),
     ]
@@ -394,7 +381,7 @@ def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute
     _, model = load_run(folder, 'best' if (folder / BEST_WEIGHTS).is_file() else 'last')
     cm = evaluate_confusion(model, val_seq, desc=f'{config["data"]["val_split"]} metrics')
     normalization, color_order = model_normalization(config)
-    _write_json(folder / METRICS_FILE, {
+    write_json(folder / METRICS_FILE, {
         'split': config['data']['val_split'],
         'metrics': summarize(cm, CATEGORIES, VOID),
         'confusion_matrix': cm.tolist(),
@@ -407,8 +394,8 @@ def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute
         'class_weights': class_weights,
         'normalization': json.loads(normalization.to_json()),
         'color_order': color_order,
-    })
-    _write_json(folder / STATE_FILE, {**run_state, 'finished': True})
+    }, sort_keys=True)
+    write_json(folder / STATE_FILE, {**run_state, 'finished': True}, sort_keys=True)
     print(f'done: {folder} (val mIoU {summarize(cm, CATEGORIES, VOID)["miou"]:.4f})')
     return folder
 

@@ -10,26 +10,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from prepared_fixture import write_prepared
 
 from fvt_segmentation.contract import CATEGORIES, ModelContract
-from fvt_segmentation.metrics import confusion_matrix, summarize
+from fvt_segmentation.metrics import summarize
 from fvt_training.config import load_config, write_config
-from fvt_training.prepared import (
-    Manifest,
-    SplitInfo,
-    image_path,
-    label_path,
-    size_folder_name,
-    write_manifest,
-    write_png_atomic,
-)
+from fvt_training.run_files import BEST_WEIGHTS, CONFIG_FILE, METRICS_FILE, STATE_FILE
 
 CODE_STEP = 30
 """Red value per class id in the coded images (class c is painted with red = 30 * c)."""
@@ -52,17 +44,17 @@ def make_run(runs_dir: Path, prepared: Path, name: str = 'tiny', seed: int = 0,
         f'model.input_size={list(manifest.height_width)}', f'seed={seed}', *extra])
     folder = Path(runs_dir) / name
     folder.mkdir(parents=True)
-    write_config(config, folder / 'config.yaml', header=f'Resolved configuration of {name}.')
+    write_config(config, folder / CONFIG_FILE, header=f'Resolved configuration of {name}.')
     tf.keras.utils.set_random_seed(seed)
     model = build_model(config)
-    model.save_weights(str(folder / 'best.weights.h5'))
+    model.save_weights(str(folder / BEST_WEIGHTS))
     cm = np.diag(np.arange(1, len(CATEGORIES) + 1)) * 100
     cm[1, 2] = 50
-    (folder / 'metrics.json').write_text(json.dumps({
+    (folder / METRICS_FILE).write_text(json.dumps({
         'split': 'val', 'metrics': summarize(cm, CATEGORIES, 0), 'confusion_matrix': cm.tolist(),
         'epochs': 3, 'best_epoch': 2, 'training_time_s': 95.0,
         'params': int(model.count_params())}))
-    (folder / 'state.json').write_text(json.dumps({'epoch': 3, 'finished': True,
+    (folder / STATE_FILE).write_text(json.dumps({'epoch': 3, 'finished': True,
                                                    'training_time_s': 95.0}))
     return folder
 
@@ -118,31 +110,7 @@ def coded_image(prediction: np.ndarray) -> np.ndarray:
 def make_coded_prepared(root: Path, samples: dict[str, list[tuple[np.ndarray, np.ndarray]]]
                         ) -> Path:
     """Write a prepared folder from ``{split: [(prediction, truth), ...]}`` class maps."""
-    height, width = next(iter(samples.values()))[0][0].shape
-    folder = Path(root) / size_folder_name((width, height))
-    splits = {}
-    for split, pairs in samples.items():
-        (folder / split / 'images').mkdir(parents=True, exist_ok=True)
-        (folder / split / 'labels').mkdir(parents=True, exist_ok=True)
-        counts = np.zeros(len(CATEGORIES))
-        ids = tuple(f'{split}_{i:02d}' for i in range(len(pairs)))
-        for sample_id, (prediction, truth) in zip(ids, pairs, strict=True):
-            write_png_atomic(image_path(folder, split, sample_id), coded_image(prediction),
-                             rgb=True)
-            write_png_atomic(label_path(folder, split, sample_id), truth.astype(np.uint8),
-                             rgb=False)
-            counts += np.bincount(truth.ravel(), minlength=len(CATEGORIES))
-        splits[split] = SplitInfo(ids=ids, class_frequencies=tuple(counts / counts.sum()),
-                                  source='hand-made')
-    write_manifest(Manifest(
-        folder=folder, dataset='coded', source_root='<generated>', size=(width, height),
-        categories=CATEGORIES, splits=splits, seed=None, val_fraction=None,
-        licence='generated test data', notes=(),
-        created=datetime.now(timezone.utc).isoformat()))
-    return folder
-
-
-def expected_confusion(pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Return the dataset-level confusion matrix of ``(prediction, truth)`` pairs."""
-    return sum(confusion_matrix(truth, prediction, len(CATEGORIES))
-               for prediction, truth in pairs)
+    return write_prepared(root, {
+        split: {f'{split}_{i:02d}': (coded_image(prediction), truth.astype(np.uint8))
+                for i, (prediction, truth) in enumerate(pairs)}
+        for split, pairs in samples.items()}, 'coded', 'hand-made')

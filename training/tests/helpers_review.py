@@ -8,21 +8,13 @@ clear score margin, so the expected class map of every photo is known without ru
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 import sys
 
 import numpy as np
+from prepared_fixture import write_prepared
 
-from fvt_segmentation.contract import CATEGORIES, ModelContract, Normalization
-from fvt_training.prepared import (
-    Manifest,
-    SplitInfo,
-    image_path,
-    label_path,
-    write_manifest,
-    write_png_atomic,
-)
+from fvt_segmentation.contract import CATEGORIES, VOID, ModelContract, Normalization
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'test'))
 
@@ -34,7 +26,6 @@ MODEL_SIZE = (16, 32)
 NORMALIZATION = Normalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 MIN_MARGIN = 0.5
 HUMAN = CATEGORIES.index('human')
-VOID = 0
 
 
 def review_contract(**changes) -> ModelContract:
@@ -99,13 +90,11 @@ def make_review_data(root: Path, seed: int = 3) -> ReviewData:
     rng = np.random.default_rng(seed)
     colours = class_colours()
     assert HUMAN not in colours, 'the tests rely on the tiny model never predicting human'
-    folder = Path(root) / f'{WIDTH}x{HEIGHT}'
-    photos, labels, predictions, splits = {}, {}, {}, {}
+    photos, labels, predictions = {}, {}, {}
+    samples: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for split, ids in (('val', ('street_000', 'street_001', 'street_002')),
                        ('train', ('street_100', 'street_101'))):
-        (folder / split / 'images').mkdir(parents=True, exist_ok=True)
-        (folder / split / 'labels').mkdir(parents=True, exist_ok=True)
-        counts = np.zeros(len(CATEGORIES), np.float64)
+        samples[split] = {}
         for sample_id in ids:
             photo, predicted = _mosaic(rng, colours)
             label = predicted.copy()
@@ -114,17 +103,9 @@ def make_review_data(root: Path, seed: int = 3) -> ReviewData:
                 label[:, BLOCK:2 * BLOCK] = HUMAN
             elif sample_id == 'street_002':
                 label[:] = VOID
-            write_png_atomic(image_path(folder, split, sample_id), photo, rgb=True)
-            write_png_atomic(label_path(folder, split, sample_id), label, rgb=False)
+            samples[split][sample_id] = (photo, label)
             photos[split, sample_id] = photo
             labels[split, sample_id] = label
             predictions[split, sample_id] = predicted
-            counts += np.bincount(label.ravel(), minlength=len(CATEGORIES))
-        splits[split] = SplitInfo(ids=ids, class_frequencies=tuple(counts / counts.sum()),
-                                  source='generated mosaics')
-    write_manifest(Manifest(
-        folder=folder, dataset='mosaics', source_root='<generated>', size=(WIDTH, HEIGHT),
-        categories=CATEGORIES, splits=splits, seed=seed, val_fraction=None,
-        licence='generated test data', notes=(),
-        created=datetime.now(timezone.utc).isoformat()))
+    folder = write_prepared(root, samples, 'mosaics', 'generated mosaics', seed)
     return ReviewData(folder, photos, labels, predictions)

@@ -1,18 +1,22 @@
-"""A tiny synthetic prepared dataset (the layout `fvt-train prepare` writes) for training tests.
+"""Prepared datasets (the layout `fvt-train prepare` writes) made in memory for the tests.
 
-Each frame is a street-like scene: sky on top, road below, a building block and a car box at
+:func:`write_prepared` writes any samples as a complete prepared folder. :func:`make_prepared`
+writes synthetic street-like scenes: sky on top, road below, a building block and a car box at
 random places, plus pixel noise, so a small network can lower its loss within a few epochs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from fvt_segmentation.contract import CATEGORIES, PALETTE
+from fvt_segmentation.contract import CATEGORIES, PALETTE, VOID
 from fvt_training.prepared import (
+    IMAGES,
+    LABELS,
     Manifest,
     SplitInfo,
     image_path,
@@ -22,7 +26,8 @@ from fvt_training.prepared import (
     write_png_atomic,
 )
 
-SKY, FLAT, CONSTRUCTION, VEHICLE, VOID = 5, 1, 2, 7, 0
+SKY, FLAT, CONSTRUCTION, VEHICLE = (CATEGORIES.index(name)
+                                    for name in ('sky', 'flat', 'construction', 'vehicle'))
 
 
 def synthetic_frame(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray,
@@ -41,29 +46,40 @@ def synthetic_frame(rng: np.random.Generator, height: int, width: int) -> tuple[
     return np.clip(rgb, 0, 255).astype(np.uint8), labels
 
 
-def make_prepared(root: Path, size_hw: tuple[int, int] = (64, 64), counts: dict | None = None,
-                  seed: int = 0) -> Path:
-    """Write a prepared folder ``root/<W>x<H>`` with synthetic frames and return its path."""
-    counts = counts or {'train': 8, 'val': 4}
-    height, width = size_hw
+def write_prepared(root: Path,
+                   samples: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+                   dataset: str, source: str, seed: int | None = None) -> Path:
+    """Write ``{split: {id: (RGB image, category ids uint8)}}`` as ``root/<W>x<H>``; return it.
+
+    The manifest, written last as ``fvt-train prepare`` does, lists the ids in the given order
+    with each split's class frequencies; ``source`` describes every split.
+    """
+    height, width = next(iter(next(iter(samples.values())).values()))[1].shape
     folder = Path(root) / size_folder_name((width, height))
-    rng = np.random.default_rng(seed)
     splits = {}
-    for split, count in counts.items():
-        (folder / split / 'images').mkdir(parents=True, exist_ok=True)
-        (folder / split / 'labels').mkdir(parents=True, exist_ok=True)
-        hist = np.zeros(len(CATEGORIES), np.float64)
-        ids = tuple(f'{split}_{i:03d}' for i in range(count))
-        for sample_id in ids:
-            rgb, labels = synthetic_frame(rng, height, width)
-            write_png_atomic(image_path(folder, split, sample_id), rgb, rgb=True)
-            write_png_atomic(label_path(folder, split, sample_id), labels, rgb=False)
-            hist += np.bincount(labels.ravel(), minlength=len(CATEGORIES))
-        splits[split] = SplitInfo(ids=ids, class_frequencies=tuple(hist / hist.sum()),
-                                  source='synthetic')
+    for split, pairs in samples.items():
+        (folder / split / IMAGES).mkdir(parents=True, exist_ok=True)
+        (folder / split / LABELS).mkdir(parents=True, exist_ok=True)
+        counts = np.zeros(len(CATEGORIES), np.float64)
+        for sample_id, (image, label) in pairs.items():
+            write_png_atomic(image_path(folder, split, sample_id), image, rgb=True)
+            write_png_atomic(label_path(folder, split, sample_id), label, rgb=False)
+            counts += np.bincount(label.ravel(), minlength=len(CATEGORIES))
+        splits[split] = SplitInfo(ids=tuple(pairs), class_frequencies=tuple(counts / counts.sum()),
+                                  source=source)
     write_manifest(Manifest(
-        folder=folder, dataset='synthetic', source_root='<generated>', size=(width, height),
+        folder=folder, dataset=dataset, source_root='<generated>', size=(width, height),
         categories=CATEGORIES, splits=splits, seed=seed, val_fraction=None,
         licence='generated test data', notes=(),
         created=datetime.now(timezone.utc).isoformat()))
     return folder
+
+
+def make_prepared(root: Path, size_hw: tuple[int, int] = (64, 64), counts: dict | None = None,
+                  seed: int = 0) -> Path:
+    """Write a prepared folder ``root/<W>x<H>`` with synthetic frames and return its path."""
+    counts = counts or {'train': 8, 'val': 4}
+    rng = np.random.default_rng(seed)
+    samples = {split: {f'{split}_{i:03d}': synthetic_frame(rng, *size_hw) for i in range(count)}
+               for split, count in counts.items()}
+    return write_prepared(root, samples, 'synthetic', 'synthetic', seed)

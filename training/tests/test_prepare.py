@@ -13,12 +13,8 @@ from PIL import Image
 import pytest
 
 from fvt_segmentation.contract import CATEGORIES
-from fvt_training.prepare import (
-    UNKNOWN_LABEL,
-    cityscapes_label_table,
-    main,
-    split_train_val,
-)
+from fvt_training.cli import main
+from fvt_training.prepare import UNKNOWN_LABEL, cityscapes_label_table, split_train_val
 from fvt_training.prepared import read_manifest
 
 # CamVid id -> category id, written out by hand from the dataset README's table.

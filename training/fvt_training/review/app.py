@@ -20,13 +20,12 @@ from flask import Flask, Response, abort, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from fvt_segmentation.inference import DEFAULT_PROVIDERS, Segmenter, load_segmenter
-from fvt_training.prepared import DataError, Manifest, read_manifest
+from fvt_training.prepared import DataError, Manifest, load_pair, read_manifest
 from fvt_training.review.reviews import (
     DEFAULT_CACHE_BYTES,
     PICTURES,
     ImageReview,
     ReviewCache,
-    load_sample,
     review_image,
 )
 
@@ -53,7 +52,7 @@ class ReviewState:
     def review(self, split: str, image_id: str) -> tuple[ImageReview, bool]:
         """Return the (possibly cached) review of one listed image and whether it was cached."""
         def compute() -> ImageReview:
-            photo, label = load_sample(self.manifest, split, image_id)
+            photo, label = load_pair(self.manifest, split, image_id)
             return review_image(self.segmenter, photo, label)
 
         return self.cache.get_or_compute((self.model_tag, split, image_id), compute)

@@ -55,16 +55,10 @@ def run_review(args: argparse.Namespace) -> int:
     # Imported here so that `fvt-train --help` does not load Flask and ONNX Runtime.
     from werkzeug.serving import make_server
 
-    from fvt_segmentation.contract import ModelLoadError
-    from fvt_training.prepared import DataError
-    from fvt_training.review.app import ReviewSetupError, create_app
+    from fvt_training.review.app import create_app
 
-    try:
-        app = create_app(args.data, args.model, split=args.split,
-                         **({'providers': args.providers} if args.providers else {}))
-    except (DataError, ModelLoadError, ReviewSetupError) as err:
-        print(f'fvt-train review: error: {err}', file=sys.stderr)
-        return 2
+    app = create_app(args.data, args.model, split=args.split,
+                     **({'providers': args.providers} if args.providers else {}))
     # A port in use or an unknown address: werkzeug explains it and exits with status 1.
     server = make_server(args.host, args.port, app, threaded=True)
     if args.host not in LOCAL_HOSTS:

@@ -22,7 +22,6 @@ import numpy as np
 from fvt_segmentation.conversions import blend, colorize
 from fvt_segmentation.inference import Segmenter, resize_classes
 from fvt_segmentation.metrics import confusion_matrix, summarize
-from fvt_training.prepared import DataError, Manifest, image_path, label_path
 
 PICTURES = ('photo', 'truth', 'prediction', 'overlay')
 """The pictures of a review, in the order the page shows them."""
@@ -31,36 +30,6 @@ DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 OVERLAY_ALPHA = 0.5
 """Weight of the predicted colours in the overlay: the node's ``overlay_alpha`` default (its
 parameter table imports ROS, which the training package does not need)."""
-
-
-def load_sample(manifest: Manifest, split: str, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read one prepared pair: the RGB photo (HxWx3 uint8) and its category-id label (HxW).
-
-    Raises :class:`DataError` naming the file when it is missing, corrupt or the wrong shape.
-    (``fvt_training.data.load_pair`` does the same but imports TensorFlow, which this app
-    must not wait for.)
-    """
-    paths = (image_path(manifest.folder, split, sample_id),
-             label_path(manifest.folder, split, sample_id))
-    photo, label = (cv2.imread(str(p), cv2.IMREAD_UNCHANGED) if p.is_file() else None
-                    for p in paths)
-    for path, array in zip(paths, (photo, label), strict=True):
-        if array is None:
-            raise DataError(f'{path}: missing or not a readable PNG; the manifest of '
-                            f'{manifest.folder} lists it: prepare the dataset again')
-    if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
-        raise DataError(f'{paths[0]}: expected an 8-bit 3-channel photo; found shape '
-                        f'{photo.shape} of {photo.dtype}')
-    if label.ndim != 2 or label.dtype != np.uint8:
-        raise DataError(f'{paths[1]}: expected a single-channel uint8 label; found shape '
-                        f'{label.shape} of {label.dtype}')
-    if int(label.max()) >= len(manifest.categories):
-        raise DataError(f'{paths[1]}: expected category ids 0..{len(manifest.categories) - 1}; '
-                        f'found {int(label.max())}')
-    if label.shape != photo.shape[:2]:
-        raise DataError(f'{paths[1]}: size {label.shape[1]}x{label.shape[0]} differs from its '
-                        f'photo ({photo.shape[1]}x{photo.shape[0]})')
-    return cv2.cvtColor(photo, cv2.COLOR_BGR2RGB), label
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
