@@ -108,8 +108,7 @@ class _Receiver:
     def __init__(self, node: Node, mask_topic: str) -> None:
         self.masks: list[tuple[int, int]] = []  # (header stamp, arrival), both in ns
         self.shapes: set[tuple[int, int, str]] = set()
-        self.status: dict[str, str] = {}
-        self.statuses = 0
+        self.statuses: list[dict[str, str]] = []  # the node's, about one per second
         self.subscription = node.create_subscription(
             Image, mask_topic, self._on_mask,
             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
@@ -122,8 +121,7 @@ class _Receiver:
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
             if status.name.endswith(STATUS_SUFFIX):
-                self.status = {kv.key: kv.value for kv in status.values}
-                self.statuses += 1
+                self.statuses.append({kv.key: kv.value for kv in status.values})
 
 
 def _spin_until(executor: SingleThreadedExecutor, done: Any, timeout: float) -> bool:
@@ -137,8 +135,8 @@ def run_receiver(args: argparse.Namespace) -> int:
     """Subscribe to the mask and /diagnostics; print 'ready', record until 'stop' on stdin.
 
     'ready' means the mask subscription matched the node's publisher and a status arrived.
-    After 'stop' (or the end of stdin) the receiver waits for one more status, so the
-    node's counters include every frame, then writes the JSON and exits.
+    After 'stop' (or the end of stdin) the receiver waits for one more status, so that the
+    last one counts every frame, then writes the JSON (every status kept) and exits.
     """
     node = Node('bench_receiver')
     executor = SingleThreadedExecutor()
@@ -146,7 +144,7 @@ def run_receiver(args: argparse.Namespace) -> int:
     try:
         receiver = _Receiver(node, args.mask_topic)
         if not _spin_until(executor, lambda: receiver.subscription.get_publisher_count() > 0
-                           and receiver.statuses > 0, args.timeout):
+                           and receiver.statuses, args.timeout):
             print(f'bench receiver: no publisher on {args.mask_topic} or no segmentation '
                   f'status on /diagnostics after {args.timeout:.0f} s', file=sys.stderr)
             return 2
@@ -161,9 +159,9 @@ def run_receiver(args: argparse.Namespace) -> int:
 
         threading.Thread(target=wait_for_stop, daemon=True).start()
         _spin_until(executor, stop.is_set, float('inf'))
-        seen = receiver.statuses
-        _spin_until(executor, lambda: receiver.statuses > seen, 5.0)
-        write_json(args.out, {'masks': receiver.masks, 'status': receiver.status,
+        seen = len(receiver.statuses)
+        _spin_until(executor, lambda: len(receiver.statuses) > seen, 5.0)
+        write_json(args.out, {'masks': receiver.masks, 'statuses': receiver.statuses,
                               'shapes': sorted(receiver.shapes)})
         return 0
     finally:

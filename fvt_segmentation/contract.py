@@ -34,7 +34,6 @@ LAYOUTS = ('NHWC', 'NCHW')
 COLOR_ORDERS = ('RGB', 'BGR')
 OUTPUT_KINDS = ('probabilities', 'logits')
 
-KEY_PREFIX = 'fvt.'
 REQUIRED_KEYS = (
     'fvt.contract', 'fvt.categories', 'fvt.palette', 'fvt.layout', 'fvt.color_order',
     'fvt.normalization', 'fvt.output', 'fvt.ignore_index', 'fvt.provenance',

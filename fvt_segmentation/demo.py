@@ -42,9 +42,9 @@ from fvt_segmentation.recording import (
 )
 from fvt_segmentation.replay import BagPlayer, BagPublisher
 from fvt_segmentation.resources import resolve_model_path
+from fvt_segmentation.segmentation_node import NODE_NAME as NODE
 from fvt_segmentation.transport import apply_transport_environment
 
-NODE = 'segmentation_node'
 READY_TIMEOUT_S = 120.0
 
 

@@ -104,16 +104,24 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     _split_config(args)
-    if args.resume and (args.config or args.overrides):
-        raise ConfigError('--resume RUN_DIR takes no CONFIG or overrides: a run resumes with '
-                          'the config.yaml it was started with')
+    epochs = None
+    if args.resume:
+        words = ([args.config] if args.config else []) + list(args.overrides)
+        budget = [w.split('=', 1)[1] for w in words if w.split('=', 1)[0] in (
+            'epochs', 'train.epochs') and '=' in w]
+        if len(words) > 1 or len(budget) != len(words) or not all(b.isdigit() for b in budget):
+            raise ConfigError('--resume RUN_DIR takes no CONFIG and no overrides but '
+                              'train.epochs=N (a new epoch budget: larger to extend the run, '
+                              'its current epoch to finish it now); a run resumes with the '
+                              f'config.yaml it was started with; got {words}')
+        epochs = int(budget[0]) if budget else None
     if not args.resume and not args.config:
         raise ConfigError('expected CONFIG (an experiment YAML file) or --resume RUN_DIR')
     config = None if args.resume else load_config(args.config, args.overrides)
     from fvt_training import train
 
     if args.resume:
-        train.resume(args.resume)
+        train.resume(args.resume, epochs=epochs)
     else:
         train.train(config)
     return 0

@@ -308,8 +308,12 @@ def _record_command(folder: Path) -> None:
         file.write(' '.join(shlex.quote(w) for w in words) + '\n')
 
 
-def resume(run_dir: str | os.PathLike) -> Path:
-    """Continue an interrupted run from its last epoch: weights, lr and counters restored."""
+def resume(run_dir: str | os.PathLike, epochs: int | None = None) -> Path:
+    """Continue an interrupted run from its last epoch: weights, lr and counters restored.
+
+    ``epochs`` sets a new epoch budget: larger extends the run, the epochs already done
+    finish it at once (the final scores are then computed from its best weights).
+    """
     folder = Path(run_dir)
     state_path = folder / STATE_FILE
     if not (folder / CONFIG_FILE).is_file() or not state_path.is_file():
@@ -320,6 +324,13 @@ def resume(run_dir: str | os.PathLike) -> Path:
         raise RunError(f'{folder} already finished ({state["epoch"]} epochs); start a new run '
                        'instead')
     config = load_config(folder / CONFIG_FILE)
+    if epochs is not None:
+        if epochs < state['epoch']:
+            raise RunError(f'{folder} has done {state["epoch"]} epochs already; expected a '
+                           f'budget of at least that many, got train.epochs={epochs}')
+        config['train']['epochs'] = epochs
+        write_config(config, folder / CONFIG_FILE, header=f'Resolved configuration of run '
+                     f'{folder.name} (fvt-train train; epoch budget set on resume).')
     config, manifest = resolve_config(config)
     strategy = make_strategy(config['train']['strategy'])
     _record_command(folder)

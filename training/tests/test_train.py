@@ -96,6 +96,29 @@ def test_resume_continues_from_the_saved_epoch_with_the_saved_state(prepared, tm
     assert json.loads((run / 'metrics.json').read_text())['epochs'] == 4
 
 
+def test_resume_with_a_budget_extends_or_finishes_a_run(prepared, tmp_path, capsys):
+    run = train(_config(prepared, tmp_path, 'train.epochs=1'))
+    (run / 'metrics.json').unlink()
+    state = json.loads((run / 'state.json').read_text())
+    (run / 'state.json').write_text(json.dumps({**state, 'finished': False}))
+    with pytest.raises(RunError, match='done 1 epochs already'):
+        resume(run, epochs=0)
+    assert main(['train', '--resume', str(run), 'train.epochs=2']) == 0
+    assert json.loads((run / 'metrics.json').read_text())['epochs'] == 2
+    assert 'epochs: 2' in (run / 'config.yaml').read_text()
+    assert main(['train', '--resume', str(run), 'model.backbone=vgg16']) == 2
+    assert 'takes no CONFIG and no overrides but train.epochs=N' in capsys.readouterr().err
+
+
+def test_a_resumed_run_stopped_at_its_current_epoch_is_scored(prepared, tmp_path):
+    run = train(_config(prepared, tmp_path, 'train.epochs=1'))
+    (run / 'metrics.json').unlink()
+    state = json.loads((run / 'state.json').read_text())
+    (run / 'state.json').write_text(json.dumps({**state, 'finished': False}))
+    assert resume(run, epochs=1) == run
+    assert json.loads((run / 'metrics.json').read_text())['epochs'] == 1
+
+
 def test_mirrored_strategy_trains_on_the_cpu(prepared, tmp_path):
     run = train(_config(prepared, tmp_path, 'train.epochs=1', 'train.strategy=mirrored'))
     assert json.loads((run / 'metrics.json').read_text())['epochs'] == 1
