@@ -17,8 +17,14 @@ DEFAULT_MODEL = 'models/default.onnx'
 
 
 def share_directories() -> list[Path]:
-    """Return the candidate share directories, most specific installation first."""
-    candidates = []
+    """Return the candidate share directories, most specific installation first.
+
+    Code running from a source checkout (``pip install -e .``, tests) reads the checkout's own
+    files first: an editable install copies data files into ``<sys.prefix>/share`` once, and
+    those copies go stale when the checkout changes.
+    """
+    source = Path(__file__).resolve().parents[1]
+    candidates = [source] if (source / 'package.xml').is_file() else []
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
         try:
@@ -28,7 +34,7 @@ def share_directories() -> list[Path]:
     except ImportError:  # a pip install without the ROS Python packages
         pass
     candidates.append(Path(sys.prefix) / 'share' / PACKAGE)
-    candidates.append(Path(__file__).resolve().parents[1])
+    candidates.append(source)
     unique: list[Path] = []
     for path in candidates:
         if path not in unique:

@@ -25,9 +25,10 @@ def ament_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return share
 
 
-def test_ament_share_comes_first(ament_prefix: Path) -> None:
-    assert share_directories()[0] == ament_prefix
-    assert share_directories()[-1] == REPO
+def test_source_checkout_first_then_ament_share(ament_prefix: Path) -> None:
+    # Running from a checkout (as here): its own files beat an install's copies, which an
+    # editable install made once and which go stale.
+    assert share_directories()[:2] == [REPO, ament_prefix]
     assert package_file('config/only_here.yaml') == ament_prefix / 'config/only_here.yaml'
 
 
@@ -36,15 +37,14 @@ def test_falls_back_to_the_source_tree(ament_prefix: Path) -> None:
 
 
 def test_missing_file_names_the_first_candidate(ament_prefix: Path) -> None:
-    assert package_file('models/nothing.onnx') == ament_prefix / 'models/nothing.onnx'
+    assert package_file('models/nothing.onnx') == REPO / 'models/nothing.onnx'
     assert resolve_model_path('') == package_file('models/default.onnx')
 
 
 def test_without_ament_index(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv('AMENT_PREFIX_PATH', raising=False)
-    pip_installed = Path(sys.prefix) / 'share/fvt_segmentation/config/segmentation.rviz'
-    expected = pip_installed if pip_installed.exists() else REPO / 'config/segmentation.rviz'
-    assert package_file('config/segmentation.rviz') == expected
+    assert package_file('config/segmentation.rviz') == REPO / 'config/segmentation.rviz'
+    assert share_directories()[1] == Path(sys.prefix) / 'share/fvt_segmentation'
 
 
 def test_explicit_model_path_is_used_as_given() -> None:
