@@ -38,7 +38,8 @@ setup(
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', share('launch/*.launch.py')),
         ('share/' + package_name + '/config', share('config/*')),
-        ('share/' + package_name + '/models', share('models/*.onnx', 'models/*.md')),
+        ('share/' + package_name + '/models',
+         share('models/*.onnx', 'models/*.md', 'models/*.json')),
         *share_tree('recordings'),
     ],
     install_requires=[
