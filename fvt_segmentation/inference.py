@@ -58,6 +58,23 @@ def _provider_options(name: str, cache_dir: Path | None) -> dict[str, str]:
     return {}
 
 
+def _shrink(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    # OpenCV's area interpolation is an exact, fast box filter for integer factors and a slow
+    # general resampler otherwise (6 ms for 2048x1024 -> 256x192 here): first shrink by the
+    # largest power of two that divides both sides and keeps the frame at least as large as
+    # the target (2048x1024 -> 512x256), then resample the small rest (1.8 ms in all).
+    rows, cols = frame.shape[:2]
+    factor = 1
+    while (rows % (2 * factor) == 0 and cols % (2 * factor) == 0
+           and rows // (2 * factor) >= height and cols // (2 * factor) >= width):
+        factor *= 2
+    if factor > 1:
+        frame = cv2.resize(frame, (cols // factor, rows // factor), interpolation=cv2.INTER_AREA)
+    if frame.shape[:2] != (height, width):
+        frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+    return frame
+
+
 def preprocess_frame(frame: np.ndarray, frame_order: str, size: tuple[int, int],
                      contract: ModelContract) -> np.ndarray:
     """Turn a uint8 camera frame into the model's input tensor (batch of 1).
@@ -69,9 +86,10 @@ def preprocess_frame(frame: np.ndarray, frame_order: str, size: tuple[int, int],
     """
     height, width = size
     if frame.shape[:2] != (height, width):
-        shrinking = frame.shape[0] >= height and frame.shape[1] >= width
-        frame = cv2.resize(frame, (width, height),
-                           interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        if frame.shape[0] >= height and frame.shape[1] >= width:
+            frame = _shrink(frame, height, width)
+        else:
+            frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
     if frame.ndim == 2:
         frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
     elif frame.shape[2] == 4:

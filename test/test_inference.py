@@ -127,3 +127,16 @@ def test_missing_garbage_and_contractless_files(tmp_path, model_factory):
                                     'fvt.palette': '[[0,0,0],[1,1,1],[2,2,2]]'})
     with pytest.raises(ContractError, match='8 channels but fvt.categories names 3'):
         load_segmenter(wrong)
+
+
+def test_large_frames_shrink_by_a_power_of_two_first():
+    big = frame(1024, 2048)
+    x = preprocess_frame(big, 'RGB', (192, 256), ModelContract())
+    half = cv2.resize(big, (512, 256), interpolation=cv2.INTER_AREA)  # exact 4x4 box filter
+    ref = cv2.resize(half, (256, 192), interpolation=cv2.INTER_AREA) / 255
+    np.testing.assert_allclose(x[0], ref, atol=1e-6)
+    # a CamVid-sized frame (no power-of-two factor fits) takes the single area resize
+    small = frame(360, 480)
+    y = preprocess_frame(small, 'RGB', (192, 256), ModelContract())
+    ref = cv2.resize(small, (256, 192), interpolation=cv2.INTER_AREA) / 255
+    np.testing.assert_allclose(y[0], ref, atol=1e-6)
