@@ -6,8 +6,9 @@
 
 On the bundled recording's camera frames (decoded as the node decodes them), times per frame:
 (a) Keras ``model.predict`` on the trained Keras model, (b) ONNX Runtime float32,
-(c) ONNX Runtime int8 (``<model>.int8.onnx``, if present), each as preprocess + network +
-argmax with the node's own pre/post-processing, so only the network call differs; and (d) the
+(c) ONNX Runtime int8 (``--int8``, default ``<model>.int8.onnx`` if present), each as
+preprocess + network + argmax with the node's own pre/post-processing, so only the network
+call differs; and (d) the
 whole node end to end through ROS 2 (``bench``: camera frame published in one process, mask
 received in another, at the recording's frame size). Prints a markdown table with ratios
 against (a) and the node overhead against (b).
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--run', type=Path, required=True, help='the Keras run (fvt-train)')
     parser.add_argument('--model', type=Path, required=True, help='its float32 ONNX export')
+    parser.add_argument('--int8', type=Path, default=None,
+                        help='int8 file for (c) (default: <model>.int8.onnx if present)')
     parser.add_argument('--rounds', type=int, default=3, help='passes over the frames')
     parser.add_argument('--node-duration', type=float, default=30.0)
     parser.add_argument('--node-rate', type=float, default=5.0,
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [('(a) Keras model.predict', _time(keras_step, frames, args.rounds))]
     rows.append(('(b) ONNX Runtime float32', _time(onnx_step(fp32), frames, args.rounds)))
-    int8_path = args.model.with_suffix('.int8.onnx')
+    int8_path = args.int8 or args.model.with_suffix('.int8.onnx')
     if int8_path.exists():
         int8 = load_segmenter(int8_path, providers=['cpu'])
         rows.append(('(c) ONNX Runtime int8', _time(onnx_step(int8), frames, args.rounds)))
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
           f'({frames[0].shape[1]}x{frames[0].shape[0]}), model input '
           f'{fp32.input_size[1]}x{fp32.input_size[0]}, {args.rounds} rounds after {WARMUP} '
           f'warm-up frames; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n')
+    print(f'(b): {args.model}' + (f', (c): {int8_path}' if int8_path.exists() else '') + '\n')
     print('| path | p50 ms/frame | p90 ms/frame | speed-up vs (a) |')
     print('| --- | --- | --- | --- |')
     for name, times in rows:
