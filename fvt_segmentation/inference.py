@@ -171,7 +171,7 @@ class Segmenter:
     def name(self) -> str:
         """A short human name: file stem plus architecture/backbone from the provenance."""
         prov = self.contract.provenance
-        arch = '/'.join(str(prov[k]) for k in ('architecture', 'backbone') if k in prov)
+        arch = '/'.join(str(prov[k]) for k in ('architecture', 'backbone') if prov.get(k))
         return f'{self.model_path.stem} ({arch})' if arch else self.model_path.stem
 
     def preprocess(self, frame: np.ndarray, frame_order: str = 'RGB') -> np.ndarray:

@@ -140,3 +140,12 @@ def test_large_frames_shrink_by_a_power_of_two_first():
     y = preprocess_frame(small, 'RGB', (192, 256), ModelContract())
     ref = cv2.resize(small, (256, 192), interpolation=cv2.INTER_AREA) / 255
     np.testing.assert_allclose(y[0], ref, atol=1e-6)
+
+
+def test_name_shows_architecture_and_backbone_when_known(model_factory):
+    unet = ModelContract(provenance={'architecture': 'unet_like', 'backbone': None})
+    fpn = ModelContract(provenance={'architecture': 'FPN', 'backbone': 'efficientnetb0'})
+    assert load_segmenter(model_factory(contract=unet), providers=['cpu']).name.endswith(
+        ' (unet_like)')
+    assert load_segmenter(model_factory(contract=fpn), providers=['cpu']).name.endswith(
+        ' (FPN/efficientnetb0)')
