@@ -26,6 +26,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from fvt_segmentation.cli_args import split_ros_args
+from fvt_segmentation.conversions import stamp_ns
 from fvt_segmentation.frame_source import FramePublisher, image_message, synthetic_frame
 
 CAMERA_FRAMES = 4
@@ -41,11 +42,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     temporary = path.with_suffix(path.suffix + '.tmp')
     temporary.write_text(json.dumps(data))
     os.replace(temporary, path)
-
-
-def stamp_ns(msg: Any) -> int:
-    """Return a header stamp in nanoseconds."""
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def percentiles_ms(values: Sequence[float], *qs: float) -> list[float | None]:
@@ -86,7 +82,7 @@ def run_camera(args: argparse.Namespace) -> int:
             began = time.perf_counter()
             source.publisher.publish(msg)
             publish_ms.append((time.perf_counter() - began) * 1e3)
-            stamps.append(stamp_ns(msg))
+            stamps.append(stamp_ns(msg.header))
         elapsed = time.monotonic() - start
         # Keep the writer (and its shared-memory buffers) alive until readers took the last.
         time.sleep(args.linger)
@@ -115,7 +111,7 @@ class _Receiver:
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
 
     def _on_mask(self, msg: Image) -> None:
-        self.masks.append((stamp_ns(msg), time.time_ns()))
+        self.masks.append((stamp_ns(msg.header), time.time_ns()))
         self.shapes.add((msg.height, msg.width, msg.encoding))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:

@@ -33,6 +33,11 @@ _TO_RGB = {
 }
 
 
+def stamp_ns(header: Any) -> int:
+    """Return a message header's stamp in nanoseconds (rclpy or rosbags message)."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
 class FrameError(ValueError):
     """An input frame the node cannot use; the message says what was expected and got."""
 

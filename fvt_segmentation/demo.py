@@ -31,6 +31,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from tqdm import tqdm
 
+from fvt_segmentation.conversions import stamp_ns
 from fvt_segmentation.metrics import confusion_matrix, summarize
 from fvt_segmentation.record import BagRecorder
 from fvt_segmentation.recording import (
@@ -38,7 +39,6 @@ from fvt_segmentation.recording import (
     CAMERA_TOPIC,
     default_recording,
     read_truth,
-    stamp_ns,
 )
 from fvt_segmentation.replay import BagPlayer, BagPublisher
 from fvt_segmentation.resources import resolve_model_path

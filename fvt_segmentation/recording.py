@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from rosbags.highlevel import AnyReader
 
+from fvt_segmentation.conversions import stamp_ns
 from fvt_segmentation.inference import Segmenter, resize_classes
 from fvt_segmentation.metrics import confusion_matrix, summarize
 from fvt_segmentation.resources import package_file
@@ -27,12 +28,6 @@ DEFAULT_RECORDING = 'recordings/camvid_0016E5'
 def default_recording() -> Path:
     """Return the bundled recording's folder, wherever the package is installed."""
     return package_file(DEFAULT_RECORDING)
-
-
-def stamp_ns(header: object) -> int:
-    """Return a message header's stamp in nanoseconds (rclpy or rosbags message)."""
-    stamp = header.stamp  # type: ignore[attr-defined]
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def read_images(bag: str | Path, topic: str) -> dict[int, np.ndarray]:

@@ -47,6 +47,7 @@ from fvt_segmentation.conversions import (
     frame_to_rgb,
     image_to_frame,
     resize_nearest,
+    stamp_ns,
 )
 from fvt_segmentation.diagnostics import HealthSnapshot, build_status
 from fvt_segmentation.inference import Segmentation, load_segmenter
@@ -251,10 +252,9 @@ class SegmentationNode(Node):
         """Inference stage: check and decode the frame, run the model, pass the result on."""
         self._stage_ms['queue'].add((time.monotonic() - pending.received) * 1e3)
         msg, settings = pending.msg, self.settings
-        stamp = msg.header.stamp
-        if stamp.sec or stamp.nanosec:
-            stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
-            self._stage_ms['delivery'].add((pending.received_ns - stamp_ns) / 1e6)
+        stamp = stamp_ns(msg.header)
+        if stamp:
+            self._stage_ms['delivery'].add((pending.received_ns - stamp) / 1e6)
         age_ms = self._too_old(msg, settings)
         if age_ms is not None:
             self.counters.add('stale')

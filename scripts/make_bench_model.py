@@ -20,17 +20,9 @@ sys.path.insert(0, str(REPO / 'test'))
 
 from onnx_models import build_model  # noqa: E402
 
+from fvt_segmentation.bench import parse_size  # noqa: E402
+
 CONV_FLOPS_PER_PIXEL = 2 * 32 * 32 * 9  # multiply-adds of one 3x3 32->32 convolution, x2
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse 'WIDTHxHEIGHT' (as the node logs it) into (height, width)."""
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'expected WIDTHxHEIGHT such as 512x256, got {text!r}') from None
-    return height, width
 
 
 def main() -> None:
@@ -38,14 +30,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('out', nargs='?', type=Path, default=REPO / 'output' / 'bench.onnx',
                         help='where to write it (default: output/bench.onnx, git-ignored)')
-    parser.add_argument('--size', type=parse_size, default=(256, 512),
+    parser.add_argument('--size', type=parse_size, default=(512, 256),
                         help='model input WIDTHxHEIGHT (default 512x256)')
     parser.add_argument('--repeats', type=int, default=2,
                         help='3x3 32-channel convolutions (default 2)')
     args = parser.parse_args()
-    path = build_model(args.out, size=args.size, slow_repeats=args.repeats)
-    gflops = args.size[0] * args.size[1] * CONV_FLOPS_PER_PIXEL * args.repeats / 1e9
-    print(f'wrote {path}: input {args.size[1]}x{args.size[0]}, {args.repeats} convolutions, '
+    width, height = args.size
+    path = build_model(args.out, size=(height, width), slow_repeats=args.repeats)
+    gflops = width * height * CONV_FLOPS_PER_PIXEL * args.repeats / 1e9
+    print(f'wrote {path}: input {width}x{height}, {args.repeats} convolutions, '
           f'about {gflops:.1f} GFLOP per frame')
 
 

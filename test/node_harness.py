@@ -23,6 +23,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from fvt_segmentation import conversions
 from fvt_segmentation.segmentation_node import SegmentationNode
 
 TIMEOUT = 15.0
@@ -44,7 +45,7 @@ def image_msg(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = 
 
 def stamp_ns(msg: Any) -> int:
     """Return a header stamp in nanoseconds."""
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+    return conversions.stamp_ns(msg.header)
 
 
 class RosHarness:

@@ -6,12 +6,12 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import Reader
 import yaml
 
+from fvt_segmentation.conversions import stamp_ns
 from fvt_segmentation.recording import (
     CAMERA_TOPIC,
     TRUTH_TOPIC,
     default_recording,
     read_truth,
-    stamp_ns,
 )
 
 

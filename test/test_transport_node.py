@@ -16,6 +16,7 @@ import sys
 
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
+from node_harness import stamp_ns
 import numpy as np
 from onnx_models import build_model, default_weights, expected_scores
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -61,10 +62,6 @@ def environment() -> dict[str, str]:
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), env.get('PYTHONPATH')]))
     env['PYTHONUNBUFFERED'] = '1'
     return env
-
-
-def stamp_ns(msg: Image) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def test_every_full_resolution_frame_gets_its_mask_across_processes(tmp_path: Path) -> None:
