@@ -14,7 +14,7 @@ from fvt_segmentation.contract import ModelContract, Normalization
 def run_demo(tmp_path, *args):
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     return subprocess.run([sys.executable, '-m', 'fvt_segmentation.demo', '--out',
-                           str(tmp_path / 'out'), '--rate', '10', '--providers', 'cpu', *args],
+                           str(tmp_path / 'out'), '--rate', '5', '--providers', 'cpu', *args],
                           capture_output=True, text=True, timeout=180, env=env)
 
 
@@ -26,15 +26,22 @@ def test_demo_on_a_few_frames_writes_everything_it_promises(tmp_path):
     out = tmp_path / 'out'
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['frames_in'] == 6
-    assert summary['masks_out'] == 6 and summary['lost_or_dropped'] == 0
+    # On a loaded machine the node may skip frames (its input queue keeps only the newest,
+    # by design): the summary must then say so, consistently with the node's own counters.
+    node = {k: int(v) for k, v in summary['node_counters'].items()}
+    masks = summary['masks_out']
+    assert masks >= 2 and summary['lost_or_dropped'] == 6 - masks
+    assert node['processed'] == masks and node['received'] <= 6
+    assert node['received'] - masks == node['dropped'] + node['stale']
     assert summary['latency_ms_p50'] > 0 and summary['latency_ms_p99'] >= summary[
         'latency_ms_p50']
-    assert 0 <= summary['metrics']['miou'] <= 1 and summary['metrics']['pixels'] == 6 * 480 * 360
+    assert 0 <= summary['metrics']['miou'] <= 1
+    assert summary['metrics']['pixels'] == masks * 480 * 360
     assert summary['provider'] == 'CPUExecutionProvider'
-    assert len(list((out / 'overlays').glob('frame_*.png'))) == 6
+    assert len(list((out / 'overlays').glob('frame_*.png'))) == masks
     assert (out / 'overlay.gif').stat().st_size > 0
     with Reader(out / 'masks_bag') as bag:
-        assert bag.message_count == 6
+        assert bag.message_count == masks
         assert [c.topic for c in bag.connections] == ['/segmentation_node/mask']
     assert 'mIoU' in result.stdout and 'p99' in result.stdout
 
