@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 import copy
 from dataclasses import dataclass
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,21 @@ def _int(minimum: int) -> Callable[[Any], int]:
     return check
 
 
+def _exponent_float(v: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string: accept it as the float it means."""
+    if isinstance(v, str):
+        try:
+            number = float(v)
+        except ValueError:
+            return v
+        return number if math.isfinite(number) else v
+    return v
+
+
 def _float(minimum: float, maximum: float | None = None,
            open_min: bool = False) -> Callable[[Any], float]:
     def check(v: Any) -> float:
+        v = _exponent_float(v)
         if not _is_num(v) or v < minimum or (open_min and v == minimum) or (
                 maximum is not None and v > maximum):
             raise _InvalidValueError
@@ -220,6 +233,10 @@ SCHEMA: dict[str, Any] = {
                                'split', _int(0), 'train.validation_steps: 0'),
         'strategy': _f('default', '|'.join(STRATEGIES), 'tf.distribute strategy (multiworker '
                        'reads TF_CONFIG)', _choice(STRATEGIES), 'train.strategy: mirrored'),
+        'init_weights': _f(None, 'str or null', 'warm start: a finished run folder (its best '
+                           'weights) or a .weights.h5 file of the same architecture, loaded '
+                           'before the first epoch of a new run (null: random initialisation)',
+                           _opt_str, 'train.init_weights: runs/default_unet_like_256'),
     },
 }
 

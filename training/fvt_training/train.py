@@ -338,6 +338,30 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None) -> Path:
     return _fit(config, manifest, folder, strategy, state)
 
 
+def init_weights_path(source: str | os.PathLike) -> Path:
+    """Resolve ``train.init_weights``: a run folder gives its best (else last) weights file."""
+    path = Path(source)
+    if path.is_dir():
+        for name in (BEST_WEIGHTS, LAST_WEIGHTS):
+            if (path / name).is_file():
+                return path / name
+        raise RunError(f'train.init_weights: {path} holds no {BEST_WEIGHTS} or {LAST_WEIGHTS}; '
+                       'expected a run folder written by fvt-train train or a weights file')
+    if not path.is_file():
+        raise RunError(f'train.init_weights: {path} does not exist; expected a run folder or a '
+                       '.weights.h5 file')
+    return path
+
+
+def _load_init_weights(model: tf.keras.Model, path: Path) -> None:
+    try:
+        model.load_weights(str(path))
+    except ValueError as err:  # Keras names the first layer whose shapes disagree
+        raise RunError(f'train.init_weights: {path} does not fit this model (same '
+                       f'model.architecture, backbone, filters and category count needed): '
+                       f'{err}') from err
+
+
 def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute.Strategy,
          state: Mapping | None) -> Path:
     tf.keras.utils.set_random_seed(config['seed'])
@@ -351,8 +375,13 @@ def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute
 
     with strategy.scope():
         model = build_model(config)
-        if state:  # before compile: the weights file must not meet compiled metric variables
+        # Before compile: a weights file must not meet compiled metric variables.
+        if state:
             model.load_weights(str(folder / LAST_WEIGHTS))
+        elif train_cfg['init_weights']:
+            path = init_weights_path(train_cfg['init_weights'])
+            _load_init_weights(model, path)
+            print(f'warm start from {path}')
         loss = make_loss(loss_spec, frequencies)
         class_weights = resolve_class_weights(loss_spec, frequencies)
         learning_rate = state['learning_rate'] if state else train_cfg['learning_rate']

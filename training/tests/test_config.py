@@ -58,6 +58,17 @@ def test_invalid_values_show_the_valid_form(override, message):
         load_config(None, ['data.prepared_dir=x', override])
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    # YAML 1.1 reads 1e-4 as a string; a user means the number.
+    path = _write(tmp_path, 'data:\n  prepared_dir: x\ntrain:\n  min_learning_rate: 1e-8\n')
+    config = load_config(path, ['train.learning_rate=1e-4'])
+    assert config['train']['learning_rate'] == 1e-4
+    assert config['train']['min_learning_rate'] == 1e-8
+    for bad in ('nan', 'inf', '1e-4x'):
+        with pytest.raises(ConfigError, match='train.learning_rate must be float > 0'):
+            load_config(None, ['data.prepared_dir=x', f'train.learning_rate={bad}'])
+
+
 def test_required_keys_and_unknown_sections(tmp_path):
     with pytest.raises(ConfigError, match='data.prepared_dir is required .*e.g. '
                                           '`data.prepared_dir: '):

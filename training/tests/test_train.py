@@ -119,6 +119,32 @@ def test_a_resumed_run_stopped_at_its_current_epoch_is_scored(prepared, tmp_path
     assert json.loads((run / 'metrics.json').read_text())['epochs'] == 1
 
 
+def test_warm_start_begins_from_the_weights_of_an_earlier_run(finished_run, prepared, tmp_path):
+    # A learning rate of 1e-9 leaves the kernels where the warm start put them.
+    run = train(_config(prepared, tmp_path, 'train.epochs=1', 'train.learning_rate=1e-9',
+                        f'train.init_weights={finished_run}'))
+    _, source = load_run(finished_run, 'best')
+    _, started = load_run(run, 'last')
+    pairs = zip(source.weights, started.weights, strict=True)
+    kernels = [(a, b) for a, b in pairs if 'kernel' in a.name]
+    assert kernels and all(np.allclose(a.numpy(), b.numpy(), atol=1e-6) for a, b in kernels)
+    _, fresh = load_run(train(_config(prepared, tmp_path / 'fresh', 'train.epochs=1',
+                                      'train.learning_rate=1e-9')), 'last')
+    assert not np.allclose(source.weights[0].numpy(), fresh.weights[0].numpy(), atol=1e-3)
+
+
+def test_warm_start_from_a_different_model_or_nothing_says_so(finished_run, prepared,
+                                                              tmp_path):
+    with pytest.raises(RunError, match='does not fit this model'):
+        train(_config(prepared, tmp_path, 'train.epochs=1', 'model.filters=[4, 8, 16]',
+                      f'train.init_weights={finished_run}'))
+    with pytest.raises(RunError, match='does not exist'):
+        train(_config(prepared, tmp_path, 'train.epochs=1',
+                      f'train.init_weights={tmp_path / "nope.weights.h5"}'))
+    with pytest.raises(RunError, match='holds no best.weights.h5'):
+        train(_config(prepared, tmp_path, 'train.epochs=1', f'train.init_weights={tmp_path}'))
+
+
 def test_mirrored_strategy_trains_on_the_cpu(prepared, tmp_path):
     run = train(_config(prepared, tmp_path, 'train.epochs=1', 'train.strategy=mirrored'))
     assert json.loads((run / 'metrics.json').read_text())['epochs'] == 1
