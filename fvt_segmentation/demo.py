@@ -201,6 +201,20 @@ class DemoClient:
             time.sleep(0.1)
         raise RuntimeError(f'the node was not ready within {timeout:g} s')
 
+    def _node_settled(self, since: float) -> bool:
+        """Tell whether diagnostics newer than ``since`` account for every frame received."""
+        with self.data.lock:
+            if self.data.diagnostics_at < since:
+                return False
+            diag, masks = self.data.diagnostics, self.data.masks
+        try:
+            received = int(diag['frames_received'])
+            done = sum(int(diag[f'frames_{k}']) for k in
+                       ('processed', 'dropped', 'stale', 'rejected', 'failed'))
+            return received == done and masks >= int(diag['frames_processed'])
+        except (KeyError, ValueError):
+            return False
+
     def play(self, stop: threading.Event) -> int:
         """Replay the camera topic; returns the number of frames published."""
         total = self.player.message_count
@@ -222,10 +236,12 @@ class DemoClient:
 
         try:
             self.player.play(publish, stop=stop)
-            # Let the last frames come back (bounded wait).
-            deadline = time.monotonic() + 10.0
+            # Let the last frames come back (bounded wait; over as soon as the node's counters
+            # show that the missing ones never reached it or were dropped).
+            last_sent = time.monotonic()
+            deadline = last_sent + 10.0
             while self.data.masks < sent and time.monotonic() < deadline and not (
-                    stop.is_set() and sent < total):
+                    stop.is_set() and sent < total) and not self._node_settled(last_sent + 1.0):
                 time.sleep(0.05)
             bar.set_postfix(masks=self.data.masks)
             # The node's counters arrive about once a second: wait for a fresh set.
