@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from fvt_segmentation.contract import CATEGORIES, VOID
+from fvt_training.prepared import read_manifest
 from fvt_training.run_files import (
     CONFIG_FILE,
     EVAL_PREFIX,
@@ -80,6 +81,32 @@ def _model_name(run: dict) -> str | None:
     return arch if arch == 'unet_like' or not backbone else f'{arch}/{backbone}'
 
 
+def _input_size(run: dict) -> str | None:
+    size = _dig(run, 'config', 'model', 'input_size')
+    if size:
+        height, width = size
+        return f'{width}x{height}'
+    prepared = _dig(run, 'config', 'data', 'prepared_dir')
+    try:  # a null input_size means the prepared data's size
+        width, height = read_manifest(prepared).size
+    except (OSError, TypeError, ValueError):
+        return None
+    return f'{width}x{height}'
+
+
+def _loss(run: dict) -> str | None:
+    spec = _dig(run, 'config', 'loss') or {}
+    name = spec.get('name')
+    if name is None or spec.get('class_weights') is None:
+        return name
+    return f'{name} (class-weighted)'
+
+
+def _warm_start(run: dict) -> str | None:
+    source = _dig(run, 'config', 'train', 'init_weights')
+    return Path(source).name if source else None
+
+
 def _eval(run: dict, split: str) -> dict:
     return run['evals'].get(split) or {}
 
@@ -100,8 +127,10 @@ def columns(eval_splits: Sequence[str] = ()) -> list[Column]:
     cols = [
         Column('run', 'run', lambda r: r['name'], text),
         Column('model', 'model', _model_name, text),
-        Column('loss', 'loss', lambda r: _dig(r, 'config', 'loss', 'name'), text),
+        Column('input', 'input', _input_size, text),
+        Column('loss', 'loss', _loss, text),
         Column('augment', 'augmentation', lambda r: _dig(r, 'config', 'data', 'augment'), text),
+        Column('warm_start', 'warm start from', _warm_start, text),
         Column('val_miou', 'val mIoU', lambda r: _dig(r, 'metrics', 'metrics', 'miou'),
                _num(4)),
         Column('val_miou_all', 'val 8-class mean',

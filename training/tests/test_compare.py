@@ -10,12 +10,13 @@ NON_VOID = ('flat', 'construction', 'object', 'nature', 'sky', 'human', 'vehicle
 
 
 def _run(root, name, *, arch, backbone='efficientnetb0', loss='cce', augment='none',
-         miou=None, training_time=None, params=None, test_miou=None, export=None):
+         miou=None, training_time=None, params=None, test_miou=None, export=None,
+         extra=()):
     folder = root / name
     folder.mkdir()
-    config = load_config(None, [f'name={name}', 'data.prepared_dir=data/camvid/256x192',
+    config = load_config(None, [f'name={name}', f'data.prepared_dir={root}/none/256x192',
                                 f'model.architecture={arch}', f'model.backbone={backbone}',
-                                f'loss.name={loss}', f'data.augment={augment}'])
+                                f'loss.name={loss}', f'data.augment={augment}', *extra])
     write_config(config, folder / 'config.yaml')
     if miou is not None:
         iou = {n: miou + 0.01 * i for i, n in enumerate(NON_VOID)}
@@ -41,7 +42,8 @@ def runs(tmp_path):
     _run(tmp_path, 'fpn_b0', arch='fpn', loss='cce_dice', augment='flip_rotate', miou=0.62,
          training_time=5400.0, params=5_800_000, test_miou=0.58, export=export)
     _run(tmp_path, 'baseline', arch='unet_like', miou=0.41, training_time=600.0,
-         params=2_000_000)
+         params=2_000_000, extra=['model.input_size=[240, 320]', 'train.init_weights=runs/b0',
+                                  'loss.class_weights=[1, 1, 1, 2, 1, 1, 2, 1]'])
     _run(tmp_path, 'linknet', arch='linknet', backbone='mobilenetv2', miou=0.55,
          training_time=1800.0, params=4_100_000)
     _run(tmp_path, 'unfinished', arch='unet', backbone='resnet18')
@@ -59,9 +61,9 @@ def _rows(table):
 def test_table_has_every_column_and_dashes_for_missing_values(runs):
     names = ['fpn_b0', 'baseline', 'linknet', 'unfinished', 'notes']
     header, rows = _rows(compare([runs / n for n in names]))
-    assert header[:7] == ['run', 'model', 'loss', 'augmentation', 'val mIoU',
-                          'val 8-class mean', 'val Dice']
-    assert [f'IoU {n}' for n in NON_VOID] == header[7:14]
+    assert header[:9] == ['run', 'model', 'input', 'loss', 'augmentation', 'warm start from',
+                          'val mIoU', 'val 8-class mean', 'val Dice']
+    assert [f'IoU {n}' for n in NON_VOID] == header[9:16]
     assert {'test mIoU', 'params', 'GFLOPs', 'training time', 'inference ms (eval)',
             'ONNX fp32 CPU ms', 'ONNX int8 CPU ms', 'int8 ΔmIoU (points)'} <= set(header)
     by_run = {r['run']: r for r in rows}
@@ -76,11 +78,15 @@ def test_table_has_every_column_and_dashes_for_missing_values(runs):
     assert (fpn['ONNX fp32 CPU ms'], fpn['ONNX int8 CPU ms'],
             fpn['int8 ΔmIoU (points)']) == ('120.0', '55.0', '-0.50')
     assert by_run['baseline']['model'] == 'unet_like'
+    assert (fpn['input'], fpn['warm start from']) == ('—', '—')  # no such prepared folder
+    assert (by_run['baseline']['input'], by_run['baseline']['loss'],
+            by_run['baseline']['warm start from']) == ('320x240', 'cce (class-weighted)', 'b0')
     assert by_run['baseline']['training time'] == '10.0m'
     assert by_run['baseline']['test mIoU'] == '—' and by_run['baseline']['GFLOPs'] == '—'
     unfinished = by_run['unfinished']
     assert unfinished['model'] == 'unet/resnet18'
-    assert all(unfinished[h] == '—' for h in header[4:])
+    assert unfinished['loss'] == 'cce' and unfinished['augmentation'] == 'none'
+    assert all(unfinished[h] == '—' for h in header[5:])
 
 
 def test_sorting_by_any_column_keeps_missing_values_last(runs):
