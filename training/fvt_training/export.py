@@ -14,8 +14,13 @@ INT8 settings, measured on this project's 2-core AVX-512 VNNI CPU with ONNX Runt
 activations and int8 per-channel weights, after ``quant_pre_process``, ran 2.3-2.8x faster
 than float32 and cost 0.2 points of CamVid val mIoU on a Linknet trained for 6 epochs; int8
 activations (S8S8) gained only 1.2-1.8x; the QOperator format was as fast as QDQ (QDQ is kept:
-TensorRT reads it too); reduce_range brought nothing. The final softmax stays float: that
-costs no measurable time and keeps the probabilities (the node's confidence) exact.
+TensorRT reads it too); reduce_range brought nothing.
+
+Before anything is written, the graph goes through :mod:`fvt_training.onnx_rewrites`: exact
+rewrites of what tf2onnx writes in a form ONNX Runtime runs slowly (stride-1 ConvTranspose ->
+Conv, nearest Resize -> its asymmetric equivalent), and the final softmax is dropped, so the
+file outputs logits (``fvt.output: logits``; the parity check compares Keras' probabilities
+with the softmax of those logits).
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ import numpy as np
 
 from fvt_segmentation.contract import ModelContract
 from fvt_training.cli import non_negative_int, positive_int
+from fvt_training.onnx_rewrites import simplify_for_cpu, strip_output_softmax
 
 OPSET = 17
 INPUT_NAME = 'image'
 OUTPUT_NAME = 'probabilities'
+LOGITS_NAME = 'logits'
 PRODUCER = 'fvt-train'
 MAX_ABS_DIFF = 1e-3
 MIN_ARGMAX_AGREEMENT = 0.999
@@ -50,7 +57,8 @@ class ExportError(RuntimeError):
 def keras_to_onnx(model: Any, input_size: Sequence[int], opset: int = OPSET) -> Any:
     """Convert a Keras model to an ONNX ``ModelProto`` (float32 NHWC input, dynamic batch).
 
-    The input is named ``image`` and the output ``probabilities``.
+    The input is named ``image`` and the output ``probabilities`` (renamed ``logits`` when
+    :func:`export_run` drops the final softmax).
     """
     import logging
 
@@ -103,6 +111,12 @@ def save_atomic(proto: Any, path: Path) -> None:
     write_bytes_atomic(path, proto.SerializeToString())
 
 
+def softmax(scores: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Return the numerically stable softmax of ``scores`` along ``axis``."""
+    shifted = np.exp(scores - scores.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
 def check_parity(keras_model: Any, keras_contract: ModelContract, segmenter: Any,
                  frames: Sequence[np.ndarray]) -> dict[str, Any]:
     """Compare Keras and ONNX Runtime on RGB frames, each fed by its own contract.
@@ -118,6 +132,8 @@ def check_parity(keras_model: Any, keras_contract: ModelContract, segmenter: Any
         expected = np.asarray(keras_model.predict_on_batch(
             preprocess_frame(frame, 'RGB', segmenter.input_size, keras_contract)))
         got = segmenter.infer(segmenter.preprocess(frame, 'RGB'))
+        if segmenter.contract.output == 'logits':
+            got = softmax(got, axis=-1)
         if got.shape != expected.shape:
             raise ExportError(f'{segmenter.model_path}: ONNX output shape {got.shape} differs '
                               f'from Keras {expected.shape}')
@@ -292,9 +308,15 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *,
     proto = keras_to_onnx(model, input_size)
     size = flops.describe(proto)
     size['params'] = int(model.count_params())
+    rewrites = simplify_for_cpu(proto)
+    output = 'logits' if strip_output_softmax(proto) else 'probabilities'
+    if output == 'logits':
+        _rename_output(proto, LOGITS_NAME)
+    rewrites['softmax_dropped'] = int(output == 'logits')
+    print('graph rewrites: ' + ', '.join(f'{k} {v}' for k, v in rewrites.items()))
     base_provenance = {'weights': weights, **size}
     contract = run_contract(run_dir, config, manifest.folder,
-                            {**base_provenance, 'precision': 'float32'})
+                            {**base_provenance, 'precision': 'float32'}, output=output)
     attach_contract(proto, contract)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -333,14 +355,16 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *,
                             'calibration_split': train_split}
         paths['int8'] = _variant_path(out, 'int8')
         contracts['int8'] = run_contract(run_dir, config, manifest.folder, {
-            **base_provenance, 'precision': 'int8', 'quantization': settings['int8']})
+            **base_provenance, 'precision': 'int8', 'quantization': settings['int8']},
+            output=output)
         print(f'quantizing to int8 ({int8_format}), calibrated on {len(ids)} {train_split} '
               'frames')
         quantize_int8(out, paths['int8'], reader, contracts['int8'], settings['int8'])
     if fp16:
         paths['float16'] = _variant_path(out, 'fp16')
         contracts['float16'] = run_contract(run_dir, config, manifest.folder,
-                                            {**base_provenance, 'precision': 'float16'})
+                                            {**base_provenance, 'precision': 'float16'},
+                                            output=output)
         convert_fp16(out, paths['float16'], contracts['float16'])
         settings['float16'] = {'keep_io_types': True}
     for tag, path in paths.items():
@@ -359,6 +383,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *,
         'input_size': list(input_size),
         **size,
         'opset': OPSET,
+        'graph_rewrites': rewrites,
+        'output': output,
         'parity': parity,
         'variants': variants,
         'created': contract.provenance['created'],

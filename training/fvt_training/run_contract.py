@@ -49,11 +49,13 @@ def dataset_info(prepared_dir: str | os.PathLike | None) -> tuple[str, str]:
 
 def run_contract(run_dir: str | os.PathLike, config: Mapping[str, Any],
                  prepared_dir: str | os.PathLike | None = None,
-                 extra_provenance: Mapping[str, Any] | None = None) -> ModelContract:
+                 extra_provenance: Mapping[str, Any] | None = None,
+                 output: str = 'probabilities') -> ModelContract:
     """Return the contract ``fvt-train export`` writes for the run in ``run_dir``.
 
     ``config`` is the run's resolved configuration; ``prepared_dir`` (default: the config's
-    ``data.prepared_dir``) names the dataset and its licence in the provenance.
+    ``data.prepared_dir``) names the dataset and its licence in the provenance; ``output``
+    is what the file outputs (``probabilities`` or ``logits``).
     """
     run_dir = Path(run_dir)
     normalization, color_order = model_normalization(config)
@@ -73,7 +75,7 @@ def run_contract(run_dir: str | os.PathLike, config: Mapping[str, Any],
     }
     provenance.update(extra_provenance or {})
     return ModelContract(layout='NHWC', color_order=color_order, normalization=normalization,
-                         output='probabilities', ignore_index=0, provenance=provenance)
+                         output=output, ignore_index=0, provenance=provenance)
 
 
 def training_command(run_dir: Path) -> str:

@@ -1,6 +1,6 @@
 import json
 
-from helpers_models import make_run
+from helpers_models import TINY_FILTERS, make_run
 import numpy as np
 import onnx
 from prepared_fixture import make_prepared
@@ -32,8 +32,7 @@ def test_float32_file_follows_the_contract_and_loads_in_the_node_loader(exported
     contract = segmenter.contract
     assert segmenter.input_size == (32, 32)
     assert contract.categories == CATEGORIES and contract.palette == PALETTE
-    assert (contract.layout, contract.output, contract.ignore_index) == (
-        'NHWC', 'probabilities', 0)
+    assert (contract.layout, contract.output, contract.ignore_index) == ('NHWC', 'logits', 0)
     assert contract.color_order == 'RGB' and contract.normalization.scale == pytest.approx(1 / 255)
     prov = contract.provenance
     assert prov['dataset'] == 'synthetic' and prov['licence'] == 'generated test data'
@@ -50,7 +49,13 @@ def test_float32_file_follows_the_contract_and_loads_in_the_node_loader(exported
     assert 'unet_like' in model.doc_string and 'licence: generated test data' in model.doc_string
     assert model.opset_import[0].version == export.OPSET
     assert [i.name for i in model.graph.input] == ['image']
-    assert [o.name for o in model.graph.output] == ['probabilities']
+    assert [o.name for o in model.graph.output] == ['logits']
+    # The rewrites of onnx_rewrites ran: what stays is what ONNX Runtime runs fast.
+    ops = {n.op_type for n in model.graph.node}
+    assert 'Conv' in ops and not ops & {'ConvTranspose', 'Softmax'}
+    modes = [a.s for n in model.graph.node if n.op_type == 'Resize' for a in n.attribute
+             if a.name == 'coordinate_transformation_mode']
+    assert modes and set(modes) == {b'asymmetric'}
     assert not model.graph.input[0].type.tensor_type.shape.dim[0].HasField('dim_value')
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith('.tmp')]
     assert leftovers == []
@@ -67,7 +72,11 @@ def test_onnx_matches_keras_on_real_frames(exported):
     manifest = read_manifest(data)
     frame = load_pair(manifest, 'val', manifest.ids('val')[0])[0]
     x = segmenter.preprocess(frame)
-    np.testing.assert_allclose(segmenter.infer(x), model.predict(x, verbose=0), atol=1e-4)
+    np.testing.assert_allclose(export.softmax(segmenter.infer(x)), model.predict(x, verbose=0),
+                               atol=1e-4)
+    assert report['output'] == 'logits' and report['graph_rewrites'] == {
+        'conv_transpose_to_conv': 2 * len(TINY_FILTERS), 'nearest_resize_asymmetric':
+        2 * len(TINY_FILTERS), 'softmax_dropped': 1}
 
 
 def test_report_is_written_beside_the_model_and_into_the_run(exported):
@@ -88,7 +97,7 @@ def test_report_is_written_beside_the_model_and_into_the_run(exported):
     assert variants['int8']['settings']['calibration_frames'] == 4
 
 
-def test_int8_file_is_quantized_carries_the_contract_and_keeps_softmax_float(exported):
+def test_int8_file_is_quantized_carries_the_contract_and_outputs_float_logits(exported):
     _, _, out, _ = exported
     path = out.with_name('tiny.int8.onnx')
     segmenter = load_segmenter(path, providers=['cpu'])
@@ -100,11 +109,10 @@ def test_int8_file_is_quantized_carries_the_contract_and_keeps_softmax_float(exp
     ops = [n.op_type for n in model.graph.node]
     assert 'QuantizeLinear' in ops and 'DequantizeLinear' in ops
     assert model.producer_name == 'fvt-train'
-    producers = {o: n for n in model.graph.node for o in n.output}
-    softmax = next(n for n in model.graph.node if n.op_type == 'Softmax')
-    assert producers[softmax.input[0]].op_type == 'DequantizeLinear'
-    consumers = [n.op_type for n in model.graph.node if softmax.output[0] in n.input]
-    assert 'QuantizeLinear' not in consumers
+    assert 'Softmax' not in ops and segmenter.contract.output == 'logits'
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # The decoder's former ConvTranspose layers are int8 convolutions now.
+    assert 'ConvTranspose' not in ops
     classes = segmenter.segment(np.zeros((32, 32, 3), np.uint8)).classes
     assert classes.shape == (32, 32) and classes.max() < len(CATEGORIES)
 
