@@ -13,7 +13,10 @@ mode, which misses ONNX Runtime's fast nearest-neighbour path. Both have an exac
   BatchNormalization and ReLU, and int8 quantization covers it);
 - a nearest ``Resize`` with integer scales picks the same source pixel with the
   ``asymmetric`` mode (``floor(x / s)``) as with ``tf_half_pixel_for_nn``
-  (``floor((x + 0.5) / s)``): for ``x = q * s + r`` with ``0 <= r < s`` both are ``q``.
+  (``floor((x + 0.5) / s)``): for ``x = q * s + r`` with ``0 <= r < s`` both are ``q``;
+- nearest upsampling commutes with work done pixel by pixel, so the decoder's
+  ``Add(Up(a), Conv1x1(Up(b)))`` is ``Up(Add(a, Conv1x1(b)))``: half the Resize nodes, and the
+  1x1 convolution and the Add on a quarter of the pixels.
 
 Nodes that do not meet those conditions are left untouched; the export's parity check against
 Keras still guards the result.
@@ -98,11 +101,86 @@ def _fix_nearest_resize(node: Any, inits: dict[str, Any]) -> bool:
     return True
 
 
+def _same_resize(a: Any, b: Any, inits: dict[str, Any]) -> bool:
+    from onnx import numpy_helper
+
+    if _attrs(a) != _attrs(b) or len(a.input) < 3 or len(b.input) < 3:
+        return False
+    if a.input[2] == b.input[2]:
+        return True
+    return (a.input[2] in inits and b.input[2] in inits and np.array_equal(
+        numpy_helper.to_array(inits[a.input[2]]), numpy_helper.to_array(inits[b.input[2]])))
+
+
+def _is_pointwise_conv(node: Any, inits: dict[str, Any]) -> bool:
+    attrs = _attrs(node)
+    weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+    return (node.op_type == 'Conv' and weight is not None and list(weight.dims[2:]) == [1, 1]
+            and attrs.get('group', 1) == 1 and not any(attrs.get('pads', [0]))
+            and set(attrs.get('strides', [1])) == {1} and set(attrs.get('dilations', [1])) == {1}
+            and attrs.get('auto_pad', b'NOTSET') in (b'NOTSET', 'NOTSET'))
+
+
+def _upsample_after_add(graph: Any, inits: dict[str, Any]) -> int:
+    """Rewrite ``Add(Up(a), Conv1x1(Up(b)))`` as ``Up(Add(a, Conv1x1(b)))``; return the count.
+
+    Nearest upsampling commutes with anything computed pixel by pixel, so this is exact; the
+    U-Net-like decoder has the pattern once per block (main path and residual), which halves
+    its Resize nodes and runs the 1x1 convolutions and the Add on a quarter of the pixels.
+    """
+    dropped: set[str] = set()
+    for add in graph.node:
+        if add.op_type != 'Add' or len(add.input) != 2:
+            continue
+        producers = {out: node for node in graph.node if node.output[0] not in dropped
+                     for out in node.output}
+        for first, second in ((0, 1), (1, 0)):
+            up_a, conv = producers.get(add.input[first]), producers.get(add.input[second])
+            up_b = producers.get(conv.input[0]) if conv is not None else None
+            if (up_a is None or up_b is None or up_a.op_type != 'Resize'
+                    or up_b.op_type != 'Resize' or up_a.output[0] == up_b.output[0]
+                    or not _is_pointwise_conv(conv, inits)
+                    or not _same_resize(up_a, up_b, inits)
+                    or not _has_integer_scales(up_a, inits)
+                    or any(_uses(graph, n.output[0]) != 1 for n in (up_a, up_b, conv))):
+                continue
+            summed = add.output[0] + '_before_upsampling'
+            conv.input[0] = up_b.input[0]
+            add.input[first] = up_a.input[0]
+            up_a.input[0] = summed
+            up_a.output[0], add.output[0] = add.output[0], summed
+            dropped.add(up_b.output[0])
+            break
+    if dropped:
+        _sort_topologically(graph, [n for n in graph.node if n.output[0] not in dropped])
+    return len(dropped)
+
+
+def _sort_topologically(graph: Any, nodes: list[Any]) -> None:
+    """Replace the graph's nodes by ``nodes`` in an order where inputs come first."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {''}
+    pending, ordered = list(nodes), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ValueError('graph has a cycle or a missing input after rewriting')
+        ordered += ready
+        for node in ready:
+            available.update(node.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered, strict=True):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
 def simplify_for_cpu(proto: Any) -> dict[str, int]:
     """Apply the rewrites of this module to ``proto`` in place; return how many of each."""
     graph = proto.graph
     inits = _initializers(graph)
-    counts = {'conv_transpose_to_conv': 0, 'nearest_resize_asymmetric': 0}
+    counts = {'conv_transpose_to_conv': 0, 'nearest_resize_asymmetric': 0,
+              'upsample_after_add': 0}
     for index, node in enumerate(graph.node):
         if node.op_type == 'ConvTranspose':
             conv = _conv_from_transpose(node, graph, inits)
@@ -111,6 +189,7 @@ def simplify_for_cpu(proto: Any) -> dict[str, int]:
                 counts['conv_transpose_to_conv'] += 1
         elif node.op_type == 'Resize' and _fix_nearest_resize(node, inits):
             counts['nearest_resize_asymmetric'] += 1
+    counts['upsample_after_add'] = _upsample_after_add(graph, inits)
     return counts
 
 

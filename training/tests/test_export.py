@@ -74,9 +74,12 @@ def test_onnx_matches_keras_on_real_frames(exported):
     x = segmenter.preprocess(frame)
     np.testing.assert_allclose(export.softmax(segmenter.infer(x)), model.predict(x, verbose=0),
                                atol=1e-4)
+    blocks = len(TINY_FILTERS)
     assert report['output'] == 'logits' and report['graph_rewrites'] == {
-        'conv_transpose_to_conv': 2 * len(TINY_FILTERS), 'nearest_resize_asymmetric':
-        2 * len(TINY_FILTERS), 'softmax_dropped': 1}
+        'conv_transpose_to_conv': 2 * blocks, 'nearest_resize_asymmetric': 2 * blocks,
+        'upsample_after_add': blocks, 'softmax_dropped': 1}
+    resizes = [n for n in onnx.load(str(out)).graph.node if n.op_type == 'Resize']
+    assert len(resizes) == blocks
 
 
 def test_report_is_written_beside_the_model_and_into_the_run(exported):

@@ -44,7 +44,8 @@ def test_stride_one_conv_transpose_and_integer_nearest_resize_become_exact_equiv
     x = RNG.normal(size=(1, 3, 6, 5)).astype(np.float32)
     before = _run(model, x)
     counts = simplify_for_cpu(model)
-    assert counts == {'conv_transpose_to_conv': 1, 'nearest_resize_asymmetric': 1}
+    assert counts == {'conv_transpose_to_conv': 1, 'nearest_resize_asymmetric': 1,
+                      'upsample_after_add': 0}
     ops = [n.op_type for n in model.graph.node]
     assert ops == ['Conv', 'Resize', 'Softmax', 'Transpose']
     after = _run(model, x)
@@ -54,17 +55,18 @@ def test_stride_one_conv_transpose_and_integer_nearest_resize_become_exact_equiv
 
 
 @pytest.mark.parametrize(('kwargs', 'expected'), [
-    ({'strides': (2, 2), 'pads': (1, 1, 1, 1)}, {'conv_transpose_to_conv': 0,
-                                                  'nearest_resize_asymmetric': 1}),
-    ({'pads': (3, 1, 1, 1)}, {'conv_transpose_to_conv': 0, 'nearest_resize_asymmetric': 1}),
-    ({'scales': (1, 1, 1.5, 2)}, {'conv_transpose_to_conv': 1, 'nearest_resize_asymmetric': 0}),
-    ({'mode': 'half_pixel'}, {'conv_transpose_to_conv': 1, 'nearest_resize_asymmetric': 0}),
+    ({'strides': (2, 2), 'pads': (1, 1, 1, 1)}, (0, 1)),
+    ({'pads': (3, 1, 1, 1)}, (0, 1)),
+    ({'scales': (1, 1, 1.5, 2)}, (1, 0)),
+    ({'mode': 'half_pixel'}, (1, 0)),
 ])
 def test_nodes_without_an_exact_equivalent_are_left_alone(kwargs, expected):
     model = _decoder(**kwargs)
     x = RNG.normal(size=(1, 3, 6, 5)).astype(np.float32)
     before = _run(model, x)
-    assert simplify_for_cpu(model) == expected
+    assert simplify_for_cpu(model) == {'conv_transpose_to_conv': expected[0],
+                                       'nearest_resize_asymmetric': expected[1],
+                                       'upsample_after_add': 0}
     np.testing.assert_allclose(_run(model, x), before, atol=1e-5)
 
 
@@ -92,3 +94,43 @@ def test_softmax_as_the_output_itself_or_with_other_consumers():
                      helper.make_node('Transpose', ['p'], ['y'], perm=[0, 2, 3, 1]),
                      helper.make_node('Identity', ['p'], ['q'])], {}, None)
     assert not strip_output_softmax(shared)
+
+
+def _residual_block(kernel=(1, 1), scales=(1, 1, 2, 2), residual_scales=(1, 1, 2, 2)):
+    """The U-Net-like decoder's tail: Add(Up(Relu(x)), Conv(Up(x))), then a consumer."""
+    nodes = [
+        helper.make_node('Relu', ['x'], ['a']),
+        helper.make_node('Resize', ['a', '', 'scales'], ['up_a'], mode='nearest',
+                         coordinate_transformation_mode='asymmetric', nearest_mode='floor'),
+        helper.make_node('Resize', ['x', '', 'scales_b'], ['up_b'], mode='nearest',
+                         coordinate_transformation_mode='asymmetric', nearest_mode='floor'),
+        helper.make_node('Conv', ['up_b', 'w', 'b'], ['c'], kernel_shape=list(kernel),
+                         pads=[0, 0, 0, 0] if kernel == (1, 1) else [1, 1, 1, 1]),
+        helper.make_node('Add', ['c', 'up_a'], ['sum']),
+        helper.make_node('Relu', ['sum'], ['y']),
+    ]
+    inits = {'w': RNG.normal(size=(3, 3, *kernel)), 'b': RNG.normal(size=3),
+             'scales': np.array(scales), 'scales_b': np.array(residual_scales)}
+    return _model(nodes, inits, None)
+
+
+def test_upsampling_moves_after_the_residual_add():
+    model = _residual_block()
+    x = RNG.normal(size=(1, 3, 6, 5)).astype(np.float32)
+    before = _run(model, x)
+    assert simplify_for_cpu(model)['upsample_after_add'] == 1
+    assert [n.op_type for n in model.graph.node] == ['Relu', 'Conv', 'Add', 'Resize', 'Relu']
+    after = _run(model, x)
+    assert after.shape == before.shape == (1, 3, 12, 10)
+    np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+@pytest.mark.parametrize('kwargs', [{'kernel': (3, 3)}, {'residual_scales': (1, 1, 2, 1)}])
+def test_upsampling_stays_where_moving_it_would_change_the_result(kwargs):
+    model = _residual_block(**kwargs)
+    x = RNG.normal(size=(1, 3, 6, 5)).astype(np.float32)
+    before = _run(model, x) if 'residual_scales' not in kwargs else None
+    assert simplify_for_cpu(model)['upsample_after_add'] == 0
+    assert [n.op_type for n in model.graph.node].count('Resize') == 2
+    if before is not None:
+        np.testing.assert_allclose(_run(model, x), before, atol=1e-6)
