@@ -21,12 +21,17 @@ rewrites of what tf2onnx writes in a form ONNX Runtime runs slowly (stride-1 Con
 Conv, nearest Resize -> its asymmetric equivalent), and the final softmax is dropped, so the
 file outputs logits (``fvt.output: logits``; the parity check compares Keras' probabilities
 with the softmax of those logits).
+
+``RUN`` may also be a float32 ``.onnx`` file of an earlier export (with ``--data``): it gets
+today's rewrites and variants without its Keras run, and the file itself is the parity
+reference. Its contract and provenance carry over, plus ``reexported_from`` (file, SHA-256).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 import os
 from pathlib import Path
@@ -117,26 +122,27 @@ def softmax(scores: np.ndarray, axis: int = -1) -> np.ndarray:
     return shifted / shifted.sum(axis=axis, keepdims=True)
 
 
-def check_parity(keras_model: Any, keras_contract: ModelContract, segmenter: Any,
+def check_parity(reference: Any, reference_contract: ModelContract, segmenter: Any,
                  frames: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Compare Keras and ONNX Runtime on RGB frames, each fed by its own contract.
+    """Compare a reference (Keras, or the file re-exported) and ONNX Runtime on RGB frames.
 
-    Keras gets the run's contract, ONNX Runtime the one read back from the file, so a wrong
-    normalisation in the metadata shows up here too. Returns the largest absolute
+    Each is fed by its own contract: the reference by the run's (or its file's), ONNX Runtime
+    by the one read back from the new file, so a wrong normalisation in the metadata shows up
+    here too. Returns the largest absolute
     probability difference, the fraction of pixels whose argmax agrees and ``passed``.
     """
     from fvt_segmentation.inference import preprocess_frame
 
     worst, agree, total = 0.0, 0, 0
     for frame in frames:
-        expected = np.asarray(keras_model.predict_on_batch(
-            preprocess_frame(frame, 'RGB', segmenter.input_size, keras_contract)))
+        expected = np.asarray(reference.predict_on_batch(
+            preprocess_frame(frame, 'RGB', segmenter.input_size, reference_contract)))
         got = segmenter.infer(segmenter.preprocess(frame, 'RGB'))
         if segmenter.contract.output == 'logits':
             got = softmax(got, axis=-1)
         if got.shape != expected.shape:
             raise ExportError(f'{segmenter.model_path}: ONNX output shape {got.shape} differs '
-                              f'from Keras {expected.shape}')
+                              f'from the reference {expected.shape}')
         worst = max(worst, float(np.abs(got - expected).max()))
         agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
         total += got.shape[0] * got.shape[1] * got.shape[2]
@@ -278,93 +284,181 @@ def _score_variants(paths: Mapping[str, Path], manifest: Any, split: str, runs: 
     return scores
 
 
-def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *,
+@dataclass(frozen=True)
+class ExportSource:
+    """What an export starts from: a Keras run, or the float32 file of an earlier export."""
+
+    name: str
+    path: Path
+    proto: Any  # the float graph before the rewrites
+    reference: Any  # ``predict_on_batch(x)`` -> probabilities: what parity compares with
+    reference_contract: ModelContract  # how frames are fed to ``reference``
+    manifest: Any
+    val_split: str
+    train_split: str
+    input_size: tuple[int, int]
+    size: dict[str, Any]  # params and GFLOPs of the float graph
+    output: str  # what ``proto`` outputs: probabilities or logits
+    make_contract: Callable[[Mapping[str, Any], str], ModelContract]  # (provenance, output)
+    run_dir: Path | None  # the run folder, for ``export.json`` (None for a file)
+
+
+def keras_source(run_dir: Path, weights: str = 'best',
+                 data: str | os.PathLike | None = None) -> ExportSource:
+    """Load a run's Keras model and convert it with tf2onnx."""
+    from fvt_training import flops
+    from fvt_training.prepared import read_manifest
+    from fvt_training.run_contract import run_contract
+    from fvt_training.train import load_run
+
+    config, model = load_run(run_dir, weights)
+    manifest = read_manifest(data or config['data']['prepared_dir'])
+    input_size = tuple(int(v) for v in config['model']['input_size'])
+    print(f'converting {run_dir.name} ({weights} weights) with tf2onnx, opset {OPSET}')
+    proto = keras_to_onnx(model, input_size)
+    size = {**flops.describe(proto), 'params': int(model.count_params())}
+
+    def make_contract(extra: Mapping[str, Any], output: str) -> ModelContract:
+        return run_contract(run_dir, config, manifest.folder,
+                            {'weights': weights, **size, **extra}, output=output)
+
+    return ExportSource(
+        name=run_dir.name, path=run_dir, proto=proto, reference=model,
+        reference_contract=make_contract({}, 'probabilities'), manifest=manifest,
+        val_split=config['data']['val_split'], train_split=config['data']['train_split'],
+        input_size=input_size, size=size, output='probabilities',
+        make_contract=make_contract, run_dir=run_dir)
+
+
+class _ProbabilitiesOf:
+    """An ONNX file as parity reference: ``predict_on_batch`` returns probabilities."""
+
+    def __init__(self, segmenter: Any) -> None:
+        self.segmenter = segmenter
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Return the file's probabilities for a preprocessed batch."""
+        scores = self.segmenter.infer(batch)
+        return softmax(scores) if self.segmenter.contract.output == 'logits' else scores
+
+
+def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
+    """Start from a float32 file written by an earlier export (to apply today's rewrites).
+
+    The file is the parity reference; its contract and provenance carry over, with
+    ``reexported_from`` naming the file (and its SHA-256) it came from.
+    """
+    import hashlib
+
+    import onnx
+
+    from fvt_segmentation.inference import load_segmenter
+    from fvt_training import flops
+    from fvt_training.prepared import read_manifest
+
+    if data is None:
+        raise ExportError(f'{path}: an ONNX file does not name its data folder; pass --data '
+                          'PREPARED_DIR (the folder it was trained on, for parity and scores)')
+    segmenter = load_segmenter(path, providers=['cpu'])
+    contract = segmenter.contract
+    provenance = dict(contract.provenance)
+    precision = provenance.get('precision', 'float32')
+    if precision != 'float32':
+        raise ExportError(f'{path}: re-export needs a float32 file; this one is {precision}')
+    proto = onnx.load(str(path))
+    size = flops.describe(proto)
+    size.update({k: provenance[k] for k in ('params', 'gflops') if k in provenance})
+    origin = {'file': path.name, 'sha256': hashlib.sha256(path.read_bytes()).hexdigest(),
+              'created': provenance.get('created')}
+
+    def make_contract(extra: Mapping[str, Any], output: str) -> ModelContract:
+        created = datetime.now(timezone.utc).isoformat(timespec='seconds')
+        return replace(contract, output=output, provenance={
+            **provenance, **extra, 'created': created, 'reexported_from': origin})
+
+    return ExportSource(
+        name=path.stem, path=path, proto=proto, reference=_ProbabilitiesOf(segmenter),
+        reference_contract=contract, manifest=read_manifest(data), val_split='val',
+        train_split='train', input_size=segmenter.input_size, size=size,
+        output=contract.output, make_contract=make_contract, run_dir=None)
+
+
+def export_run(source: str | os.PathLike, out: str | os.PathLike, *,
                data: str | os.PathLike | None = None, weights: str = 'best',
                fp16: bool = False, int8: bool = False, int8_format: str = 'qdq',
                parity_frames: int = 8, calibration_frames: int = 32, timing_runs: int = 30,
                timing_warmup: int = 5) -> dict[str, Any]:
-    """Export a run to ``out`` (and optional variants); return the report written beside it.
+    """Export a run folder, or re-export an ``.onnx`` file, to ``out`` (and variants).
 
-    Raises :class:`ExportError` when the float32 file fails the parity check (the file is
-    then left as ``<out>.failed``).
+    Returns the report written beside ``out``. Raises :class:`ExportError` when the float32
+    file fails the parity check (the file is then left as ``<out>.failed``).
     """
     from fvt_segmentation.inference import load_segmenter
-    from fvt_training import flops
     from fvt_training.evaluate import pick_samples
-    from fvt_training.prepared import load_pair, read_manifest
-    from fvt_training.run_contract import run_contract
+    from fvt_training.prepared import load_pair
     from fvt_training.run_files import EXPORT_FILE, write_json
-    from fvt_training.train import load_run
 
-    run_dir, out = Path(run_dir), Path(out)
+    source, out = Path(source), Path(out)
     if out.suffix != '.onnx':
         raise ExportError(f'--out must name an .onnx file; got {out}')
-    config, model = load_run(run_dir, weights)
-    manifest = read_manifest(data or config['data']['prepared_dir'])
-    val_split, train_split = config['data']['val_split'], config['data']['train_split']
-    input_size = tuple(int(v) for v in config['model']['input_size'])
-
-    print(f'converting {run_dir.name} ({weights} weights) with tf2onnx, opset {OPSET}')
-    proto = keras_to_onnx(model, input_size)
-    size = flops.describe(proto)
-    size['params'] = int(model.count_params())
+    src = (onnx_source(source, data) if source.suffix == '.onnx'
+           else keras_source(source, weights, data))
+    manifest, proto = src.manifest, src.proto
     rewrites = simplify_for_cpu(proto)
-    output = 'logits' if strip_output_softmax(proto) else 'probabilities'
-    if output == 'logits':
+    dropped = strip_output_softmax(proto)
+    output = 'logits' if dropped else src.output
+    if dropped:
         _rename_output(proto, LOGITS_NAME)
-    rewrites['softmax_dropped'] = int(output == 'logits')
+    rewrites['softmax_dropped'] = int(dropped)
     print('graph rewrites: ' + ', '.join(f'{k} {v}' for k, v in rewrites.items()))
-    base_provenance = {'weights': weights, **size}
-    contract = run_contract(run_dir, config, manifest.folder,
-                            {**base_provenance, 'precision': 'float32'}, output=output)
+    contract = src.make_contract({'precision': 'float32'}, output)
     attach_contract(proto, contract)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f'.tmp-{os.getpid()}-{out.name}')
     save_atomic(proto, tmp)
-    frames = [load_pair(manifest, val_split, i)[0]
-              for i in pick_samples(manifest.ids(val_split), parity_frames)]
+    frames = [load_pair(manifest, src.val_split, i)[0]
+              for i in pick_samples(manifest.ids(src.val_split), parity_frames)]
+    reference = 'Keras' if src.run_dir is not None else src.path.name
     try:
         segmenter = load_segmenter(tmp, providers=['cpu'])
         if segmenter.contract.to_metadata() != contract.to_metadata():
             raise ExportError(f'{out}: the contract read back differs from the one written')
-        parity = check_parity(model, contract, segmenter, frames)
-        parity['split'] = val_split
+        parity = check_parity(src.reference, src.reference_contract, segmenter, frames)
+        parity.update(split=src.val_split, reference=reference)
         if not parity['passed']:
             raise ExportError(
-                f'{out}: ONNX Runtime disagrees with Keras on {len(frames)} {val_split} frames: '
-                f'max |p_onnx - p_keras| = {parity["max_abs_diff"]:.3g} (limit {MAX_ABS_DIFF}), '
-                f'argmax agreement {parity["argmax_agreement"]:.4%} (limit '
-                f'{MIN_ARGMAX_AGREEMENT:.1%}); the file was kept as {out}.failed for '
-                'inspection')
+                f'{out}: ONNX Runtime disagrees with {reference} on {len(frames)} '
+                f'{src.val_split} frames: max |p_onnx - p_reference| = '
+                f'{parity["max_abs_diff"]:.3g} (limit {MAX_ABS_DIFF}), argmax agreement '
+                f'{parity["argmax_agreement"]:.4%} (limit {MIN_ARGMAX_AGREEMENT:.1%}); the '
+                f'file was kept as {out}.failed for inspection')
     except Exception:
         os.replace(tmp, out.with_name(out.name + '.failed'))
         raise
     os.replace(tmp, out)
-    print(f'wrote {out}: parity on {len(frames)} {val_split} frames, max abs diff '
-          f'{parity["max_abs_diff"]:.2e}, argmax agreement {parity["argmax_agreement"]:.4%}')
+    print(f'wrote {out}: parity with {reference} on {len(frames)} {src.val_split} frames, '
+          f'max abs diff {parity["max_abs_diff"]:.2e}, argmax agreement '
+          f'{parity["argmax_agreement"]:.4%}')
 
     paths = {'float32': out}
     contracts = {'float32': contract}
     settings: dict[str, dict] = {}
     if int8:
-        ids = pick_samples(manifest.ids(train_split), calibration_frames)
+        ids = pick_samples(manifest.ids(src.train_split), calibration_frames)
         reader = FrameCalibrationReader(
-            (load_pair(manifest, train_split, i)[0] for i in ids), contract, input_size)
+            (load_pair(manifest, src.train_split, i)[0] for i in ids), contract, src.input_size)
         settings['int8'] = {**int8_settings(int8_format), 'calibration_frames': len(ids),
-                            'calibration_split': train_split}
+                            'calibration_split': src.train_split}
         paths['int8'] = _variant_path(out, 'int8')
-        contracts['int8'] = run_contract(run_dir, config, manifest.folder, {
-            **base_provenance, 'precision': 'int8', 'quantization': settings['int8']},
-            output=output)
-        print(f'quantizing to int8 ({int8_format}), calibrated on {len(ids)} {train_split} '
-              'frames')
+        contracts['int8'] = src.make_contract(
+            {'precision': 'int8', 'quantization': settings['int8']}, output)
+        print(f'quantizing to int8 ({int8_format}), calibrated on {len(ids)} '
+              f'{src.train_split} frames')
         quantize_int8(out, paths['int8'], reader, contracts['int8'], settings['int8'])
     if fp16:
         paths['float16'] = _variant_path(out, 'fp16')
-        contracts['float16'] = run_contract(run_dir, config, manifest.folder,
-                                            {**base_provenance, 'precision': 'float16'},
-                                            output=output)
+        contracts['float16'] = src.make_contract({'precision': 'float16'}, output)
         convert_fp16(out, paths['float16'], contracts['float16'])
         settings['float16'] = {'keep_io_types': True}
     for tag, path in paths.items():
@@ -372,26 +466,31 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *,
         if loaded.to_metadata() != contracts[tag].to_metadata():
             raise ExportError(f'{path}: the contract read back differs from the one written')
 
-    variants = _score_variants(paths, manifest, val_split, timing_runs, timing_warmup)
+    variants = _score_variants(paths, manifest, src.val_split, timing_runs, timing_warmup)
     for tag, entry in settings.items():
         variants[tag]['settings'] = entry
+    provenance = contract.provenance
     report = {
-        'run': run_dir.name,
-        'run_dir': str(run_dir),
-        'weights': weights,
+        'source': str(source),
+        'run': provenance.get('run', src.name),
+        'run_dir': None if src.run_dir is None else str(src.run_dir),
+        'weights': provenance.get('weights', weights),
         'data': str(manifest.folder),
-        'input_size': list(input_size),
-        **size,
+        'input_size': list(src.input_size),
+        **src.size,
         'opset': OPSET,
         'graph_rewrites': rewrites,
         'output': output,
         'parity': parity,
         'variants': variants,
-        'created': contract.provenance['created'],
+        'created': provenance['created'],
     }
+    if 'reexported_from' in provenance:
+        report['reexported_from'] = provenance['reexported_from']
     report_path = out.with_name(f'{out.stem}.export.json')
     write_json(report_path, report)
-    write_json(run_dir / EXPORT_FILE, {**report, 'report_path': str(report_path)})
+    if src.run_dir is not None:
+        write_json(src.run_dir / EXPORT_FILE, {**report, 'report_path': str(report_path)})
     report['report_path'] = str(report_path)
     return report
 
@@ -422,12 +521,16 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser = subparsers.add_parser(
         'export', help='export a run to a contract-following ONNX file (plus int8/fp16)',
         description='Convert a run with tf2onnx, write the model contract into the file, '
-                    "load it back through the node's loader and check it matches Keras on "
-                    'real frames. Writes OUT, optional OUT-stem.int8.onnx / .fp16.onnx and '
-                    'OUT-stem.export.json (parity, mIoU and latency of each file).')
-    parser.add_argument('run', metavar='RUN', help='run folder (runs/<name>)')
+                    "load it back through the node's loader and check it matches Keras (or the "
+                    're-exported file) on real frames. Writes OUT, optional '
+                    'OUT-stem.int8.onnx / .fp16.onnx and OUT-stem.export.json (parity, mIoU '
+                    'and latency of each file).')
+    parser.add_argument('run', metavar='RUN',
+                        help='run folder (runs/<name>), or a float32 .onnx file of an earlier '
+                             'export to re-export with the current rewrites (needs --data)')
     parser.add_argument('--out', required=True, help='output file, e.g. models/NAME.onnx')
-    parser.add_argument('--data', help="prepared folder (default: the run's data.prepared_dir)")
+    parser.add_argument('--data', help="prepared folder (default: the run's "
+                                       'data.prepared_dir; required for an .onnx RUN)')
     parser.add_argument('--weights', choices=('best', 'last'), default='best')
     parser.add_argument('--int8', action='store_true',
                         help='also write a statically quantized int8 file')
