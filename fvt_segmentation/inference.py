@@ -236,13 +236,16 @@ def _check_graph(session: ort.InferenceSession, contract: ModelContract, source:
 
 def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEFAULT_PROVIDERS,
                    require_gpu: bool = False, intra_op_threads: int = 0,
-                   trt_cache_dir: str | os.PathLike | None = None) -> Segmenter:
+                   trt_cache_dir: str | os.PathLike | None = None,
+                   intra_op_spinning: bool = True) -> Segmenter:
     """Open ``model_path``, validate its contract and pick the first available provider.
 
     ``providers`` is an ordered preference list; the first one ONNX Runtime can really use
     runs the model. With ``require_gpu`` a CPU-only result is an error instead of a silent
-    fallback. Raises :class:`ModelLoadError` (:class:`ContractError` for metadata problems)
-    with one clear sentence naming the file.
+    fallback. ``intra_op_spinning=False`` makes ONNX Runtime's CPU worker threads sleep
+    between runs instead of spinning: slower by a little, but they leave the cores to other
+    threads and to other sessions in the process. Raises :class:`ModelLoadError`
+    (:class:`ContractError` for metadata problems) with one clear sentence naming the file.
     """
     path = Path(model_path).expanduser()
     if not path.is_file():
@@ -262,6 +265,8 @@ def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEF
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads
+    if not intra_op_spinning:
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     # A GPU provider whose CUDA libraries are missing makes ONNX Runtime log an error wall and
     # print an 'EP Error' banner before it falls back to the CPU; we keep the reason and report
     # the provider that really runs instead.

@@ -52,6 +52,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   'fail at startup instead of falling back to the CPU provider'),
     ParameterSpec('intra_op_threads', 0, 'ONNX Runtime CPU threads; 0 = ONNX Runtime default',
                   limits=(0, 256)),
+    ParameterSpec('intra_op_spinning', True,
+                  'ONNX Runtime CPU threads spin between runs (a little faster); false = they '
+                  'sleep and leave the cores to the rest of the machine'),
     ParameterSpec('input_transport', 'raw',
                   "'raw': subscribe to image (sensor_msgs/Image); 'compressed': to "
                   'image/compressed (sensor_msgs/CompressedImage, JPEG or PNG)',

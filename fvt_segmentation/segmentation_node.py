@@ -131,7 +131,8 @@ class SegmentationNode(Node):
         model_path = resolve_model_path(self._param('model_path'))
         self.segmenter = load_segmenter(
             model_path, providers=requested, require_gpu=self._param('require_gpu'),
-            intra_op_threads=self._param('intra_op_threads'))
+            intra_op_threads=self._param('intra_op_threads'),
+            intra_op_spinning=self._param('intra_op_spinning'))
         self._palette = self.segmenter.contract.palette_array()
         self._num_classes = self.segmenter.contract.num_classes
         self._max_pixels = int(self._param('max_input_pixels'))

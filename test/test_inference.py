@@ -149,3 +149,15 @@ def test_name_shows_architecture_and_backbone_when_known(model_factory):
         ' (unet_like)')
     assert load_segmenter(model_factory(contract=fpn), providers=['cpu']).name.endswith(
         ' (FPN/efficientnetb0)')
+
+
+
+def test_intra_op_spinning_false_reaches_the_session(tiny_model):
+    key = 'session.intra_op.allow_spinning'
+    quiet = load_segmenter(tiny_model, providers=['cpu'], intra_op_spinning=False)
+    assert quiet.session.get_session_options().get_session_config_entry(key) == '0'
+    default = load_segmenter(tiny_model, providers=['cpu'])
+    with pytest.raises(RuntimeError):  # unset: ONNX Runtime's default, spinning
+        default.session.get_session_options().get_session_config_entry(key)
+    image = frame(*quiet.input_size)
+    np.testing.assert_array_equal(quiet.segment(image).classes, default.segment(image).classes)

@@ -15,7 +15,9 @@ def time_interleaved(calls: Mapping[str, Callable[[], Any]], runs: int, warmup: 
     """Time several calls (each one forward pass over ``batch`` images), round-robin.
 
     Every call is warmed up ``warmup`` times, then the calls take turns for ``runs`` rounds,
-    so a busy machine slows them alike and their ratio stays fair. Returns, per name,
+    so a busy machine slows them alike and their ratio stays fair. ONNX Runtime sessions
+    timed this way must not spin (``load_segmenter(..., intra_op_spinning=False)``): the
+    spinning threads of one steal the cores from the next one's run. Returns, per name,
     per-image milliseconds (a run's time divided by ``batch``): ``median_ms``, ``p90_ms``,
     ``mean_ms``, ``min_ms``, plus ``batch``, ``runs``, ``warmup`` and the CPU count, so a
     figure is never read without knowing how it was taken.

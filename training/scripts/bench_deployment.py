@@ -3,15 +3,19 @@
 
     python training/scripts/bench_deployment.py --run runs/default_unet_like_256 \
         --model models/default.onnx [--rounds 3] [--node-duration 30]
+    python training/scripts/bench_deployment.py --config training/configs/camvid_default.yaml \
+        --model models/default.onnx
 
 On the bundled recording's camera frames (decoded as the node decodes them), times per frame:
-(a) Keras ``model.predict`` on the trained Keras model, (b) ONNX Runtime float32,
+(a) Keras ``model.predict`` on the trained Keras model (``--run``), or on the same network
+built untrained from the run's configuration (``--config``: where the run folder is not at
+hand; the weights do not change the time), (b) ONNX Runtime float32,
 (c) ONNX Runtime int8 (``--int8``, default ``<model>.int8.onnx`` if present), each as
 preprocess + network + argmax with the node's own pre/post-processing, so only the network
-call differs; and (d) the
-whole node end to end through ROS 2 (``bench``: camera frame published in one process, mask
-received in another, at the recording's frame size). Prints a markdown table with ratios
-against (a) and the node overhead against (b).
+call differs; (d) the whole node end to end through ROS 2 (``bench``: camera frame published
+in one process, mask received in another, at the recording's frame size) and (e) the same
+with the int8 file. Prints a markdown table with ratios against (a) and the node overhead
+against (b) (and (e) against (c)).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import numpy as np
 
 from fvt_segmentation.inference import load_segmenter, preprocess_frame, scores_to_classes
 from fvt_segmentation.recording import CAMERA_TOPIC, default_recording, read_images
+from fvt_training.config import load_config
+from fvt_training.models import build_model, model_normalization
 from fvt_training.run_contract import run_contract
 from fvt_training.train import load_run
 
@@ -60,7 +66,10 @@ def _node_end_to_end(model: Path, size: tuple[int, int], duration: float, rate: 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--run', type=Path, required=True, help='the Keras run (fvt-train)')
+    keras = parser.add_mutually_exclusive_group(required=True)
+    keras.add_argument('--run', type=Path, help='the Keras run (fvt-train) behind --model')
+    keras.add_argument('--config', type=Path,
+                       help="the run's configuration: (a) then times that network untrained")
     parser.add_argument('--model', type=Path, required=True, help='its float32 ONNX export')
     parser.add_argument('--int8', type=Path, default=None,
                         help='int8 file for (c) (default: <model>.int8.onnx if present)')
@@ -71,11 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     frames = list(read_images(default_recording(), CAMERA_TOPIC).values())
-    fp32 = load_segmenter(args.model, providers=['cpu'])
+    # Not spinning: TensorFlow and two ONNX Runtime sessions share this process (see
+    # fvt_training.evaluate.OnnxFileModel); the node rows run the node's own defaults.
+    fp32 = load_segmenter(args.model, providers=['cpu'], intra_op_spinning=False)
     contract = fp32.contract
-    config, keras_model = load_run(args.run)
-    if run_contract(args.run, config).normalization != contract.normalization:
-        raise SystemExit(f'{args.model} was not exported from {args.run}')
+    if args.run is not None:
+        config, keras_model = load_run(args.run)
+        normalization = run_contract(args.run, config).normalization
+        keras_source = f'the trained model of {args.run}'
+    else:
+        config = load_config(args.config, [f'model.input_size={list(fp32.input_size)}'])
+        keras_model = build_model(config)
+        normalization = model_normalization(config)[0]
+        keras_source = f'the network of {args.config}, untrained (same layers, same time)'
+    if normalization != contract.normalization:
+        raise SystemExit(f'{args.model} does not take the input {args.run or args.config} '
+                         'describes (normalisation differs)')
 
     def keras_step(frame: np.ndarray) -> np.ndarray:
         x = preprocess_frame(frame, 'BGR', fp32.input_size, contract)
@@ -89,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(('(b) ONNX Runtime float32', _time(onnx_step(fp32), frames, args.rounds)))
     int8_path = args.int8 or args.model.with_suffix('.int8.onnx')
     if int8_path.exists():
-        int8 = load_segmenter(int8_path, providers=['cpu'])
+        int8 = load_segmenter(int8_path, providers=['cpu'], intra_op_spinning=False)
         rows.append(('(c) ONNX Runtime int8', _time(onnx_step(int8), frames, args.rounds)))
-    node = _node_end_to_end(args.model, frames[0].shape[:2], args.node_duration,
-                            args.node_rate)
+    nodes = {'float32': _node_end_to_end(args.model, frames[0].shape[:2],
+                                         args.node_duration, args.node_rate)}
+    if int8_path.exists():
+        nodes['int8'] = _node_end_to_end(int8_path, frames[0].shape[:2], args.node_duration,
+                                         args.node_rate)
 
     keras_p50 = float(np.median(rows[0][1]))
     onnx_p50 = float(np.median(rows[1][1]))
@@ -100,19 +123,31 @@ def main(argv: list[str] | None = None) -> int:
           f'({frames[0].shape[1]}x{frames[0].shape[0]}), model input '
           f'{fp32.input_size[1]}x{fp32.input_size[0]}, {args.rounds} rounds after {WARMUP} '
           f'warm-up frames; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n')
-    print(f'(b): {args.model}' + (f', (c): {int8_path}' if int8_path.exists() else '') + '\n')
+    print(f'(a): {keras_source}; (b): {args.model}'
+          + (f', (c): {int8_path}' if int8_path.exists() else '') + '\n')
     print('| path | p50 ms/frame | p90 ms/frame | speed-up vs (a) |')
     print('| --- | --- | --- | --- |')
     for name, times in rows:
         p50, p90 = np.percentile(times, [50, 90])
         print(f'| {name} | {p50:.1f} | {p90:.1f} | {keras_p50 / p50:.2f}x |')
-    e2e = node['e2e_p50_ms']
-    print(f'| (d) node end to end (float32, ROS 2, another process, {args.node_rate:g} Hz) '
-          f'| {e2e:.1f} (p99 {node["e2e_p99_ms"]:.1f}) | - | {keras_p50 / e2e:.2f}x |')
-    print(f'\nnode overhead against (b): {e2e - onnx_p50:+.1f} ms = '
-          f'{100 * (e2e - onnx_p50) / onnx_p50:+.1f} % of (b); frames received by the node '
-          f'{node["received_by_node"]:.0f} of {node["published"]}, masks received '
-          f'{node["masks_received"]}')
+    bare = {'float32': onnx_p50}
+    if len(rows) > 2:
+        bare['int8'] = float(np.median(rows[2][1]))
+    letters = {'float32': ('d', 'b'), 'int8': ('e', 'c')}  # node row, its bare row
+    for tag, node in nodes.items():
+        letter = letters[tag][0]
+        e2e = node['e2e_p50_ms']
+        print(f'| ({letter}) node end to end ({tag}, ROS 2, another process, '
+              f'{args.node_rate:g} Hz) | {e2e:.1f} (p99 {node["e2e_p99_ms"]:.1f}) | - '
+              f'| {keras_p50 / e2e:.2f}x |')
+    print()
+    for tag, node in nodes.items():
+        against = letters[tag][1]
+        e2e = node['e2e_p50_ms']
+        print(f'node overhead ({tag}) against ({against}): {e2e - bare[tag]:+.1f} ms = '
+              f'{100 * (e2e - bare[tag]) / bare[tag]:+.1f} % of ({against}); frames received '
+              f'by the node {node["received_by_node"]:.0f} of {node["published"]}, masks '
+              f'received {node["masks_received"]}')
     return 0
 
 
