@@ -242,6 +242,12 @@ def summarize_run(config: Configuration, raw: dict[str, Any],
     window_ns = int(LAG_WINDOW_S * 1e9)
     lag_first = percentiles_ms(latency_ms[masks[:, 0] < first + window_ns].tolist(), 50)[0]
     lag_last = percentiles_ms(latency_ms[masks[:, 0] > last - window_ns].tolist(), 50)[0]
+    window_of = (masks[:, 0] - first) // window_ns
+    lag_windows = [percentiles_ms(latency_ms[window_of == i].tolist(), 50)[0]
+                   for i in range((last - first) // window_ns + 1)]
+    # A growing backlog shows as a positive trend of latency over the stream's time.
+    lag_slope = (float(np.polyfit((masks[:, 0] - first) / 60e9, latency_ms, 1)[0])
+                 if len(masks) >= 2 and np.ptp(masks[:, 0]) > 0 else None)
     published = camera['published']
     received = _number(status, 'frames_received')
     overhead = None if e2e_p50 is None else e2e_p50 - bare_p50
@@ -271,6 +277,8 @@ def summarize_run(config: Configuration, raw: dict[str, Any],
         'stages_p50_ms': {name: run_median(statuses, f'stage_{name}_p50_ms')
                           for name in STAGES},
         'lag_first_p50_ms': lag_first, 'lag_last_p50_ms': lag_last,
+        'lag_window_s': LAG_WINDOW_S, 'lag_p50_by_window_ms': lag_windows,
+        'lag_slope_ms_per_min': lag_slope,
         'output_rate_hz': run_median(statuses, 'output_rate_hz'),
     }
 
@@ -314,6 +322,12 @@ def render_tables(rows: list[dict[str, Any]], header: str) -> str:
         cells.insert(STAGES.index('preprocess') + 1, _fmt(row['node_inference_p50_ms'], 2))
         cells += [_fmt(node_e2e, 2), _fmt(outside, 2), _fmt(row['camera_publish_p50_ms'], 2)]
         lines.append(f"| {row['size']} | {row['transport']} | " + ' | '.join(cells) + ' |')
+    lines += ['', f'| frames | transport | e2e p50 per {LAG_WINDOW_S:g} s of stream (ms) | '
+              'trend of e2e over the stream (ms per minute) |', '| --- | --- | --- | --- |']
+    for row in rows:
+        windows = ' '.join(_fmt(v) for v in row['lag_p50_by_window_ms'])
+        lines.append(f"| {row['size']} | {row['transport']} | {windows} | "
+                     f"{_fmt(row['lag_slope_ms_per_min'], 2)} |")
     return '\n'.join(lines)
 
 

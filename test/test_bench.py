@@ -79,9 +79,14 @@ def test_run_figures_from_raw_measurements() -> None:
     assert row['overhead_vs_node_inference_ms'] == pytest.approx(40.0)
     assert row['stages_p50_ms']['queue'] == 12.0
     assert (row['lag_first_p50_ms'], row['lag_last_p50_ms']) == pytest.approx((80.0, 90.0))
+    # 10 s windows: [0, 10) s holds the 80 ms mask, [10, 20) the 100 ms one, [20, 30) 90 ms.
+    assert row['lag_p50_by_window_ms'] == pytest.approx([80.0, 100.0, 90.0])
+    # Least-squares line through (0 s, 80), (15 s, 100), (29 s, 90): 21.4 ms per minute.
+    assert row['lag_slope_ms_per_min'] == pytest.approx(21.39, abs=0.01)
     text = render_tables([row], 'header')
     assert '| 2048x1024 | profile | 900 (30.0) | 900 (100.0 %) | 3 |' in text
     assert '30.0 (50 %)' in text and '80.0 / 90.0' in text
+    assert '| 2048x1024 | profile | 80.0 100.0 90.0 | 21.39 |' in text
 
 
 def test_a_run_without_masks_reports_no_latency() -> None:
@@ -91,4 +96,5 @@ def test_a_run_without_masks_reports_no_latency() -> None:
     row = summarize_run(Configuration(1024, 512, 'default', 151), raw, [50.0])
     assert row['received_pct'] == 0.0 and row['e2e_p50_ms'] is None
     assert row['overhead_ms'] is None and row['lag_first_p50_ms'] is None
+    assert row['lag_p50_by_window_ms'] == [None] and row['lag_slope_ms_per_min'] is None
     assert '| 1024x512 | default | 30 (30.0) | 0 (0.0 %) | - |' in render_tables([row], 'h')
