@@ -364,12 +364,16 @@ class Server:
 @pytest.mark.skipif(CHROMIUM is None or not os.access(CHROMEDRIVER, os.X_OK),
                     reason='needs Debian chromium and chromium-driver '
                            '(apt-get install -y chromium chromium-driver)')
-def test_page_end_to_end_in_headless_chromium(review_data, model_path, tmp_path):
+def test_page_end_to_end_in_headless_chromium(review_data, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # Nested provenance, as fvt-train export writes it: shown as lines, not as raw JSON.
+    model_path = build_review_model(tmp_path / 'browser.onnx', provenance={
+        'architecture': 'affine', 'backbone': None,
+        'metrics': {'miou': 0.656753, 'iou': {'flat': 0.934677, 'sky': 0.9}}})
     server = Server(review_data.folder, model_path, tmp_path / 'server.log')
     try:
         options = webdriver.ChromeOptions()
@@ -399,6 +403,9 @@ def test_page_end_to_end_in_headless_chromium(review_data, model_path, tmp_path)
             assert all(r.find_elements(By.TAG_NAME, 'td')[0].text for r in rows)
             assert driver.find_element(By.ID, 'miou').text
             assert 'error' not in driver.find_element(By.ID, 'status').get_attribute('class')
+            facts = driver.find_element(By.ID, 'provenance').text
+            assert 'iou: flat: 0.9347, sky: 0.9\nmiou: 0.6568' in facts
+            assert 'backbone\n–' in facts and '{' not in facts
             driver.save_screenshot(str(tmp_path / 'review-page.png'))
         finally:
             driver.quit()

@@ -35,6 +35,21 @@ function percent(value) {
   return value === null || value === undefined ? '–' : `${(100 * value).toFixed(1)} %`;
 }
 
+// Provenance values for people: numbers to 4 digits, a nested object one 'key: value' line
+// per entry (deeper ones inline), null as a dash.
+function factText(value, depth) {
+  if (value === null || value === undefined) return '–';
+  if (typeof value === 'number') {
+    return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(4)));
+  }
+  if (Array.isArray(value)) return value.map((v) => factText(v, depth + 1)).join(', ');
+  if (typeof value === 'object') {
+    const parts = Object.entries(value).map(([k, v]) => `${k}: ${factText(v, depth + 1)}`);
+    return parts.join(depth === 0 ? '\n' : ', ');
+  }
+  return String(value);
+}
+
 function showModel(model) {
   state.model = model;
   const [h, w] = model.input_size;
@@ -53,7 +68,7 @@ function showModel(model) {
     const term = document.createElement('dt');
     const detail = document.createElement('dd');
     term.textContent = key;
-    detail.textContent = typeof value === 'object' ? JSON.stringify(value) : String(value);
+    detail.textContent = factText(value, 0);
     facts.append(term, detail);
   };
   add('file', model.file);
