@@ -27,6 +27,7 @@ import numpy as np
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from tqdm import tqdm
@@ -328,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     with open(log_path, 'w') as log:
         proc = subprocess.Popen(_node_command(model, args.providers.split(',')), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    rclpy.init()
+    # Ctrl-C is ours to handle: rclpy's own handler would shut the context down under the
+    # spinning executor thread (a traceback from that thread) before the cleanup below runs.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     client = None
     stop = threading.Event()
     sent = 0
