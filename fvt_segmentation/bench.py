@@ -242,9 +242,12 @@ def summarize_run(config: Configuration, raw: dict[str, Any],
     window_ns = int(LAG_WINDOW_S * 1e9)
     lag_first = percentiles_ms(latency_ms[masks[:, 0] < first + window_ns].tolist(), 50)[0]
     lag_last = percentiles_ms(latency_ms[masks[:, 0] > last - window_ns].tolist(), 50)[0]
-    window_of = (masks[:, 0] - first) // window_ns
+    # Whole windows from the first frame; the last one takes the stream's end (a 60 s stream
+    # at 30 Hz is 6 windows, not 6 and a one-frame seventh).
+    windows = max(1, -(-(last - first) // window_ns))
+    window_of = np.minimum((masks[:, 0] - first) // window_ns, windows - 1)
     lag_windows = [percentiles_ms(latency_ms[window_of == i].tolist(), 50)[0]
-                   for i in range((last - first) // window_ns + 1)]
+                   for i in range(windows)]
     # A growing backlog shows as a positive trend of latency over the stream's time.
     lag_slope = (float(np.polyfit((masks[:, 0] - first) / 60e9, latency_ms, 1)[0])
                  if len(masks) >= 2 and np.ptp(masks[:, 0]) > 0 else None)

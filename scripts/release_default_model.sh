@@ -8,8 +8,8 @@
 # models/default.onnx, and models/default.int8.onnx only if int8 meets the targets (costs at
 # most 1 point of val mIoU and is at least 1.8x faster than float32 on this CPU).
 # Then writes models/default.eval_val.json (+ models/default.eval_val/: confusion matrix,
-# samples), models/comparison.md (fvt-train compare over the given runs; runs only) and
-# models/default.card.json.
+# samples), models/comparison.md (fvt-train compare over the given runs; runs only; another
+# file with COMPARISON=PATH) and models/default.card.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SOURCE=$1
@@ -43,7 +43,7 @@ if [[ $SOURCE != *.onnx ]]; then
   for other in "$@"; do  # the same export (and timing, on the same machine) for every row
     fvt-train export "$other" --out "$other/model.onnx" --int8
   done
-  fvt-train compare "$SOURCE" "$@" --sort val_miou --desc --out models/comparison.md
+  fvt-train compare "$SOURCE" "$@" --sort val_miou --desc --out "${COMPARISON:-models/comparison.md}"
 fi
 python scripts/model_card.py --model models/default.onnx --eval models/default.eval_val.json \
   --export models/default.export.json --out models/default.card.json

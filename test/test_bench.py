@@ -79,8 +79,14 @@ def test_run_figures_from_raw_measurements() -> None:
     assert row['overhead_vs_node_inference_ms'] == pytest.approx(40.0)
     assert row['stages_p50_ms']['queue'] == 12.0
     assert (row['lag_first_p50_ms'], row['lag_last_p50_ms']) == pytest.approx((80.0, 90.0))
-    # 10 s windows: [0, 10) s holds the 80 ms mask, [10, 20) the 100 ms one, [20, 30) 90 ms.
+    # 10 s windows: [0, 10) s holds the 80 ms mask, [10, 20) the 100 ms one, [20, 29] 90 ms.
     assert row['lag_p50_by_window_ms'] == pytest.approx([80.0, 100.0, 90.0])
+    # A stream of exactly 20 s: two windows, its last frame in the second one.
+    raw['camera']['last_stamp_ns'] = start + 20 * second
+    raw['receiver']['masks'] = [[start, start + 50 * MS], [start + 20 * second,
+                                                          start + 20 * second + 70 * MS]]
+    assert summarize_run(Configuration(2048, 1024, 'profile', 150), raw, [60.0])[
+        'lag_p50_by_window_ms'] == pytest.approx([50.0, 70.0])
     # Least-squares line through (0 s, 80), (15 s, 100), (29 s, 90): 21.4 ms per minute.
     assert row['lag_slope_ms_per_min'] == pytest.approx(21.39, abs=0.01)
     text = render_tables([row], 'header')

@@ -83,6 +83,7 @@ def create_app(data_dir: str | os.PathLike[str], model_path: str | os.PathLike[s
             f'{model_path}: the model names categories {list(segmenter.contract.categories)} '
             f'but {data_dir} was prepared with {list(manifest.categories)}; labels could not '
             'be scored against its predictions')
+    segmenter.warm_up()  # ONNX Runtime's first runs are slow; the first click should not be
     state = ReviewState(
         manifest=manifest, segmenter=segmenter, default_split=split,
         model_tag=_model_tag(segmenter.model_path),
