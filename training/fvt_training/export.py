@@ -128,8 +128,8 @@ def check_parity(reference: Any, reference_contract: ModelContract, segmenter: A
 
     Each is fed by its own contract: the reference by the run's (or its file's), ONNX Runtime
     by the one read back from the new file, so a wrong normalisation in the metadata shows up
-    here too. Returns the largest absolute
-    probability difference, the fraction of pixels whose argmax agrees and ``passed``.
+    here too. Returns the largest absolute probability difference, the fraction of pixels
+    whose argmax agrees and ``passed``.
     """
     from fvt_segmentation.inference import preprocess_frame
 
@@ -346,7 +346,8 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
     """Start from a float32 file written by an earlier export (to apply today's rewrites).
 
     The file is the parity reference; its contract and provenance carry over, with
-    ``reexported_from`` naming the file (and its SHA-256) it came from.
+    ``reexported_from`` naming the file (and its SHA-256) it came from. Parity and scores use
+    the ``val`` split of ``data``, int8 calibration its ``train`` split.
     """
     import hashlib
 
@@ -365,6 +366,9 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
     precision = provenance.get('precision', 'float32')
     if precision != 'float32':
         raise ExportError(f'{path}: re-export needs a float32 file; this one is {precision}')
+    if contract.layout != 'NHWC':
+        raise ExportError(f'{path}: re-export takes what fvt-train export writes (NHWC); this '
+                          f'file is {contract.layout}')
     proto = onnx.load(str(path))
     size = flops.describe(proto)
     size.update({k: provenance[k] for k in ('params', 'gflops') if k in provenance})
