@@ -95,7 +95,8 @@ class OnnxFileModel:
         self.source = Path(path)
         # Several sessions share this process (export times float32 and int8 in turns);
         # spinning worker threads of one would steal the cores from the next one's run
-        # (float32 measured 34 ms instead of 19 ms right after an int8 run).
+        # (training/scripts/time_sessions.py: float32 45 ms in turns with int8, 19 ms without
+        # spinning).
         self.segmenter = load_segmenter(self.source, providers=providers,
                                         intra_op_spinning=False)
         self.contract = self.segmenter.contract

@@ -105,48 +105,45 @@ def main(argv: list[str] | None = None) -> int:
     def onnx_step(segmenter):
         return lambda frame: segmenter.segment(frame, 'BGR').classes
 
-    # ONNX Runtime first: once TensorFlow has run, its own worker threads spin for a while.
-    rows = [('(b) ONNX Runtime float32', _time(onnx_step(fp32), frames, args.rounds))]
+    # One file per precision: its path, the letter of its bare row and of its node row.
+    files = {'float32': (args.model, 'b', 'd')}
     int8_path = args.int8 or args.model.with_suffix('.int8.onnx')
     if int8_path.exists():
+        files['int8'] = (int8_path, 'c', 'e')
+    # ONNX Runtime first: once TensorFlow has run, its own worker threads spin for a while.
+    bare = {'float32': _time(onnx_step(fp32), frames, args.rounds)}
+    if 'int8' in files:
         int8 = load_segmenter(int8_path, providers=['cpu'], intra_op_spinning=False)
-        rows.append(('(c) ONNX Runtime int8', _time(onnx_step(int8), frames, args.rounds)))
-    rows.insert(0, ('(a) Keras model.predict', _time(keras_step, frames, args.rounds)))
-    nodes = {'float32': _node_end_to_end(args.model, frames[0].shape[:2],
-                                         args.node_duration, args.node_rate)}
-    if int8_path.exists():
-        nodes['int8'] = _node_end_to_end(int8_path, frames[0].shape[:2], args.node_duration,
-                                         args.node_rate)
+        bare['int8'] = _time(onnx_step(int8), frames, args.rounds)
+    keras_times = _time(keras_step, frames, args.rounds)
+    nodes = {tag: _node_end_to_end(path, frames[0].shape[:2], args.node_duration,
+                                   args.node_rate) for tag, (path, _, _) in files.items()}
 
-    keras_p50 = float(np.median(rows[0][1]))
-    onnx_p50 = float(np.median(rows[1][1]))
+    keras_p50 = float(np.median(keras_times))
     print(f'frames: {len(frames)} of {default_recording().name} '
           f'({frames[0].shape[1]}x{frames[0].shape[0]}), model input '
           f'{fp32.input_size[1]}x{fp32.input_size[0]}, {args.rounds} rounds after {WARMUP} '
           f'warm-up frames; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n')
-    print(f'(a): {keras_source}; (b): {args.model}'
-          + (f', (c): {int8_path}' if int8_path.exists() else '') + '\n')
+    print(f'(a): {keras_source}; '
+          + ', '.join(f'({bare_row}): {path}' for path, bare_row, _ in files.values()) + '\n')
     print('| path | p50 ms/frame | p90 ms/frame | speed-up vs (a) |')
     print('| --- | --- | --- | --- |')
+    rows = [('(a) Keras model.predict', keras_times)] + [
+        (f'({files[tag][1]}) ONNX Runtime {tag}', times) for tag, times in bare.items()]
     for name, times in rows:
         p50, p90 = np.percentile(times, [50, 90])
         print(f'| {name} | {p50:.1f} | {p90:.1f} | {keras_p50 / p50:.2f}x |')
-    bare = {'float32': onnx_p50}
-    if len(rows) > 2:
-        bare['int8'] = float(np.median(rows[2][1]))
-    letters = {'float32': ('d', 'b'), 'int8': ('e', 'c')}  # node row, its bare row
     for tag, node in nodes.items():
-        letter = letters[tag][0]
         e2e = node['e2e_p50_ms']
-        print(f'| ({letter}) node end to end ({tag}, ROS 2, another process, '
+        print(f'| ({files[tag][2]}) node end to end ({tag}, ROS 2, another process, '
               f'{args.node_rate:g} Hz) | {e2e:.1f} (p99 {node["e2e_p99_ms"]:.1f}) | - '
               f'| {keras_p50 / e2e:.2f}x |')
     print()
     for tag, node in nodes.items():
-        against = letters[tag][1]
+        against, base = files[tag][1], float(np.median(bare[tag]))
         e2e = node['e2e_p50_ms']
-        print(f'node overhead ({tag}) against ({against}): {e2e - bare[tag]:+.1f} ms = '
-              f'{100 * (e2e - bare[tag]) / bare[tag]:+.1f} % of ({against}); frames received '
+        print(f'node overhead ({tag}) against ({against}): {e2e - base:+.1f} ms = '
+              f'{100 * (e2e - base) / base:+.1f} % of ({against}); frames received '
               f'by the node {node["received_by_node"]:.0f} of {node["published"]}, masks '
               f'received {node["masks_received"]}')
     return 0

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Two ONNX files in one process: alone and in turns, ONNX Runtime threads spinning or not.
+
+    python training/scripts/time_sessions.py FLOAT32.onnx INT8.onnx [--runs 40] [--profile]
+
+Shows why ``fvt_training.latency.time_interleaved`` needs sessions that do not spin: a
+spinning session's threads steal the cores from the next session's run. ``--profile`` adds
+ONNX Runtime's per-operator times of each file (its own profiler, alone, not spinning).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+import json
+from pathlib import Path
+import sys
+import tempfile
+
+import numpy as np
+import onnxruntime as ort
+
+from fvt_segmentation.inference import load_segmenter
+from fvt_training.latency import time_calls, time_interleaved
+
+
+def _operator_ms(path: Path, x: np.ndarray, runs: int) -> Counter:
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / 'profile')
+        session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+        name = session.get_inputs()[0].name
+        for _ in range(runs):
+            session.run(None, {name: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: Counter = Counter()
+    for event in events:
+        if event.get('cat') == 'Node' and event['name'].endswith('_kernel_time'):
+            per_op[event['args'].get('op_name')] += event['dur'] / 1e3 / runs
+    return per_op
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('first', type=Path)
+    parser.add_argument('second', type=Path)
+    parser.add_argument('--runs', type=int, default=40)
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--profile', action='store_true')
+    args = parser.parse_args(argv)
+    paths = {'first': args.first, 'second': args.second}
+
+    size = load_segmenter(args.first, providers=['cpu']).input_size
+    x = np.random.default_rng(0).random((1, *size, 3), dtype=np.float32)
+    print(f'{args.first.name} / {args.second.name}, batch 1, median ms of {args.runs} runs')
+    for spinning in (True, False):
+        models = {tag: load_segmenter(p, providers=['cpu'], intra_op_spinning=spinning)
+                  for tag, p in paths.items()}
+        calls = {tag: (lambda m=m: m.infer(x)) for tag, m in models.items()}
+        alone = {tag: time_calls(c, args.runs, args.warmup)['median_ms']
+                 for tag, c in calls.items()}
+        turns = {tag: s['median_ms'] for tag, s in
+                 time_interleaved(calls, args.runs, args.warmup).items()}
+        print(f'spinning {"on " if spinning else "off"}: alone {alone["first"]:.1f} / '
+              f'{alone["second"]:.1f} ({alone["first"] / alone["second"]:.2f}x), in turns '
+              f'{turns["first"]:.1f} / {turns["second"]:.1f} '
+              f'({turns["first"] / turns["second"]:.2f}x)')
+        del models, calls
+    if args.profile:
+        for path in paths.values():
+            per_op = _operator_ms(path, x, args.runs)
+            total = sum(per_op.values())
+            print(f'\n{path.name}: {total:.2f} ms in operators')
+            for op, ms in per_op.most_common(6):
+                print(f'  {op:22s} {ms:6.2f} ms  {100 * ms / total:5.1f} %')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
