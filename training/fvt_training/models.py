@@ -1,8 +1,11 @@
 """Model factories: every one returns a plain ``keras.Model`` with a softmax over the categories.
 
 ``unet_like`` is the keras-io "Image segmentation with a U-Net-like architecture" network
-(Xception-style separable convolutions with residual adds), written here. ``unet``, ``fpn``,
-``linknet`` and ``pspnet`` come from segmentation-models with any of its backbones.
+(Xception-style separable convolutions with residual adds), written here. ``light_fpn`` is a
+light FPN decoder on an EfficientNet-Lite encoder (:mod:`fvt_training.efficientnet_lite`, with
+ImageNet weights from a registry package), written here for the node's real-time budget.
+``unet``, ``fpn``, ``linknet`` and ``pspnet`` come from segmentation-models with any of its
+backbones.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from fvt_segmentation.contract import CATEGORIES, Normalization
+from fvt_training import efficientnet_lite
 
 keras = tf.keras
 layers = tf.keras.layers
@@ -38,8 +42,11 @@ _BACKBONE_MODES = {
     'inceptionv3': 'tf', 'inceptionresnetv2': 'tf',
     'mobilenet': 'tf', 'mobilenetv2': 'tf',
     **{f'efficientnetb{i}': 'torch' for i in range(8)},
+    **{name: 'lite' for name in efficientnet_lite.VARIANTS},
 }
 BACKBONES = tuple(_BACKBONE_MODES)
+LIGHT_FPN_BACKBONES = tuple(efficientnet_lite.VARIANTS)
+ENCODER_LAYER = 'encoder'
 
 
 class ModelConfigError(ValueError):
@@ -47,7 +54,7 @@ class ModelConfigError(ValueError):
 
 
 class EncoderWeightsUnavailableError(RuntimeError):
-    """ImageNet encoder weights were requested but could not be downloaded."""
+    """ImageNet encoder weights were requested but could not be had (download or package)."""
 
 
 def input_multiple(architecture: str, filters: Sequence[int] = (32, 64, 128, 256)) -> int:
@@ -114,6 +121,72 @@ def unet_like(input_size: Sequence[int], num_classes: int = len(CATEGORIES),
     return keras.Model(inputs, outputs, name='unet_like')
 
 
+def light_fpn(input_size: Sequence[int], backbone: str = 'efficientnet_lite0',
+              num_classes: int = len(CATEGORIES), encoder_weights: str | None = None,
+              channels: int = 96) -> keras.Model:
+    """Build a light FPN on an EfficientNet-Lite encoder (a nested model named ``encoder``).
+
+    The encoder's features at strides 4, 8, 16 and 32 get a 1x1 lateral convolution to
+    ``channels``, are merged top-down (nearest upsampling, sum), each pass a separable 3x3
+    convolution, and are summed at stride 4 (bilinear upsampling), as in Panoptic FPN's
+    semantic branch but with one convolution per level. A 1x1 classifier at stride 4 and a
+    bilinear x4 upsampling give the scores at the input size. ``encoder_weights`` is
+    ``'imagenet'`` (from the backbone's weights package), ``None`` or a ``.pth`` file.
+    """
+    if backbone not in LIGHT_FPN_BACKBONES:
+        raise ModelConfigError(f'light_fpn needs an EfficientNet-Lite backbone, one of '
+                               f'{list(LIGHT_FPN_BACKBONES)}; got {backbone!r}')
+    check_input_size('light_fpn', input_size)
+    height, width = (int(v) for v in input_size)
+    encoder = efficientnet_lite.efficientnet_lite(backbone, (height, width, 3),
+                                                  name=ENCODER_LAYER)
+    if encoder_weights is not None:
+        path = None if encoder_weights == 'imagenet' else encoder_weights
+        try:
+            efficientnet_lite.load_imagenet_weights(encoder, backbone, path)
+        except efficientnet_lite.WeightsPackageMissingError as err:
+            raise EncoderWeightsUnavailableError(str(err)) from None
+    inputs = keras.Input(shape=(height, width, 3), name='image')
+    features = encoder(inputs)
+    merged = None
+    pyramid = []
+    for level, feature in reversed(list(enumerate(features))):
+        lateral = layers.Conv2D(channels, 1, name=f'fpn_lateral{level}')(feature)
+        if merged is not None:
+            lateral = layers.Add(name=f'fpn_merge{level}')(
+                [lateral, layers.UpSampling2D(2, name=f'fpn_up{level}')(merged)])
+        merged = lateral
+        pyramid.append((level, merged))
+    heads = []
+    for level, p in pyramid:
+        x = layers.SeparableConv2D(channels, 3, padding='same', use_bias=False,
+                                   name=f'head{level}_conv')(p)
+        x = layers.BatchNormalization(name=f'head{level}_bn')(x)
+        x = layers.ReLU(name=f'head{level}_relu')(x)
+        if level:
+            x = layers.UpSampling2D(2 ** level, interpolation='bilinear',
+                                    name=f'head{level}_up')(x)
+        heads.append(x)
+    x = layers.Add(name='head_sum')(heads)
+    x = layers.Conv2D(num_classes, 1, name='classifier')(x)
+    x = layers.UpSampling2D(4, interpolation='bilinear', name='classifier_up')(x)
+    outputs = layers.Activation('softmax', dtype='float32', name='scores')(x)
+    return keras.Model(inputs, outputs, name=f'light_fpn_{backbone}')
+
+
+def set_encoder_trainable(model: keras.Model, trainable: bool) -> bool:
+    """Freeze or unfreeze ``model``'s nested ``encoder``; return False if it has none.
+
+    A frozen encoder also runs its BatchNormalization layers in inference mode.
+    """
+    try:
+        encoder = model.get_layer(ENCODER_LAYER)
+    except ValueError:
+        return False
+    encoder.trainable = trainable
+    return True
+
+
 def _is_download_failure(err: BaseException) -> bool:
     # keras' get_file raises a bare Exception('URL fetch failure on ...') when offline.
     text = str(err)
@@ -171,13 +244,16 @@ def build_model(config: dict) -> keras.Model:
     if spec.get('input_size') is None:
         raise ModelConfigError('model.input_size must be set as [height, width] before building '
                                '(train fills it from the prepared data)')
+    weights = spec.get('encoder_weights')
+    weights = None if weights in (None, 'none') else weights
     if architecture == 'unet_like':
         filters = spec.get('filters') or (32, 64, 128, 256)
         check_input_size(architecture, spec['input_size'], filters)
         model = unet_like(spec['input_size'], len(CATEGORIES), filters)
+    elif architecture == 'light_fpn':
+        model = light_fpn(spec['input_size'], spec['backbone'], len(CATEGORIES), weights,
+                          int(spec.get('decoder_channels') or 96))
     else:
-        weights = spec.get('encoder_weights')
-        weights = None if weights in (None, 'none') else weights
         model = sm_model(architecture, spec['backbone'], spec['input_size'], len(CATEGORIES),
                          weights, bool(spec.get('encoder_freeze', False)))
     if spec.get('bn_momentum') is not None:
@@ -214,6 +290,9 @@ def input_normalization(backbone: str | None) -> tuple[Normalization, str]:
         return Normalization(scale=1.0), 'RGB'
     if mode == 'tf':
         return Normalization(scale=1.0 / 127.5, mean=(1.0, 1.0, 1.0)), 'RGB'
+    if mode == 'lite':
+        return Normalization(scale=1.0, mean=(efficientnet_lite.PIXEL_MEAN,) * 3,
+                             std=(efficientnet_lite.PIXEL_STD,) * 3), 'RGB'
     if mode == 'torch':
         return Normalization(scale=1.0 / 255.0, mean=IMAGENET_MEAN_RGB,
                              std=IMAGENET_STD_RGB), 'RGB'

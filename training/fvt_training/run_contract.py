@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fvt_segmentation.contract import ModelContract
+from fvt_training import efficientnet_lite
 from fvt_training.models import model_normalization
 from fvt_training.prepared import DataError, read_manifest
 from fvt_training.run_files import COMMAND_FILE, CONFIG_FILE, METRICS_FILE, read_json
@@ -73,6 +74,10 @@ def run_contract(run_dir: str | os.PathLike, config: Mapping[str, Any],
         'config_file': str(run_dir / CONFIG_FILE),
         'training_command': training_command(run_dir),
     }
+    weights = spec.get('encoder_weights')
+    if spec['architecture'] == 'light_fpn' and weights not in (None, 'none'):
+        provenance['encoder_weights'] = efficientnet_lite.weights_provenance(
+            spec['backbone'], None if weights == 'imagenet' else weights)
     provenance.update(extra_provenance or {})
     return ModelContract(layout='NHWC', color_order=color_order, normalization=normalization,
                          output=output, ignore_index=0, provenance=provenance)
@@ -95,6 +100,10 @@ def doc_string(contract: ModelContract) -> str:
     terms = licence
     if 'BY-NC' in licence and 'non-commercial' not in licence.lower():
         terms = f'{licence}: research and non-commercial use only'
+    encoder = prov.get('encoder_weights') or {}
+    if encoder.get('licence'):
+        terms += (f'; encoder initialised with {encoder["source"]} weights '
+                  f'({encoder["licence"]}: {encoder["notice"]})')
     return (f'{model or "segmentation"} network ({size} input) labelling each pixel with one '
             f'of {contract.num_classes} categories ({", ".join(contract.categories)}), trained '
             f'on {prov.get("dataset", "unknown")} in run {prov.get("run", "?")}; licence: '

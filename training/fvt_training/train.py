@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 import csv
 import json
+import math
 import os
 from pathlib import Path
 import shlex
@@ -30,7 +31,12 @@ from fvt_training import data
 from fvt_training.config import load_config, write_config
 from fvt_training.keras_metrics import StreamingMeanIoU
 from fvt_training.losses import make_loss, resolve_class_weights
-from fvt_training.models import build_model, check_input_size, model_normalization
+from fvt_training.models import (
+    build_model,
+    check_input_size,
+    model_normalization,
+    set_encoder_trainable,
+)
 from fvt_training.prepared import Manifest, read_manifest
 from fvt_training.run_files import (
     BEST_WEIGHTS,
@@ -46,7 +52,7 @@ from fvt_training.run_files import (
     write_json,
 )
 
-MONITOR = 'val_loss'
+MONITOR_MODES = {'val_loss': 'min', 'val_miou': 'max'}
 
 
 def _save_weights(model: tf.keras.Model, path: Path) -> None:
@@ -137,11 +143,74 @@ class ResumableReduceLROnPlateau(_ResumableCounters, tf.keras.callbacks.ReduceLR
     COUNTERS = ('cooldown_counter',)
 
 
+def cosine_learning_rate(step: int, total_steps: int, warmup_steps: int, base: float,
+                         minimum: float = 0.0) -> float:
+    """Return the learning rate of ``step`` (from 0): linear warm-up, then cosine decay.
+
+    Warm-up rises linearly to ``base`` over ``warmup_steps`` (step ``i`` gets
+    ``base * (i + 1) / warmup_steps``); the decay goes from ``base`` to ``minimum`` over the
+    remaining steps and stays at ``minimum`` after ``total_steps``.
+    """
+    if step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * progress))
+
+
+class CosineSchedule(tf.keras.callbacks.Callback):
+    """Set the learning rate before every batch from :func:`cosine_learning_rate`.
+
+    The rate depends only on the epoch and the batch, so a resumed run continues the curve.
+    """
+
+    def __init__(self, base: float, minimum: float, epochs: int, steps_per_epoch: int,
+                 warmup_epochs: int) -> None:
+        super().__init__()
+        self.base, self.minimum = base, minimum
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = epochs * steps_per_epoch
+        self.warmup_steps = warmup_epochs * steps_per_epoch
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping | None = None) -> None:
+        """Remember the epoch for the step count."""
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch: int, logs: Mapping | None = None) -> None:
+        """Set this step's learning rate."""
+        step = self.epoch * self.steps_per_epoch + batch
+        tf.keras.backend.set_value(self.model.optimizer.learning_rate, cosine_learning_rate(
+            step, self.total_steps, self.warmup_steps, self.base, self.minimum))
+
+
+class EncoderFreezeSchedule(tf.keras.callbacks.Callback):
+    """Keep the model's encoder frozen for the first ``frozen_epochs`` epochs, then train it."""
+
+    def __init__(self, frozen_epochs: int) -> None:
+        super().__init__()
+        self.frozen_epochs = frozen_epochs
+        self.frozen: bool | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping | None = None) -> None:
+        """Switch the encoder at the scheduled epoch; the train step is traced anew."""
+        frozen = epoch < self.frozen_epochs
+        if frozen == self.frozen:
+            return
+        if not set_encoder_trainable(self.model, not frozen):
+            raise RunError('train.encoder_freeze_epochs needs a model with an encoder layer '
+                           '(model.architecture: light_fpn)')
+        self.frozen = frozen
+        # The train function captured the trainable variables when it was traced.
+        self.model.make_train_function(force=True)
+        print(f'epoch {epoch + 1}: encoder {"frozen" if frozen else "trained"}')
+
+
 class RunState(tf.keras.callbacks.Callback):
     """After each epoch: save last weights and ``state.json`` (must run after the others)."""
 
     def __init__(self, run_dir: Path, stopping: ResumableEarlyStopping,
-                 plateau: ResumableReduceLROnPlateau, elapsed_s: float) -> None:
+                 plateau: ResumableReduceLROnPlateau | None, elapsed_s: float) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.stopping = stopping
@@ -163,7 +232,7 @@ class RunState(tf.keras.callbacks.Callback):
             'epoch': epoch + 1,
             'learning_rate': float(tf.keras.backend.get_value(self.model.optimizer.lr)),
             'early_stopping': self.stopping.state(),
-            'plateau': self.plateau.state(),
+            'plateau': self.plateau.state() if self.plateau else None,
             'training_time_s': self.elapsed_s,
             'finished': False,
         }, sort_keys=True)
@@ -276,8 +345,10 @@ def evaluate_confusion(model: tf.keras.Model, sequence: Any, desc: str = 'evalua
 
 
 def _compile(model: tf.keras.Model, loss: tf.keras.losses.Loss, learning_rate: float) -> None:
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), loss=loss,
-                  metrics=[StreamingMeanIoU(name='miou')])
+    optimizer = tf.keras.optimizers.Adam(learning_rate)
+    # Built on every trainable variable now: an encoder unfrozen later finds its slots ready.
+    optimizer.build(model.trainable_variables)
+    model.compile(optimizer=optimizer, loss=loss, metrics=[StreamingMeanIoU(name='miou')])
 
 
 def train(config: dict, run_dir: str | os.PathLike | None = None) -> Path:
@@ -388,19 +459,32 @@ def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute
         _compile(model, loss, learning_rate)
     if state:
         _truncate_history(folder / HISTORY_FILE, state['epoch'])
+    monitor = train_cfg['monitor']
+    mode = MONITOR_MODES[monitor]
     stopping = ResumableEarlyStopping(
-        restore=state['early_stopping'] if state else None, monitor=MONITOR,
+        restore=state['early_stopping'] if state else None, monitor=monitor, mode=mode,
         patience=train_cfg['early_stopping_patience'], verbose=1)
-    plateau = ResumableReduceLROnPlateau(
-        restore=state['plateau'] if state else None, monitor=MONITOR,
-        factor=train_cfg['plateau_factor'], patience=train_cfg['plateau_patience'],
-        min_lr=train_cfg['min_learning_rate'], verbose=1)
     checkpoint = tf.keras.callbacks.ModelCheckpoint(
-        str(folder / BEST_WEIGHTS), monitor=MONITOR, save_best_only=True,
+        str(folder / BEST_WEIGHTS), monitor=monitor, mode=mode, save_best_only=True,
         save_weights_only=True, verbose=0,
         initial_value_threshold=state['early_stopping']['best'] if state else None)
+    plateau = None
+    schedule: list[tf.keras.callbacks.Callback] = []
+    if train_cfg['lr_schedule'] == 'cosine':
+        steps = train_cfg['steps_per_epoch'] or len(train_seq)
+        schedule.append(CosineSchedule(train_cfg['learning_rate'],
+                                       train_cfg['min_learning_rate'], train_cfg['epochs'],
+                                       steps, train_cfg['warmup_epochs']))
+    else:
+        plateau = ResumableReduceLROnPlateau(
+            restore=state['plateau'] if state else None, monitor=monitor, mode=mode,
+            factor=train_cfg['plateau_factor'], patience=train_cfg['plateau_patience'],
+            min_lr=train_cfg['min_learning_rate'], verbose=1)
+        schedule.append(plateau)
+    if train_cfg['encoder_freeze_epochs']:
+        schedule.append(EncoderFreezeSchedule(train_cfg['encoder_freeze_epochs']))
     callbacks = [
-        checkpoint, stopping, plateau,
+        *schedule, checkpoint, stopping,
         tf.keras.callbacks.CSVLogger(str(folder / HISTORY_FILE), append=state is not None),
         tf.keras.callbacks.TensorBoard(str(folder / TENSORBOARD_DIR), profile_batch=0),
         PlotHistory(folder),
@@ -427,7 +511,8 @@ def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute
         'confusion_matrix': cm.tolist(),
         'epochs': run_state['epoch'],
         'best_epoch': run_state['early_stopping']['best_epoch'] + 1,
-        'best_val_loss': run_state['early_stopping']['best'],
+        'monitor': config['train']['monitor'],
+        'best_monitored': run_state['early_stopping']['best'],
         'training_time_s': run_state['training_time_s'],
         'params': int(model.count_params()),
         'trainable_params': int(sum(np.prod(w.shape) for w in model.trainable_weights)),

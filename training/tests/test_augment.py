@@ -11,11 +11,13 @@ import pytest
 
 from fvt_training.augment import PRESETS, AugmentationError, build_augmentation
 
-AUGMENTING = ('light', 'flip_rotate', 'heavy')
+AUGMENTING = ('light', 'flip_rotate', 'heavy', 'scale_crop')
+SCENE_SIZE = (128, 192)  # height, width of block_scene()
 # Lowest image/mask agreement (correlation ratio, see below) each preset must keep. Emboss
 # and blur in `heavy` change intensities near every block edge, so it is allowed less; a
-# mask flipped against its image scores about 0.02.
-MIN_AGREEMENT = {'light': 0.9, 'flip_rotate': 0.9, 'heavy': 0.35}
+# mask flipped against its image scores about 0.02. Linear image resampling in `scale_crop`
+# blurs the edges of the 8x8 blocks (about 0.82 at worst).
+MIN_AGREEMENT = {'light': 0.9, 'flip_rotate': 0.9, 'heavy': 0.35, 'scale_crop': 0.75}
 
 
 def block_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -51,11 +53,11 @@ def apply(pipeline: A.BaseCompose, seed: int, image: np.ndarray,
 
 
 def test_presets():
-    assert set(PRESETS) == {'none', 'light', 'flip_rotate', 'heavy'}
-    assert build_augmentation('none') is None
-    assert build_augmentation(None) is None
+    assert set(PRESETS) == {'none', 'light', 'flip_rotate', 'heavy', 'scale_crop'}
+    assert build_augmentation('none', SCENE_SIZE) is None
+    assert build_augmentation(None, SCENE_SIZE) is None
     for name in AUGMENTING:
-        assert isinstance(build_augmentation(name), A.Compose)
+        assert isinstance(build_augmentation(name, SCENE_SIZE), A.Compose)
 
 
 def test_agreement_detects_a_misaligned_mask():
@@ -67,7 +69,7 @@ def test_agreement_detects_a_misaligned_mask():
 @pytest.mark.parametrize('name', AUGMENTING)
 def test_image_and_mask_are_transformed_together(name):
     image, mask = block_scene()
-    pipeline = build_augmentation(name)
+    pipeline = build_augmentation(name, SCENE_SIZE)
     changed = 0
     for seed in range(25):
         out_image, out_mask = apply(pipeline, seed, image, mask)
@@ -83,7 +85,7 @@ def test_image_and_mask_are_transformed_together(name):
 def test_rotation_fills_the_mask_border_with_void():
     image = np.full((64, 96, 3), 120, np.uint8)
     mask = np.full((64, 96), 3, np.uint8)
-    pipeline = build_augmentation('flip_rotate')
+    pipeline = build_augmentation('flip_rotate', (64, 96))
     rotated = 0
     for seed in range(20):
         out_image, out_mask = apply(pipeline, seed, image, mask)
@@ -107,7 +109,7 @@ def test_saved_pipeline_round_trips(tmp_path, suffix, data_format):
     ])
     path = tmp_path / f'pipeline{suffix}'
     A.save(pipeline, str(path), data_format=data_format)
-    loaded = build_augmentation(str(path))
+    loaded = build_augmentation(str(path), SCENE_SIZE)
     assert A.to_dict(loaded) == A.to_dict(pipeline)
     image, mask = block_scene()
     for seed in range(3):
@@ -123,18 +125,37 @@ def test_saved_pipeline_with_linear_mask_interpolation_is_refused(tmp_path):
            str(path))
     with pytest.raises(AugmentationError, match=r'bad\.json: Rotate resamples masks with '
                                                 r'interpolation 1'):
-        build_augmentation(str(path))
+        build_augmentation(str(path), SCENE_SIZE)
 
 
 def test_bad_specs_are_explained(tmp_path):
     with pytest.raises(AugmentationError,
                        match="unknown augmentation 'hevy'; expected one of none, light, "
-                             'flip_rotate, heavy or a path'):
-        build_augmentation('hevy')
+                             'flip_rotate, heavy, scale_crop or a path'):
+        build_augmentation('hevy', SCENE_SIZE)
     with pytest.raises(AugmentationError, match='missing.yaml: augmentation pipeline file not'):
-        build_augmentation(str(tmp_path / 'missing.yaml'))
+        build_augmentation(str(tmp_path / 'missing.yaml'), SCENE_SIZE)
     broken = tmp_path / 'broken.yaml'
     broken.write_text('transform: [1, 2')
     with pytest.raises(AugmentationError, match='broken.yaml: not a pipeline that '
                                                 'albumentations.load can read'):
-        build_augmentation(str(broken))
+        build_augmentation(str(broken), SCENE_SIZE)
+
+
+def test_scale_crop_rescales_and_keeps_the_size():
+    """Scale 0.75-1.5 then a crop back: a block's side varies, smaller images get void borders."""
+    image = np.full((64, 96, 3), 120, np.uint8)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[16:48, 32:64] = 7  # a 32x32 square
+    image[mask == 7] = 200
+    pipeline = build_augmentation('scale_crop', (64, 96))
+    sides, padded = [], 0
+    for seed in range(30):
+        out_image, out_mask = apply(pipeline, seed, image, mask)
+        assert out_image.shape == image.shape and out_mask.shape == mask.shape
+        rows = np.flatnonzero((out_mask == 7).any(axis=1))
+        if rows.size and 0 < rows[0] and rows[-1] < 63:  # the square is whole vertically
+            sides.append(rows.size)
+        padded += bool((out_mask[0] == 0).all() or (out_mask[-1] == 0).all())
+    assert min(sides) <= 27 and max(sides) >= 38  # 0.75 * 32 = 24 ... 1.5 * 32 = 48
+    assert padded >= 3

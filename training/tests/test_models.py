@@ -50,13 +50,51 @@ def test_segmentation_models_linknet_builds_with_softmax_and_no_download():
 
 
 @pytest.mark.parametrize(('architecture', 'size', 'multiple'), [
-    ('unet_like', (64, 60), 8), ('fpn', (64, 48), 32), ('pspnet', (64, 64), 48)])
+    ('unet_like', (64, 60), 8), ('fpn', (64, 48), 32), ('pspnet', (64, 64), 48),
+    ('light_fpn', (64, 80), 32)])
 def test_input_sizes_must_be_multiples(architecture, size, multiple):
     with pytest.raises(ModelConfigError, match=f'multiples of {multiple}; got '
                                                f'{size[0]}x{size[1]}'):
         check_input_size(architecture, size, [8, 16, 32])
+    backbone = 'efficientnet_lite0' if architecture == 'light_fpn' else 'mobilenetv2'
     with pytest.raises(ModelConfigError, match=f'multiples of {multiple}'):
-        build_model(_config(architecture=architecture, input_size=list(size)))
+        build_model(_config(architecture=architecture, backbone=backbone,
+                            input_size=list(size)))
+
+
+def test_light_fpn_starts_from_the_imagenet_encoder_and_outputs_a_softmax():
+    from fvt_training.efficientnet_lite import weights_file
+    from fvt_training.torch_checkpoint import load_state_dict
+
+    model = build_model(_config(architecture='light_fpn', backbone='efficientnet_lite0',
+                                encoder_weights='imagenet', input_size=[64, 96]))
+    assert model.output_shape == (None, 64, 96, len(CATEGORIES))
+    scores = _scores(model, 64, 96)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, rtol=1e-4)
+    state = load_state_dict(weights_file('efficientnet_lite0'))
+    encoder = model.get_layer('encoder')
+    np.testing.assert_array_equal(encoder.get_layer('stem_conv').get_weights()[0],
+                                  state['_conv_stem.weight'].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(encoder.get_layer('block15_project_bn').get_weights()[3],
+                                  state['_blocks.15._bn2.running_var'])
+    scratch = build_model(_config(architecture='light_fpn', backbone='efficientnet_lite0',
+                                  encoder_weights='none', input_size=[64, 96]))
+    assert not np.array_equal(scratch.get_layer('encoder').get_layer('stem_conv').get_weights()[0],
+                              state['_conv_stem.weight'].transpose(2, 3, 1, 0))
+
+
+def test_light_fpn_needs_an_efficientnet_lite_backbone():
+    with pytest.raises(ModelConfigError, match="light_fpn needs an EfficientNet-Lite backbone, "
+                                               r"one of \['efficientnet_lite0', .*got 'resnet18'"):
+        build_model(_config(architecture='light_fpn', backbone='resnet18', input_size=[64, 64]))
+
+
+def test_efficientnet_lite_inputs_are_centred_as_tensorflow_trained_them():
+    normalization, order = input_normalization('efficientnet_lite2')
+    gain, offset = normalization.as_affine()
+    assert order == 'RGB'
+    np.testing.assert_allclose(np.array([0.0, 127.0, 255.0]) * gain[0] + offset[0],
+                               [-127 / 128, 0.0, 1.0])
 
 
 def test_unknown_backbone_and_missing_weights_file_are_explained(tmp_path):

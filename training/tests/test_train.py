@@ -8,7 +8,14 @@ import yaml
 
 from fvt_training.cli import main
 from fvt_training.config import load_config
-from fvt_training.train import RunError, create_run_dir, load_run, resume, train
+from fvt_training.train import (
+    RunError,
+    cosine_learning_rate,
+    create_run_dir,
+    load_run,
+    resume,
+    train,
+)
 
 TINY = ['model.architecture=unet_like', 'model.filters=[8, 16, 32]', 'data.batch_size=4',
         'train.learning_rate=0.01', 'data.workers=1']
@@ -185,3 +192,54 @@ def test_cli_reports_bad_input_size_in_one_line(prepared, tmp_path, capsys):
     assert main(['train', str(config)]) == 2
     err = capsys.readouterr().err
     assert 'model.input_size is [48, 48]' in err and '[64, 64]' in err
+
+
+def test_cosine_learning_rate_warms_up_then_decays_to_the_minimum():
+    # 10 steps, 2 of warm-up: 0.5, 1.0, then cos from 1.0 down to 0.1 over 8 steps.
+    rates = [cosine_learning_rate(s, 10, 2, 1.0, 0.1) for s in range(12)]
+    assert rates[:2] == pytest.approx([0.5, 1.0])
+    assert rates[2] == pytest.approx(1.0)
+    assert rates[6] == pytest.approx(0.1 + 0.45 * (1 + np.cos(np.pi * 4 / 8)))  # 0.55
+    assert rates[10] == pytest.approx(0.1) and rates[11] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(rates[1:], rates[2:], strict=False))
+    assert cosine_learning_rate(0, 4, 0, 2.0) == pytest.approx(2.0)
+
+
+LIGHT_FPN = ['model.architecture=light_fpn', 'model.backbone=efficientnet_lite0',
+             'model.encoder_weights=imagenet', 'model.decoder_channels=16',
+             'data.augment=scale_crop', 'train.lr_schedule=cosine', 'train.warmup_epochs=1',
+             'train.learning_rate=0.001', 'train.monitor=val_miou']
+
+
+def _encoder_weights(run, weights='last'):
+    _, model = load_run(run, weights)
+    return model.get_layer('encoder').get_weights()
+
+
+def test_pretrained_light_fpn_trains_with_a_frozen_then_unfrozen_encoder(prepared, tmp_path):
+    from fvt_training.efficientnet_lite import efficientnet_lite, load_imagenet_weights
+
+    imagenet = efficientnet_lite('efficientnet_lite0', (64, 64, 3))
+    load_imagenet_weights(imagenet, 'efficientnet_lite0')
+    config = _config(prepared, tmp_path, *LIGHT_FPN, 'train.epochs=1',
+                     'train.encoder_freeze_epochs=1')
+    run = train(config)
+    # Epoch 1 frozen: the encoder, BatchNorm statistics included, is still ImageNet's.
+    for got, expected in zip(_encoder_weights(run), imagenet.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    rows = _history(run)
+    assert np.isfinite(float(rows[0]['loss']))
+    state = json.loads((run / 'state.json').read_text())
+    assert state['plateau'] is None
+    assert state['learning_rate'] == pytest.approx(0.001, rel=1e-3)  # end of the warm-up
+    metrics = json.loads((run / 'metrics.json').read_text())
+    assert metrics['monitor'] == 'val_miou' and 0.0 <= metrics['best_monitored'] <= 1.0
+
+    # As if interrupted after the first epoch, then resumed for a second: the encoder now
+    # trains, from where it was.
+    (run / 'state.json').write_text(json.dumps({**state, 'finished': False}))
+    resume(run, epochs=2)
+    changed = [not np.array_equal(g, e)
+               for g, e in zip(_encoder_weights(run), imagenet.get_weights(), strict=True)]
+    assert sum(changed) > len(changed) // 2
+    assert [int(r['epoch']) for r in _history(run)] == [0, 1]
