@@ -8,6 +8,8 @@ adopted file must output with numpy (:func:`category_reference`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +144,63 @@ def patchwork(size: tuple[int, int], seed: int = 0, patch: int = 8) -> np.ndarra
     colours = rng.integers(0, 256, ((h + patch - 1) // patch, (w + patch - 1) // patch, 3))
     frame = np.repeat(np.repeat(colours, patch, axis=0), patch, axis=1)[:h, :w]
     return np.clip(frame + rng.integers(-12, 12, frame.shape), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class PublicSource:
+    """A stand-in source and what a user would tell ``fvt-train adopt`` about it."""
+
+    build: Callable[[Path], Path]
+    labels: str
+    size: tuple[int, int]  # (height, width) the adopted file runs at
+    layout: str
+    color_order: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    kind: str  # what the source outputs: logits, probabilities or class-ids
+    needs_size: bool  # dynamic input height and width
+
+    @property
+    def class_axis(self) -> int:
+        return 1 if self.layout == 'NCHW' else 3
+
+    def adopt_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``fvt_training.adopt.AdoptOptions`` (licence aside)."""
+        size = (self.size[1], self.size[0]) if self.needs_size else None
+        return {'labels': self.labels, 'color_order': self.color_order, 'mean': self.mean,
+                'std': self.std, 'size': size}
+
+    def expected(self, path: Path, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Category probabilities ``[h, w, 8]`` and mask for an RGB frame of ``size``."""
+        pixels = frame[:, :, ::-1] if self.color_order == 'BGR' else frame
+        output = run_source(path, pixels, self.layout, self.mean, self.std)
+        return category_reference(output, self.kind, self.class_axis,
+                                  official_mapping(self.labels))
+
+
+SOURCES = {
+    'nchw_logits_eighth': PublicSource(
+        conv_logits_nchw, 'cityscapes-trainids', (64, 128), 'NCHW', 'BGR', IMAGENET_BGR_MEAN,
+        IMAGENET_BGR_STD, 'logits', True),
+    'nhwc_probabilities': PublicSource(
+        matmul_probabilities_nhwc, 'cityscapes-labelids', (48, 64), 'NHWC', 'RGB',
+        (127.5,) * 3, (127.5,) * 3, 'probabilities', False),
+    'argmax_ids': PublicSource(
+        argmax_ids_nchw, 'camvid11', (64, 64), 'NCHW', 'RGB', (0.0,) * 3, (255.0,) * 3,
+        'class-ids', False),
+}
+"""The three kinds of public model the adopt tests cover, by name."""
+
+
+def official_mapping(labels: str) -> dict[int, int]:
+    """Class index -> category id, built straight from the official tables."""
+    if labels == 'camvid11':
+        from fvt_segmentation.contract import CATEGORIES
+        from fvt_training.prepare import CAMVID_CLASSES
+
+        return {i: CATEGORIES.index(c) for i, (_, c) in enumerate(CAMVID_CLASSES[:11])}
+    from cityscapesscripts.helpers.labels import labels as table
+
+    if labels == 'cityscapes-trainids':
+        return {lab.trainId: lab.categoryId for lab in table if 0 <= lab.trainId < 255}
+    return {lab.id: lab.categoryId for lab in table if 0 <= lab.id < 34}

@@ -245,8 +245,8 @@ def _session(proto: Any) -> Any:
                                     providers=['CPUExecutionProvider'])
     except Exception as err:  # onnxruntime raises several unrelated exception types
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise AdoptError(f'ONNX Runtime cannot run the source at the chosen size '
-                         f'({text[:300]})') from None
+        raise AdoptError(f'ONNX Runtime cannot load the source with its input fixed at the '
+                         f'chosen size ({text[:300]})') from None
 
 
 def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: LabelSet,
@@ -296,6 +296,7 @@ def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: La
     argmax = _argmax_source(graph, output.name)
     if argmax is not None:
         probe.graph.output.append(helper.make_empty_tensor_value_info(argmax[0]))
+    print(f'probing {Path(source).name} at {size[1]}x{size[0]} on the CPU', file=sys.stderr)
     session = _session(probe)
     feed = replace(contract, layout=layout)
     frames = probe_frames(size)
@@ -565,7 +566,6 @@ def adopt(source: str | os.PathLike, out: str | os.PathLike,
     except Exception as err:  # onnx raises DecodeError, OSError, ...
         raise AdoptError(f'{source}: not an ONNX model ({str(err)[:200]})') from None
     feed = ModelContract(color_order=options.color_order, normalization=normalization)
-    print(f'inspecting {source.name}: one run on the CPU per probe frame', file=sys.stderr)
     inspection, frames, raw = inspect_source(proto, str(source), options, label_set, feed)
     digest = sha256_of(source)
     contract = adopted_contract(inspection, normalization, options.color_order, label_set,
@@ -669,8 +669,8 @@ def format_check(check: dict[str, Any]) -> str:
     lines = [f'check on {check["data"]} {check["split"]} ({check["images"]} images): mIoU '
              f'{metrics["miou"]:.4f} (7 categories, void ignored), 8-class mean '
              f'{metrics["miou_all"]:.4f}',
-             '  IoU: ' + ', '.join(f'{k} {v:.3f}' for k, v in metrics['iou'].items()
-                                   if v == v)]
+             '  IoU: ' + ', '.join('{} {}'.format(k, '-' if v is None or v != v else f'{v:.3f}')
+                                   for k, v in metrics['iou'].items())]
     latency = check.get('latency_ms')
     if latency:
         src, new = latency['source'], latency['adopted']
