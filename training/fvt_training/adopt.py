@@ -198,12 +198,12 @@ def _normalization(options: AdoptOptions, source: str) -> Normalization:
                          std=tuple(float(v) for v in options.std))
 
 
-def _fixed_input(proto: Any, inspection_layout: str, size: tuple[int, int]) -> None:
-    """Give the (only) image input of ``proto`` the chosen height and width."""
+def _fixed_input(proto: Any, layout: str, size: tuple[int, int]) -> None:
+    """Give the (only) image input of ``proto`` 3 channels and the chosen height and width."""
     image = _graph_inputs(proto.graph)[0]
     dims = image.type.tensor_type.shape.dim
-    axes = (2, 3) if inspection_layout == 'NCHW' else (1, 2)
-    for axis, value in zip(axes, size, strict=True):
+    axes = (1, 2, 3) if layout == 'NCHW' else (3, 1, 2)
+    for axis, value in zip(axes, (3, *size), strict=True):
         dims[axis].Clear()
         dims[axis].dim_value = value
 
@@ -315,24 +315,8 @@ def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: La
                          'pass --output class-ids or omit --output')
     class_axis = 1 if layout == 'NCHW' else 3
     if is_ids:
-        if len(out_shape) == 4 and out_shape[class_axis] != 1:
-            raise AdoptError(f'{source}: class ids expected as [N, H, W] or with a size-1 axis '
-                             f'{class_axis}; {what}')
-        if len(out_shape) not in (3, 4):
-            raise AdoptError(f'{source}: class ids expected as [N, H, W]; {what}')
-        found = None
-        if argmax is not None:
-            scores_shape = runs[0][1].shape
-            found = int(scores_shape[argmax[1]])
-            if found != count:
-                raise AdoptError(f'{source}: class count mismatch: its ids come from an ArgMax '
-                                 f'over {found} classes (axis {argmax[1]} of '
-                                 f'{_shape_text(scores_shape)}) but {labels}'
-                                 f'{_label_hint(found)}')
-        top = max(int(np.max(r)) for r in results)
-        if top >= count or min(int(np.min(r)) for r in results) < 0:
-            raise AdoptError(f'{source}: class ids up to {top} in {what}, but {labels} '
-                             f'(ids 0..{count - 1})')
+        scores = None if argmax is None else (runs[0][1].shape, argmax[1])
+        found = _check_ids(results, scores, class_axis, label_set, f'{source}: {what}')
         return (Inspection(image.name, shape, layout, size, size_from, output.name,
                            out_shape, str(first.dtype), 'class-ids', class_axis, found,
                            _opset(proto)), frames, results)
@@ -356,6 +340,31 @@ def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: La
     return (Inspection(image.name, shape, layout, size, size_from, output.name, out_shape,
                        str(first.dtype), detected, class_axis, count, _opset(proto)),
             frames, results)
+
+
+def _check_ids(results: Sequence[np.ndarray], scores: tuple[tuple[int, ...], int] | None,
+               class_axis: int, label_set: LabelSet, what: str) -> int | None:
+    """Check class-id outputs against the label set; return the class count seen, if any.
+
+    ``scores`` is (shape, axis) of the scores an ArgMax in the graph turned into the ids.
+    """
+    shape = results[0].shape
+    count = len(label_set)
+    labels = f'--labels {label_set.name} names {count} classes'
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[class_axis] != 1):
+        raise AdoptError(f'{what}: class ids expected as [N, H, W] or with a size-1 axis '
+                         f'{class_axis}')
+    found = None
+    if scores is not None:
+        found = int(scores[0][scores[1]])
+        if found != count:
+            raise AdoptError(f'{what}: class count mismatch: its ids come from an ArgMax over '
+                             f'{found} classes (axis {scores[1]} of {_shape_text(scores[0])}) '
+                             f'but {labels}{_label_hint(found)}')
+    top = max(int(np.max(r)) for r in results)
+    if top >= count or min(int(np.min(r)) for r in results) < 0:
+        raise AdoptError(f'{what}: class ids up to {top}, but {labels} (ids 0..{count - 1})')
+    return found
 
 
 def _label_hint(count: int) -> str:
@@ -644,7 +653,7 @@ def check_adopted(adopted: str | os.PathLike, source: str | os.PathLike,
 
     manifest = read_manifest(data)
     model = OnnxFileModel(adopted)
-    cm, _ = confusion_over_split(model, manifest, split, batch_size=1, limit=limit)
+    cm, _ = confusion_over_split(model, manifest, split, limit=limit)
     report: dict[str, Any] = {
         'data': str(manifest.folder), 'split': split,
         'images': len(manifest.ids(split)[:limit]),

@@ -377,3 +377,18 @@ def test_review_app_shows_the_provenance(adopted, tmp_path):
     assert json.dumps(prov['mapping'])  # shown as lines on the page, like any provenance
     segment = client.get('/api/segment/val_000?split=val').get_json()
     assert segment['size'] == list(spec.size) and 0 <= segment['metrics']['miou'] <= 1
+
+
+def test_input_layout_flag_settles_a_dynamic_channel_axis(tmp_path):
+    model = onnx.load(str(conv_logits_nchw(tmp_path / 'any.onnx')))
+    channels = model.graph.input[0].type.tensor_type.shape.dim[1]
+    channels.Clear()
+    channels.dim_param = 'channels'
+    onnx.save(model, str(tmp_path / 'any.onnx'))
+    kwargs = {**SOURCES['nchw_logits_eighth'].adopt_kwargs()}
+    message = refused(tmp_path / 'any.onnx', tmp_path, **kwargs)
+    assert 'shape [batch, channels, height, width]; add --input-layout NCHW' in message
+    adopt(tmp_path / 'any.onnx', tmp_path / 'fixed.onnx', options(input_layout='NCHW', **kwargs))
+    dims = onnx.load(str(tmp_path / 'fixed.onnx')).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value or d.dim_param for d in dims] == ['batch', 3, 64, 128]
+    assert load_segmenter(tmp_path / 'fixed.onnx', providers=['cpu']).input_size == (64, 128)
