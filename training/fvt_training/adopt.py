@@ -698,8 +698,7 @@ def add_adopt_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                     "source's SHA-256, the licence and the mapping, and check the result "
                     "through the node's loader. A YAML label file lists one entry per output "
                     'channel, in order: "classes: [{name: road, category: flat}, {name: '
-                    'background, category: void}]" (no category: void).',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    'background, category: void}]" (no category: void).')
     parser.add_argument('source', metavar='SOURCE.onnx', help='the public model file')
     parser.add_argument('--labels', required=True, metavar='LABELS',
                         help='cityscapes-trainids (19), cityscapes-labelids (34), camvid11, or '
@@ -723,10 +722,10 @@ def add_adopt_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                              'whether they sum to 1, integers are class ids)')
     parser.add_argument('--check', metavar='DATA',
                         help='prepared folder: print the adopted mIoU and both speeds')
-    parser.add_argument('--split', default='val', help='split of --check')
+    parser.add_argument('--split', default='val', help='split of --check (default: val)')
     parser.add_argument('--limit', type=positive_int, help='score only the first N images')
     parser.add_argument('--timing-runs', type=non_negative_int, default=20,
-                        help='timed runs per file for --check (0 skips timing)')
+                        help='timed runs per file for --check (default: 20; 0 skips timing)')
     parser.set_defaults(func=run_adopt_command)
     return parser
 
