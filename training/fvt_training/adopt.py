@@ -1,34 +1,28 @@
 """``fvt-train adopt``: a public ONNX segmentation model -> one file under our model contract.
 
 The source file is inspected first (input and output shapes, class count against the label
-set, see :func:`inspect_source`), and anything it cannot tell (layout, colour order,
+set: :mod:`fvt_training.adopt_source`), and anything it cannot tell (layout, colour order,
 normalisation, size) must come from a flag: an ambiguity is refused with a message naming
-the flag to add. Then a small head is appended to the source graph, so the file outputs the
-probabilities of the 8 categories of :mod:`fvt_segmentation.contract` and the node, the
-review app, ``evaluate`` and ``replay`` run it unchanged:
+the flag to add. Then a small head is appended to the source graph
+(:mod:`fvt_training.category_head`), so the file outputs the probabilities of the 8
+categories of :mod:`fvt_segmentation.contract` (for each, the sum of its classes'
+probabilities; classes without a category count as void) and the node, the review app,
+``evaluate`` and ``replay`` run it unchanged. An argmax-only model gets a class-id lookup
+instead; it states no uncertainty, so its ``~/confidence`` is 255 everywhere.
 
-* scores (logits or probabilities, ``[N, K, h, w]`` or ``[N, h, w, K]``): a softmax over the
-  K classes (logits only), then one 0/1 ``[K, 8]`` class -> category matrix applied per pixel
-  (a 1x1 ``Conv`` for NCHW, a ``MatMul`` for NHWC), so each category scores the sum of the
-  probabilities of its classes and ``~/confidence`` is a category probability;
-* class ids (an argmax-only model): a ``Gather`` from class id to category id, then a one-hot
-  (``Equal`` against 0..7, ``Cast``): probability 1 for the category of the predicted class.
-  Such a model states no uncertainty, so its ``~/confidence`` is 255 everywhere.
-
-Classes without a category map to void. An output at a fraction of the input size (1/4, 1/8)
-stays so: the contract allows a fixed fraction and the node resizes the class map. A dynamic
-input height and width become the ``--size`` chosen (the node needs a fixed size). The source's
-``(pixel - mean) / std`` is the contract's normalisation with scale 1, so the network's input
-is not touched. The provenance holds the source's name and SHA-256, the licence and the
-mapping. Before the file takes its name it is loaded through the node's own loader and
-compared, on two frames, with the source's output mapped in numpy.
+An output at a fraction of the input size (1/4, 1/8) stays so: the contract allows a fixed
+fraction and the node resizes the class map. A dynamic input height and width become the
+``--size`` chosen (the node needs a fixed size). The source's ``(pixel - mean) / std`` is the
+contract's normalisation with scale 1, so the network's input is not touched. The provenance
+holds the source's name and SHA-256, the licence and the mapping. Before the file takes its
+name it is loaded through the node's own loader and compared, on the probe frames, with the
+source's output mapped in numpy.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 import hashlib
 import os
@@ -39,71 +33,25 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.contract import CATEGORIES, VOID, ModelContract, Normalization
+from fvt_training.adopt_source import (
+    AdoptError,
+    AdoptOptions,
+    Inspection,
+    cpu_session,
+    fix_input_size,
+    inspect_source,
+    shape_text,
+)
+from fvt_training.category_head import add_category_head, map_to_categories
 from fvt_training.cli import non_negative_int, positive_int
-from fvt_training.label_sets import LabelSet, load_label_set, sets_with
+from fvt_training.label_sets import LabelSet, load_label_set
 
 LAYOUTS = ('NCHW', 'NHWC')
 COLOR_ORDERS = ('RGB', 'BGR')
 SOURCE_OUTPUTS = ('logits', 'probabilities', 'class-ids')
-OUTPUT_NAME = 'category_probabilities'
-PREFIX = 'fvt_adopt/'
 MAX_ABS_DIFF = 1e-4
-SUM_TOLERANCE = 1e-3
-# Ops an argmax's result may pass through before it becomes the graph output.
-ID_PASS_THROUGH = frozenset({'Cast', 'Squeeze', 'Unsqueeze', 'Reshape', 'Identity', 'Flatten'})
 IMAGENET_HINT = ('ImageNet statistics in RGB order: --mean 123.675,116.28,103.53 '
                  '--std 58.395,57.12,57.375; raw 0..255 pixels: --mean 0,0,0 --std 1,1,1')
-
-
-class AdoptError(RuntimeError):
-    """A source file or option that cannot be adopted; the message says expected vs found."""
-
-
-@dataclass(frozen=True)
-class AdoptOptions:
-    """What the source file cannot tell, from the command line."""
-
-    labels: str
-    licence: str
-    input_layout: str | None = None
-    color_order: str | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    size: tuple[int, int] | None = None  # (width, height), as --size WxH
-    output: str | None = None
-
-
-@dataclass(frozen=True)
-class Inspection:
-    """What :func:`inspect_source` found in the source file."""
-
-    input_name: str
-    input_shape: tuple[Any, ...]  # as declared: ints, names of dynamic axes or None
-    layout: str
-    size: tuple[int, int]  # (height, width) the adopted file runs at
-    size_from: str  # 'file' or '--size'
-    output_name: str
-    output_shape: tuple[int, ...]  # measured on a probe frame at ``size``, batch 1
-    output_dtype: str
-    output: str  # one of SOURCE_OUTPUTS
-    class_axis: int  # where the classes are (ids: where the one-hot goes)
-    num_classes: int | None  # None: class ids whose count the graph does not show
-    opset: int
-
-    @property
-    def output_size(self) -> tuple[int, int]:
-        """The (height, width) of the source's output."""
-        shape = self.output_shape
-        if len(shape) == 3 or self.layout == 'NHWC':  # [N, h, w] ids, or [N, h, w, C]
-            return shape[1], shape[2]
-        return shape[2], shape[3]
-
-    def stride(self) -> int | list[float]:
-        """Return the input/output size ratio: an integer if both sides agree, else both."""
-        (h, w), (oh, ow) = self.size, self.output_size
-        if h % oh == 0 and w % ow == 0 and h // oh == w // ow:
-            return h // oh
-        return [h / oh, w / ow]
 
 
 def parse_triple(text: str) -> tuple[float, float, float]:
@@ -126,63 +74,6 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _dims(value_info: Any) -> tuple[Any, ...] | None:
-    tensor = value_info.type.tensor_type
-    if not tensor.HasField('shape'):
-        return None
-    return tuple(d.dim_value if d.HasField('dim_value') else (d.dim_param or None)
-                 for d in tensor.shape.dim)
-
-
-def _shape_text(shape: Sequence[Any] | None) -> str:
-    if shape is None:
-        return 'unknown'
-    return '[' + ', '.join('?' if d is None else str(d) for d in shape) + ']'
-
-
-def _opset(proto: Any) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')), 0)
-
-
-def _graph_inputs(graph: Any) -> list[Any]:
-    initializers = {i.name for i in graph.initializer}
-    return [i for i in graph.input if i.name not in initializers]
-
-
-def _pick_layout(shape: tuple[Any, ...], requested: str | None, source: str) -> str:
-    channels_first, channels_last = shape[1] == 3, shape[3] == 3
-    if requested is not None:
-        axis = 1 if requested == 'NCHW' else 3
-        if isinstance(shape[axis], int) and shape[axis] != 3:
-            raise AdoptError(f'{source}: --input-layout {requested} puts the colour channels on '
-                             f'axis {axis}, but the input shape {_shape_text(shape)} has '
-                             f'{shape[axis]} there; expected 3')
-        return requested
-    if channels_first != channels_last:
-        return 'NCHW' if channels_first else 'NHWC'
-    raise AdoptError(f'{source}: cannot tell the input layout from its shape '
-                     f'{_shape_text(shape)}; add --input-layout NCHW or --input-layout NHWC')
-
-
-def _pick_size(shape: tuple[Any, ...], layout: str, wanted: tuple[int, int] | None,
-               source: str) -> tuple[tuple[int, int], str]:
-    spatial = (shape[2], shape[3]) if layout == 'NCHW' else (shape[1], shape[2])
-    fixed = all(isinstance(d, int) and d > 0 for d in spatial)
-    if wanted is None:
-        if not fixed:
-            raise AdoptError(f'{source}: the input height and width are dynamic (shape '
-                             f'{_shape_text(shape)}); add --size WxH, the size to run it at '
-                             '(e.g. its training crop; 2048x1024 or 1024x512 for Cityscapes)')
-        return (int(spatial[0]), int(spatial[1])), 'file'
-    height, width = wanted[1], wanted[0]
-    for name, declared, chosen in (('height', spatial[0], height), ('width', spatial[1], width)):
-        if isinstance(declared, int) and declared > 0 and declared != chosen:
-            raise AdoptError(f'{source}: --size {width}x{height} does not fit the input shape '
-                             f'{_shape_text(shape)}: its {name} is fixed at {declared}; omit '
-                             '--size or give the fixed size')
-    return (height, width), '--size'
-
-
 def _normalization(options: AdoptOptions, source: str) -> Normalization:
     if options.mean is None and options.std is None:
         raise AdoptError(f'{source}: the file cannot tell the normalisation its network '
@@ -196,299 +87,6 @@ def _normalization(options: AdoptOptions, source: str) -> Normalization:
         raise AdoptError(f'--std must be three nonzero numbers; got {list(options.std)}')
     return Normalization(scale=1.0, mean=tuple(float(v) for v in options.mean),
                          std=tuple(float(v) for v in options.std))
-
-
-def _fixed_input(proto: Any, layout: str, size: tuple[int, int]) -> None:
-    """Give the (only) image input of ``proto`` 3 channels and the chosen height and width."""
-    image = _graph_inputs(proto.graph)[0]
-    dims = image.type.tensor_type.shape.dim
-    axes = (1, 2, 3) if layout == 'NCHW' else (3, 1, 2)
-    for axis, value in zip(axes, (3, *size), strict=True):
-        dims[axis].Clear()
-        dims[axis].dim_value = value
-
-
-def _argmax_source(graph: Any, name: str) -> tuple[str, int] | None:
-    """Return (scores tensor, axis) of the ArgMax that ``name`` comes from, if it does."""
-    producers = {out: node for node in graph.node for out in node.output}
-    node = producers.get(name)
-    while node is not None and node.op_type in ID_PASS_THROUGH:
-        node = producers.get(node.input[0])
-    if node is None or node.op_type != 'ArgMax':
-        return None
-    axis = next((a.i for a in node.attribute if a.name == 'axis'), 0)
-    return node.input[0], axis
-
-
-def probe_frames(size: tuple[int, int], count: int = 2) -> list[np.ndarray]:
-    """Return ``count`` RGB uint8 frames of ``size`` (h, w): smooth colour ramps plus noise."""
-    height, width = size
-    rng = np.random.default_rng(13)
-    yy, xx = np.mgrid[0:height, 0:width]
-    frames = []
-    for i in range(count):
-        base = np.stack([(xx * 255) // max(1, width - 1), (yy * 255) // max(1, height - 1),
-                         ((xx + yy) * 255) // max(1, width + height - 2)], axis=2)
-        noise = rng.integers(-30 - 30 * i, 30 + 30 * i, (height, width, 3))
-        frames.append(np.clip(np.roll(base, i * 7, axis=2) + noise, 0, 255).astype(np.uint8))
-    return frames
-
-
-def _session(proto: Any) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-    try:
-        return ort.InferenceSession(proto.SerializeToString(), sess_options=options,
-                                    providers=['CPUExecutionProvider'])
-    except Exception as err:  # onnxruntime raises several unrelated exception types
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise AdoptError(f'ONNX Runtime cannot load the source with its input fixed at the '
-                         f'chosen size ({text[:300]})') from None
-
-
-def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: LabelSet,
-                   contract: ModelContract
-                   ) -> tuple[Inspection, list[np.ndarray], list[np.ndarray]]:
-    """Read the source's input and output, run it on probe frames, check it fits the labels.
-
-    ``contract`` (layout aside) feeds two :func:`probe_frames` as the node will. Returns the
-    inspection, the frames and the source's raw outputs for them. Raises
-    :class:`AdoptError` for anything ambiguous or unusable, naming the flag to add or what
-    was expected and what the file has.
-    """
-    import copy
-    from dataclasses import replace
-
-    import onnx
-    from onnx import helper
-
-    from fvt_segmentation.inference import preprocess_frame
-
-    graph = proto.graph
-    inputs = _graph_inputs(graph)
-    if len(inputs) != 1:
-        raise AdoptError(f'{source}: expected one image input; the file has {len(inputs)} '
-                         f'({", ".join(i.name for i in inputs)})')
-    if len(graph.output) != 1:
-        raise AdoptError(f'{source}: expected one output (class scores or ids); the file has '
-                         f'{len(graph.output)} ({", ".join(o.name for o in graph.output)}): '
-                         'export it without auxiliary heads')
-    image, output = inputs[0], graph.output[0]
-    shape = _dims(image)
-    elem = image.type.tensor_type.elem_type
-    if shape is None or len(shape) != 4:
-        raise AdoptError(f'{source}: expected a rank-4 image input (NCHW or NHWC); input '
-                         f'{image.name!r} has shape {_shape_text(shape)}')
-    if elem != onnx.TensorProto.FLOAT:
-        raise AdoptError(f'{source}: expected a float32 image input; input {image.name!r} is '
-                         f'{onnx.TensorProto.DataType.Name(elem).lower()}')
-    if isinstance(shape[0], int) and shape[0] > 1:
-        raise AdoptError(f'{source}: expected a batch dimension of 1 or dynamic; input shape '
-                         f'{_shape_text(shape)}')
-    layout = _pick_layout(shape, options.input_layout, source)
-    size, size_from = _pick_size(shape, layout, options.size, source)
-
-    probe = copy.deepcopy(proto)
-    _fixed_input(probe, layout, size)
-    argmax = _argmax_source(graph, output.name)
-    if argmax is not None:
-        probe.graph.output.append(helper.make_empty_tensor_value_info(argmax[0]))
-    print(f'probing {Path(source).name} at {size[1]}x{size[0]} on the CPU', file=sys.stderr)
-    session = _session(probe)
-    feed = replace(contract, layout=layout)
-    frames = probe_frames(size)
-    runs = [session.run(None, {image.name: preprocess_frame(f, 'RGB', size, feed)})
-            for f in frames]
-    results = [r[0] for r in runs]
-    first = results[0]
-    out_shape = tuple(int(d) for d in first.shape)
-    what = f'output {output.name!r} (shape {_shape_text(out_shape)}, {first.dtype})'
-    count = len(label_set)
-    labels = f'--labels {label_set.name} names {count} classes'
-    kind = options.output
-    is_ids = np.issubdtype(first.dtype, np.integer) or kind == 'class-ids'
-    if np.issubdtype(first.dtype, np.integer) and kind not in (None, 'class-ids'):
-        raise AdoptError(f'{source}: --output {kind}, but {what} holds integers: class ids; '
-                         'pass --output class-ids or omit --output')
-    class_axis = 1 if layout == 'NCHW' else 3
-    if is_ids:
-        scores = None if argmax is None else (runs[0][1].shape, argmax[1])
-        found = _check_ids(results, scores, class_axis, label_set, f'{source}: {what}')
-        return (Inspection(image.name, shape, layout, size, size_from, output.name,
-                           out_shape, str(first.dtype), 'class-ids', class_axis, found,
-                           _opset(proto)), frames, results)
-
-    if len(out_shape) != 4 or out_shape[class_axis] == 1:
-        raise AdoptError(f'{source}: no class dimension: {what}; expected scores '
-                         f'{"[N, C, H, W]" if layout == "NCHW" else "[N, H, W, C]"} over the '
-                         f'{count} classes of --labels {label_set.name} (if it holds class ids, '
-                         'add --output class-ids)')
-    if out_shape[class_axis] != count:
-        raise AdoptError(f'{source}: class count mismatch: {what} has {out_shape[class_axis]} '
-                         f'classes on axis {class_axis} ({layout}), but {labels}'
-                         f'{_label_hint(out_shape[class_axis])}')
-    detected = _score_kind(results, class_axis)
-    if kind is not None and kind != detected:
-        why = ('are all >= 0 and sum to 1 over the classes' if detected == 'probabilities'
-               else 'do not sum to 1 over the classes')
-        raise AdoptError(f'{source}: --output {kind}, but the scores of {what} {why} on the '
-                         f'probe frames: they are {detected}; pass --output {detected} or omit '
-                         '--output')
-    return (Inspection(image.name, shape, layout, size, size_from, output.name, out_shape,
-                       str(first.dtype), detected, class_axis, count, _opset(proto)),
-            frames, results)
-
-
-def _check_ids(results: Sequence[np.ndarray], scores: tuple[tuple[int, ...], int] | None,
-               class_axis: int, label_set: LabelSet, what: str) -> int | None:
-    """Check class-id outputs against the label set; return the class count seen, if any.
-
-    ``scores`` is (shape, axis) of the scores an ArgMax in the graph turned into the ids.
-    """
-    shape = results[0].shape
-    count = len(label_set)
-    labels = f'--labels {label_set.name} names {count} classes'
-    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[class_axis] != 1):
-        raise AdoptError(f'{what}: class ids expected as [N, H, W] or with a size-1 axis '
-                         f'{class_axis}')
-    found = None
-    if scores is not None:
-        found = int(scores[0][scores[1]])
-        if found != count:
-            raise AdoptError(f'{what}: class count mismatch: its ids come from an ArgMax over '
-                             f'{found} classes (axis {scores[1]} of {_shape_text(scores[0])}) '
-                             f'but {labels}{_label_hint(found)}')
-    top = max(int(np.max(r)) for r in results)
-    if top >= count or min(int(np.min(r)) for r in results) < 0:
-        raise AdoptError(f'{what}: class ids up to {top}, but {labels} (ids 0..{count - 1})')
-    return found
-
-
-def _label_hint(count: int) -> str:
-    matching = sets_with(count)
-    if matching:
-        return f'; label sets with {count} classes: {", ".join(matching)}'
-    return f'; for {count} classes, write a YAML label file (see fvt-train adopt --help)'
-
-
-def _score_kind(results: Sequence[np.ndarray], class_axis: int) -> str:
-    for scores in results:
-        scores = scores.astype(np.float64)
-        sums = scores.sum(axis=class_axis)
-        if scores.min() < -SUM_TOLERANCE or not np.allclose(sums, 1.0, atol=SUM_TOLERANCE):
-            return 'logits'
-    return 'probabilities'
-
-
-def map_to_categories(output: np.ndarray, kind: str, class_axis: int,
-                      label_set: LabelSet) -> np.ndarray:
-    """Return, in numpy, the category probabilities the adopted head computes from ``output``.
-
-    ``output`` is the source's raw output for a batch (class ids with or without their
-    size-1 class axis); the result has the 8 categories on ``class_axis``.
-    """
-    from fvt_training.export import softmax
-
-    if kind == 'class-ids':
-        ids = output.astype(np.int64)
-        if ids.ndim == 4:
-            ids = np.squeeze(ids, axis=class_axis)
-        categories = label_set.lookup()[ids]
-        onehot = (categories[..., None] == np.arange(len(CATEGORIES))).astype(np.float32)
-        return np.moveaxis(onehot, -1, class_axis)
-    scores = np.moveaxis(output.astype(np.float32), class_axis, -1)
-    probabilities = softmax(scores, axis=-1) if kind == 'logits' else scores
-    return np.moveaxis(probabilities @ label_set.matrix(), -1, class_axis)
-
-
-def _unique_name(graph: Any, wanted: str) -> str:
-    taken = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
-    taken |= {i.name for i in graph.initializer}
-    taken |= {o for node in graph.node for o in node.output}
-    name, i = wanted, 1
-    while name in taken:
-        name, i = f'{wanted}_{i}', i + 1
-    return name
-
-
-def add_category_head(proto: Any, inspection: Inspection, label_set: LabelSet) -> str:
-    """Append to ``proto``'s graph the nodes from the source output to 8 category scores.
-
-    The source output stops being a graph output; the new output (float32, same layout as
-    the input, the source's output height and width, dynamic batch kept) is returned by name.
-    See the module doc for the ops.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = proto.graph
-    nodes = []
-    ncats = len(CATEGORIES)
-    nchw = inspection.layout == 'NCHW'
-
-    def name(tag: str) -> str:
-        return _unique_name(graph, PREFIX + tag if tag != OUTPUT_NAME else tag)
-
-    def const(tag: str, value: np.ndarray) -> str:
-        tensor = numpy_helper.from_array(value, name(tag))
-        graph.initializer.append(tensor)
-        return tensor.name
-
-    def node(op: str, inputs: list[str], tag: str, out: str = '', **attrs: Any) -> str:
-        out = out or name(tag)
-        nodes.append(helper.make_node(op, inputs, [out], name=PREFIX + tag, **attrs))
-        return out
-
-    final = name(OUTPUT_NAME)
-
-    src = inspection.output_name
-    if inspection.output == 'class-ids':
-        ids = node('Cast', [src], 'ids_int64', to=TensorProto.INT64)
-        categories = node('Gather', [const('class_to_category', label_set.lookup()), ids],
-                          'category_ids')
-        height, width = inspection.output_size
-        target = [-1, 1, height, width] if nchw else [-1, height, width, 1]
-        shaped = node('Reshape', [categories, const('id_shape', np.array(target, np.int64))],
-                      'category_ids_4d')
-        every = np.arange(ncats, dtype=np.int64).reshape((1, ncats, 1, 1) if nchw else (ncats,))
-        hits = node('Equal', [shaped, const('category_range', every)], 'onehot_bool')
-        node('Cast', [hits], 'onehot', final, to=TensorProto.FLOAT)
-    else:
-        scores = src
-        if inspection.output_dtype != 'float32':
-            scores = node('Cast', [scores], 'scores_float', to=TensorProto.FLOAT)
-        matrix = label_set.matrix()
-        if nchw:
-            if inspection.output == 'logits':
-                if inspection.opset >= 13:
-                    scores = node('Softmax', [scores], 'class_probabilities', axis=1)
-                else:
-                    # Before opset 13 Softmax flattens from its axis on: it would normalise
-                    # over C*H*W. Over the last axis it is per pixel in every opset.
-                    last = node('Transpose', [scores], 'scores_nhwc', perm=[0, 2, 3, 1])
-                    last = node('Softmax', [last], 'class_probabilities_nhwc', axis=-1)
-                    scores = node('Transpose', [last], 'class_probabilities',
-                                  perm=[0, 3, 1, 2])
-            kernel = matrix.T.reshape(ncats, len(label_set), 1, 1).copy()
-            node('Conv', [scores, const('class_to_category_1x1', kernel)], 'category_sum',
-                 final)
-        else:
-            if inspection.output == 'logits':
-                scores = node('Softmax', [scores], 'class_probabilities', axis=-1)
-            node('MatMul', [scores, const('class_to_category', matrix)], 'category_sum',
-                 final)
-    graph.node.extend(nodes)
-    batch = _graph_inputs(graph)[0].type.tensor_type.shape.dim[0]
-    batch_dim: Any = batch.dim_value if batch.HasField('dim_value') else (batch.dim_param or 'N')
-    height, width = inspection.output_size
-    dims = [batch_dim, ncats, height, width] if nchw else [batch_dim, height, width, ncats]
-    del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(final, TensorProto.FLOAT, dims))
-    onnx.checker.check_model(proto)
-    return final
 
 
 def adopted_contract(inspection: Inspection, normalization: Normalization, color_order: str,
@@ -580,7 +178,7 @@ def adopt(source: str | os.PathLike, out: str | os.PathLike,
     contract = adopted_contract(inspection, normalization, options.color_order, label_set,
                                 source, digest, options.licence.strip())
 
-    _fixed_input(proto, inspection.layout, inspection.size)
+    fix_input_size(proto, inspection.layout, inspection.size)
     output_name = add_category_head(proto, inspection, label_set)
     attach_contract(proto, contract, adopted_doc_string(contract, label_set))
     tmp = out.with_name(f'.tmp-{os.getpid()}-{out.name}')
@@ -619,9 +217,9 @@ def describe(result: dict[str, Any]) -> str:
     parity = result['parity']
     lines = [
         f'source: {Path(result["source"]).name} (sha256 {result["sha256"][:16]}...)',
-        f'  input {ins.input_name!r} {_shape_text(ins.input_shape)} float32 {ins.layout}, run '
+        f'  input {ins.input_name!r} {shape_text(ins.input_shape)} float32 {ins.layout}, run '
         f'at {width}x{height} (from {ins.size_from})',
-        f'  output {ins.output_name!r} {_shape_text(ins.output_shape)} {ins.output_dtype}: '
+        f'  output {ins.output_name!r} {shape_text(ins.output_shape)} {ins.output_dtype}: '
         f'{ins.output}, {classes}, at {fraction}',
         f'wrote {result["out"]}: output {result["output_name"]!r} = probabilities of '
         f'{len(CATEGORIES)} categories ({result["labels"]}):',
@@ -660,7 +258,7 @@ def check_adopted(adopted: str | os.PathLike, source: str | os.PathLike,
         'metrics': summarize(cm, CATEGORIES, VOID)}
     if runs > 0:
         proto = onnx.load(str(source))
-        source_session = _session(proto)
+        source_session = cpu_session(proto)
         frame = load_pair(manifest, split, manifest.ids(split)[0])[0]
         batch = preprocess_batch(model, [frame])
         input_name = source_session.get_inputs()[0].name
