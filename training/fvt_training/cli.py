@@ -28,6 +28,7 @@ REGISTRARS = [
     'fvt_training.evaluate:add_evaluate_parser',
     'fvt_training.compare:add_compare_parser',
     'fvt_training.export:add_export_parser',
+    'fvt_training.adopt:add_adopt_parser',
 ]
 
 USER_ERRORS = {
@@ -40,6 +41,8 @@ USER_ERRORS = {
     'fvt_training.export': ('ExportError',),
     'fvt_training.compare': ('CompareError',),
     'fvt_training.review.app': ('ReviewSetupError',),
+    'fvt_training.adopt': ('AdoptError',),
+    'fvt_training.label_sets': ('LabelSetError',),
 }
 """Errors whose message is the whole story for a user (no traceback), by module. A module's
 errors count once it is loaded: none can be raised before, and looking them up this way

@@ -88,12 +88,15 @@ def _rename_output(proto: Any, name: str) -> None:
     proto.graph.output[0].name = name
 
 
-def attach_contract(proto: Any, contract: ModelContract) -> None:
-    """Write the contract metadata, producer, model version and doc string into ``proto``."""
+def attach_contract(proto: Any, contract: ModelContract, doc: str | None = None) -> None:
+    """Write the contract metadata, producer, model version and doc string into ``proto``.
+
+    ``doc`` is the one-sentence doc string; by default, the one a training run's contract
+    gives (:func:`fvt_training.run_contract.doc_string`).
+    """
     import onnx
 
     from fvt_training import __version__
-    from fvt_training.run_contract import doc_string
 
     onnx.helper.set_model_props(proto, contract.to_metadata())
     proto.producer_name = PRODUCER
@@ -105,7 +108,11 @@ def attach_contract(proto: Any, contract: ModelContract) -> None:
         stamp = datetime.now(timezone.utc)
     # The export time as the integer YYYYMMDDHHMM: it grows with every export.
     proto.model_version = int(stamp.strftime('%Y%m%d%H%M'))
-    proto.doc_string = doc_string(contract)
+    if doc is None:
+        from fvt_training.run_contract import doc_string
+
+        doc = doc_string(contract)
+    proto.doc_string = doc
 
 
 def save_atomic(proto: Any, path: Path) -> None:

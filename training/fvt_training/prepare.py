@@ -130,14 +130,10 @@ def cityscapes_label_table() -> np.ndarray:
     appears in the uint8 ``labelIds`` files. Ids the list does not define stay
     :data:`UNKNOWN_LABEL`.
     """
-    from cityscapesscripts.helpers.labels import labels
+    from fvt_training.label_sets import cityscapes_labels
 
     table = np.full(256, UNKNOWN_LABEL, dtype=np.uint8)
-    for label in labels:
-        if CATEGORIES[label.categoryId] != label.category:
-            raise RuntimeError(f'cityscapesscripts category {label.categoryId} is '
-                               f'{label.category!r}; fvt_segmentation calls it '
-                               f'{CATEGORIES[label.categoryId]!r}')
+    for label in cityscapes_labels():
         if 0 <= label.id < 256:
             table[label.id] = label.categoryId
     return table
