@@ -237,9 +237,22 @@ def _bn_weights(state: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
     return [state[f'{prefix}.{k}'] for k in ('weight', 'bias', 'running_mean', 'running_var')]
 
 
+class _Checkpoint(dict):
+    """A state dict whose missing names say which variant was expected."""
+
+    def __init__(self, state: dict[str, np.ndarray], variant: str) -> None:
+        super().__init__(state)
+        self.variant = variant
+
+    def __missing__(self, key: str) -> np.ndarray:
+        raise ValueError(f'the checkpoint has no tensor {key!r}; is the file of '
+                         f'{self.variant}?')
+
+
 def keras_weights(state: dict[str, np.ndarray], variant: str,
                   include_top: bool = False) -> dict[str, list[np.ndarray]]:
     """Map a PyTorch state dict of ``variant`` to ``{keras layer name: weights}``."""
+    state = _Checkpoint(state, variant)
     out = {'stem_conv': [_keras_kernel(state['_conv_stem.weight'])],
            'stem_bn': _bn_weights(state, '_bn0')}
     for block in block_plan(variant):
