@@ -4,6 +4,10 @@ Each row reads what a run folder holds: ``config.yaml`` (model, loss, augmentati
 ``metrics.json`` (validation scores, parameters, training time), any ``eval_<split>.json``
 (``fvt-train evaluate``) and ``export.json`` (``fvt-train export``: GFLOPs, median CPU time of
 the float32 and INT8 files, INT8 mIoU change). A value a run does not have shows as '—'.
+
+An exported ``.onnx`` file can stand for a run whose folder is gone (a shipped model): its
+contract's provenance gives the model and validation scores, and the ``<stem>.eval_<split>.json``
+and ``<stem>.export.json`` beside it the rest.
 """
 
 from __future__ import annotations
@@ -102,6 +106,14 @@ def _loss(run: dict) -> str | None:
     return f'{name} (class-weighted)'
 
 
+def _encoder_init(run: dict) -> str | None:
+    spec = _dig(run, 'config', 'model') or {}
+    weights = spec.get('encoder_weights')
+    if spec.get('architecture') in (None, 'unet_like') or weights is None:
+        return None
+    return {'imagenet': 'ImageNet', 'none': 'scratch'}.get(weights, Path(weights).name)
+
+
 def _warm_start(run: dict) -> str | None:
     source = _dig(run, 'config', 'train', 'init_weights')
     return Path(source).name if source else None
@@ -130,7 +142,9 @@ def columns(eval_splits: Sequence[str] = ()) -> list[Column]:
         Column('input', 'input', _input_size, text),
         Column('loss', 'loss', _loss, text),
         Column('augment', 'augmentation', lambda r: _dig(r, 'config', 'data', 'augment'), text),
+        Column('encoder_init', 'encoder init', _encoder_init, text),
         Column('warm_start', 'warm start from', _warm_start, text),
+        Column('epochs', 'epochs', lambda r: _dig(r, 'metrics', 'epochs'), str),
         Column('val_miou', 'val mIoU', lambda r: _dig(r, 'metrics', 'metrics', 'miou'),
                _num(4)),
         Column('val_miou_all', 'val 8-class mean',
@@ -144,9 +158,12 @@ def columns(eval_splits: Sequence[str] = ()) -> list[Column]:
         cols.append(Column(f'iou_{name}', f'IoU {name}',
                            lambda r, n=name: _dig(r, 'metrics', 'metrics', 'iou', n), _num(3)))
     for split in eval_splits:
-        cols.append(Column(f'{split}_miou', f'{split} mIoU',
+        # `fvt-train evaluate` on the validation split would share the training scores' names.
+        key, header = ((f'eval_{split}', f'{split} (evaluate)')
+                       if split == 'val' else (split, split))
+        cols.append(Column(f'{key}_miou', f'{header} mIoU',
                            lambda r, s=split: _dig(_eval(r, s), 'metrics', 'miou'), _num(4)))
-        cols.append(Column(f'{split}_dice', f'{split} Dice',
+        cols.append(Column(f'{key}_dice', f'{header} Dice',
                            lambda r, s=split: _dig(_eval(r, s), 'metrics', 'dice'), _num(4)))
     cols += [
         Column('params', 'params',
@@ -182,6 +199,27 @@ def read_run(folder: Path) -> dict | None:
             'export': read_json(folder / EXPORT_FILE) or {}, 'evals': evals}
 
 
+def read_model_file(path: Path) -> dict:
+    """Return a row for an exported ``.onnx`` file from its contract and the reports beside it."""
+    import onnx
+
+    from fvt_segmentation.contract import parse_contract
+
+    proto = onnx.load(str(path), load_external_data=False)
+    prov = parse_contract({p.key: p.value for p in proto.metadata_props}, str(path)).provenance
+    model = {k: prov.get(k) for k in ('architecture', 'backbone', 'input_size')}
+    encoder = prov.get('encoder_weights')
+    model['encoder_weights'] = 'imagenet' if encoder else (
+        'none' if prov.get('architecture') not in (None, 'unet_like') else None)
+    metrics = {'metrics': prov.get('metrics') or {}, 'params': prov.get('params')}
+    evals = {}
+    for report in sorted(path.parent.glob(f'{path.stem}.{EVAL_PREFIX}*.json')):
+        evals[report.stem.removeprefix(f'{path.stem}.{EVAL_PREFIX}')] = read_json(report)
+    return {'name': path.name, 'folder': str(path.parent), 'config': {'model': model},
+            'metrics': metrics, 'export': read_json(path.with_suffix('.export.json')) or {},
+            'evals': evals}
+
+
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -214,13 +252,15 @@ def render_table(runs: Sequence[dict], sort: str | None = None, desc: bool = Fal
 
 def compare(folders: Sequence[str | os.PathLike], sort: str | None = None,
             desc: bool = False) -> str:
-    """Read every run folder among ``folders`` (others are skipped) and return the table."""
+    """Read every run folder or ``.onnx`` file among ``folders`` (others are skipped)."""
     runs = []
     for folder in folders:
-        run = read_run(Path(folder))
+        path = Path(folder)
+        run = read_model_file(path) if path.suffix == '.onnx' and path.is_file() else (
+            read_run(path))
         if run is None:
             print(f'compare: skipping {folder}: not a run folder (no config.yaml or '
-                  'metrics.json)', file=sys.stderr)
+                  'metrics.json) nor an exported .onnx file', file=sys.stderr)
             continue
         runs.append(run)
     if not runs:
@@ -237,7 +277,8 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                     'validation mIoU (void ignored), 8-class mean, Dice, per-category IoU, '
                     'scores of fvt-train evaluate, parameters, GFLOPs, training time and '
                     'inference times (eval and exported ONNX float32/int8 on the CPU).')
-    parser.add_argument('runs', nargs='+', metavar='RUN', help='run folders, e.g. runs/*')
+    parser.add_argument('runs', nargs='+', metavar='RUN',
+                        help='run folders (e.g. runs/*) or exported .onnx files')
     parser.add_argument('--sort', metavar='COLUMN', help=f'column to sort by: {keys}')
     parser.add_argument('--desc', action='store_true', help='sort in descending order')
     parser.add_argument('--out', metavar='FILE.md', help='also write the table to this file')

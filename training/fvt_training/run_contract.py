@@ -102,8 +102,9 @@ def doc_string(contract: ModelContract) -> str:
         terms = f'{licence}: research and non-commercial use only'
     encoder = prov.get('encoder_weights') or {}
     if encoder.get('licence'):
-        terms += (f'; encoder initialised with {encoder["source"]} weights '
-                  f'({encoder["licence"]}: {encoder["notice"]})')
+        notice = f': {encoder["notice"]}' if encoder.get('notice') else ''
+        terms += (f'; encoder initialised with {encoder.get("source", "pretrained")} weights '
+                  f'({encoder["licence"]}{notice})')
     return (f'{model or "segmentation"} network ({size} input) labelling each pixel with one '
             f'of {contract.num_classes} categories ({", ".join(contract.categories)}), trained '
             f'on {prov.get("dataset", "unknown")} in run {prov.get("run", "?")}; licence: '

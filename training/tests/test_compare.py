@@ -61,9 +61,10 @@ def _rows(table):
 def test_table_has_every_column_and_dashes_for_missing_values(runs):
     names = ['fpn_b0', 'baseline', 'linknet', 'unfinished', 'notes']
     header, rows = _rows(compare([runs / n for n in names]))
-    assert header[:9] == ['run', 'model', 'input', 'loss', 'augmentation', 'warm start from',
-                          'val mIoU', 'val 8-class mean', 'val Dice']
-    assert [f'IoU {n}' for n in NON_VOID] == header[9:16]
+    assert header[:11] == ['run', 'model', 'input', 'loss', 'augmentation', 'encoder init',
+                           'warm start from', 'epochs', 'val mIoU', 'val 8-class mean',
+                           'val Dice']
+    assert [f'IoU {n}' for n in NON_VOID] == header[11:18]
     assert {'test mIoU', 'params', 'GFLOPs', 'training time', 'inference ms (eval)',
             'ONNX fp32 CPU ms', 'ONNX int8 CPU ms', 'int8 ΔmIoU (points)'} <= set(header)
     by_run = {r['run']: r for r in rows}
@@ -86,7 +87,8 @@ def test_table_has_every_column_and_dashes_for_missing_values(runs):
     unfinished = by_run['unfinished']
     assert unfinished['model'] == 'unet/resnet18'
     assert unfinished['loss'] == 'cce' and unfinished['augmentation'] == 'none'
-    assert all(unfinished[h] == '—' for h in header[5:])
+    assert unfinished['encoder init'] == 'ImageNet' and by_run['baseline']['encoder init'] == '—'
+    assert all(unfinished[h] == '—' for h in header[6:])
 
 
 def test_sorting_by_any_column_keeps_missing_values_last(runs):
@@ -118,3 +120,30 @@ def test_cli_prints_and_saves_the_table(runs, capsys):
     assert [r['run'] for r in rows] == ['fpn_b0', 'linknet']
     assert main(['compare', str(runs / 'fpn_b0'), '--sort', 'nope']) == 2
     assert 'unknown sort column' in capsys.readouterr().err
+
+
+def test_an_exported_model_file_is_a_row_of_its_own(runs, tmp_path):
+    from helpers_models import make_class_coded_model
+    import onnx
+
+    from fvt_segmentation.contract import ModelContract
+    from fvt_training.export import attach_contract
+
+    path = make_class_coded_model(tmp_path / 'shipped.onnx', (32, 32))
+    proto = onnx.load(str(path))
+    attach_contract(proto, ModelContract(provenance={
+        'architecture': 'light_fpn', 'backbone': 'efficientnet_lite0', 'input_size': [32, 32],
+        'params': 4_900_000, 'encoder_weights': {'source': 'ImageNet', 'licence': 'Apache-2.0'},
+        'metrics': {'miou': 0.81, 'iou': {'human': 0.7}}}))
+    onnx.save(proto, str(path))
+    (tmp_path / 'shipped.export.json').write_text(json.dumps(
+        {'gflops': 3.5, 'variants': {'float32': {'latency_ms': {'median_ms': 19.0}}}}))
+    (tmp_path / 'shipped.eval_val.json').write_text(json.dumps(
+        {'split': 'val', 'metrics': {'miou': 0.8, 'dice': 0.9}}))
+    _, rows = _rows(compare([runs / 'fpn_b0', path], sort='val_miou', desc=True))
+    row = rows[0]
+    assert row['run'] == 'shipped.onnx' and row['model'] == 'light_fpn/efficientnet_lite0'
+    assert (row['input'], row['encoder init'], row['val mIoU'], row['IoU human']) == (
+        '32x32', 'ImageNet', '0.8100', '0.700')
+    assert (row['params'], row['GFLOPs'], row['ONNX fp32 CPU ms']) == ('4.90M', '3.50', '19.0')
+    assert row['val (evaluate) mIoU'] == '0.8000' and row['training time'] == '—'
