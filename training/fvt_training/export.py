@@ -185,7 +185,23 @@ def int8_settings(int8_format: str = 'qdq') -> dict[str, Any]:
         raise ExportError(f'int8 format must be one of {list(INT8_FORMATS)}; got {int8_format!r}')
     return {'format': int8_format, 'activations': 'uint8', 'weights': 'int8',
             'per_channel': True, 'reduce_range': False, 'calibration': 'minmax',
-            'float_ops': ['Softmax'], 'pre_process': True}
+            'float_ops': ['Softmax'], 'float_output_resize': True, 'pre_process': True}
+
+
+def output_resize(graph: Any) -> str | None:
+    """Return the name of a ``Resize`` whose output reaches the graph output unchanged.
+
+    ONNX Runtime's uint8 Resize is slower than its float one, and a float output needs no
+    dequantization of the full-size map, so int8 keeps this node (light_fpn's x4 upsampling
+    of the class scores) in float.
+    """
+    if len(graph.output) != 1:
+        return None
+    producers = {out: node for node in graph.node for out in node.output}
+    node = producers.get(graph.output[0].name)
+    while node is not None and node.op_type in ('Transpose', 'Identity'):
+        node = producers.get(node.input[0])
+    return node.name if node is not None and node.op_type == 'Resize' else None
 
 
 def quantize_int8(float_path: Path, out_path: Path, reader: FrameCalibrationReader,
@@ -217,6 +233,8 @@ def quantize_int8(float_path: Path, out_path: Path, reader: FrameCalibrationRead
         quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
         graph = onnx.load(str(pre))
         float_nodes = [n.name for n in graph.graph.node if n.op_type in settings['float_ops']]
+        if settings.get('float_output_resize') and output_resize(graph.graph):
+            float_nodes.append(output_resize(graph.graph))
         quantize_static(
             str(pre), str(quantized), _Reader(),
             quant_format=(QuantFormat.QDQ if settings['format'] == 'qdq'

@@ -266,3 +266,17 @@ def test_light_fpn_int8_file_is_quantized_and_agrees_with_float32(exported_light
     assert int8['settings']['calibration_frames'] == 4
     assert int8['latency_ms']['median_ms'] > 0 and int8['speedup'] > 0
     assert 'miou_change_points' in int8
+
+
+def test_int8_keeps_the_output_upsampling_in_float(exported_light_fpn):
+    out, report = exported_light_fpn
+    assert report['variants']['int8']['settings']['float_output_resize'] is True
+    graph = onnx.load(str(out.with_name('lite.int8.onnx'))).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    node = producers[graph.output[0].name]
+    while node.op_type == 'Transpose':
+        node = producers[node.input[0]]
+    assert node.op_type == 'Resize'
+    assert producers[node.input[0]].op_type == 'DequantizeLinear'  # float in, float out
+    # The classifier moved before the head's upsampling: no Resize sees 16 decoder channels.
+    assert report['graph_rewrites']['classify_before_upsampling'] == 1

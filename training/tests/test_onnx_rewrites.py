@@ -45,7 +45,7 @@ def test_stride_one_conv_transpose_and_integer_nearest_resize_become_exact_equiv
     before = _run(model, x)
     counts = simplify_for_cpu(model)
     assert counts == {'conv_transpose_to_conv': 1, 'nearest_resize_asymmetric': 1,
-                      'upsample_after_add': 0}
+                      'upsample_after_add': 0, 'classify_before_upsampling': 0}
     ops = [n.op_type for n in model.graph.node]
     assert ops == ['Conv', 'Resize', 'Softmax', 'Transpose']
     after = _run(model, x)
@@ -66,7 +66,8 @@ def test_nodes_without_an_exact_equivalent_are_left_alone(kwargs, expected):
     before = _run(model, x)
     assert simplify_for_cpu(model) == {'conv_transpose_to_conv': expected[0],
                                        'nearest_resize_asymmetric': expected[1],
-                                       'upsample_after_add': 0}
+                                       'upsample_after_add': 0,
+                                       'classify_before_upsampling': 0}
     np.testing.assert_allclose(_run(model, x), before, atol=1e-5)
 
 
@@ -134,3 +135,52 @@ def test_upsampling_stays_where_moving_it_would_change_the_result(kwargs):
     assert [n.op_type for n in model.graph.node].count('Resize') == 2
     if before is not None:
         np.testing.assert_allclose(_run(model, x), before, atol=1e-6)
+
+
+def _fpn_head(shared_sum=False, classifier_kernel=(1, 1)):
+    """light_fpn's tail: Conv1x1(Up4(h2) + Up2(h1) + h0) with bias, Up4 of the scores.
+
+    h0 is a 4x4 max-pooled x (3 channels), h1 and h2 are coarser maps of it.
+    """
+    linear = dict(mode='linear', coordinate_transformation_mode='half_pixel')
+    nodes = [
+        helper.make_node('MaxPool', ['x'], ['h0'], kernel_shape=[3, 2], strides=[1, 1]),
+        helper.make_node('MaxPool', ['h0'], ['h1'], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node('AveragePool', ['h1'], ['h2'], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node('Resize', ['h2', '', 'four'], ['up2'], **linear),
+        helper.make_node('Resize', ['h1', '', 'two'], ['up1'], **linear),
+        helper.make_node('Add', ['up1', 'h0'], ['s1']),
+        helper.make_node('Add', ['up2', 's1'], ['s2']),
+        helper.make_node('Conv', ['s2', 'w', 'b'], ['scores'],
+                         kernel_shape=list(classifier_kernel),
+                         pads=[0] * 4 if classifier_kernel == (1, 1) else [1] * 4),
+        helper.make_node('Resize', ['scores', '', 'four'], ['y'], **linear),
+    ]
+    if shared_sum:
+        nodes.append(helper.make_node('Relu', ['s2'], ['also']))
+    inits = {'w': RNG.normal(size=(8, 3, *classifier_kernel)), 'b': RNG.normal(size=8),
+             'four': np.array([1, 1, 4, 4]), 'two': np.array([1, 1, 2, 2])}
+    return _model(nodes, inits, None)
+
+
+def test_the_classifier_moves_before_the_upsampling_of_the_maps_it_sums():
+    model = _fpn_head()
+    x = RNG.normal(size=(1, 3, 6, 5)).astype(np.float32)
+    before = _run(model, x)
+    assert simplify_for_cpu(model)['classify_before_upsampling'] == 1
+    convs = [n for n in model.graph.node if n.op_type == 'Conv']
+    assert len(convs) == 3 and sum(len(n.input) == 3 for n in convs) == 1  # bias once
+    resize_inputs = {n.input[0] for n in model.graph.node if n.op_type == 'Resize'}
+    assert not resize_inputs & {'h1', 'h2'}  # their scores are upsampled, not their channels
+    after = _run(model, x)
+    assert after.shape == before.shape == (1, 8, 16, 16)
+    np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+@pytest.mark.parametrize('kwargs', [{'shared_sum': True}, {'classifier_kernel': (3, 3)}])
+def test_the_classifier_stays_where_moving_it_would_change_the_result(kwargs):
+    model = _fpn_head(**kwargs)
+    assert simplify_for_cpu(model)['classify_before_upsampling'] == 0
+    assert [n.op_type for n in model.graph.node].count('Conv') == 1
+    x = RNG.normal(size=(1, 3, 6, 5)).astype(np.float32)
+    assert _run(model, x).shape == (1, 8, 16, 16)
