@@ -20,14 +20,16 @@ def share_tree(folder: str) -> list[tuple[str, list[str]]]:
     return [('share/' + package_name + '/' + d, share(d + '/*')) for d in dirs]
 
 
-# ROS 2 itself comes from apt on a car (colcon path) or from the PyPI wheels in a venv.
-ros_from_pypi = [
-    'ros-rclpy',
-    'ros-sensor-msgs',
-    'ros-std-msgs',
-    'ros-diagnostic-msgs',
-    'ros-rmw-fastrtps-cpp',
-]
+# ROS 2 itself comes from apt on a car (colcon path) or from the PyPI wheels in a venv: the
+# ros-<distro>-* metapackages pin one distro's wheels (CI tests Kilted and Jazzy this way).
+ROS_PACKAGES = ('rclpy', 'sensor-msgs', 'std-msgs', 'diagnostic-msgs', 'rmw-fastrtps-cpp')
+ROS_DISTROS_ON_PYPI = ('kilted', 'jazzy')
+
+# ONNX Runtime is an explicit choice, one of the two extras: both builds install the module
+# onnxruntime and must not be installed together. 'gpu' (onnxruntime-gpu) offers the TensorRT
+# and CUDA providers and falls back to the CPU; 'cpu' (onnxruntime) is the small CPU-only
+# build. 1.19 is the first that runs with numpy 2.
+ONNXRUNTIME_EXTRAS = {'gpu': ['onnxruntime-gpu>=1.19'], 'cpu': ['onnxruntime>=1.19']}
 
 setup(
     name=package_name,
@@ -44,17 +46,21 @@ setup(
     ],
     install_requires=[
         'setuptools',
-        'numpy',
+        # The node suite passes with numpy 1.26 (opencv 4) and 2.x; numpy 1 keeps Humble's
+        # apt stack, built against it, working.
+        'numpy>=1.26',
         'opencv-python-headless',
-        'onnxruntime-gpu',
-        'rosbags',
-        'rosbags-image',
+        # 0.11.6: Writer(version=, storage_plugin=), typed Qos profiles and Writer.abort.
+        'rosbags>=0.11.6',
+        'ruamel.yaml',
         'pillow',
         'tqdm',
     ],
     extras_require={
-        'ros-pypi': ros_from_pypi,
-        'test': ros_from_pypi + ['pytest', 'onnx', 'ruff', 'colcon-common-extensions'],
+        **ONNXRUNTIME_EXTRAS,
+        **{distro: [f'ros-{distro}-{name}' for name in ROS_PACKAGES]
+           for distro in ROS_DISTROS_ON_PYPI},
+        'test': ['pytest', 'pyyaml', 'onnx', 'ruff', 'colcon-common-extensions'],
     },
     zip_safe=True,
     maintainer='Future Vision Transport perception team',

@@ -28,6 +28,7 @@ from sensor_msgs.msg import Image
 from fvt_segmentation.cli_args import split_ros_args
 from fvt_segmentation.conversions import stamp_ns
 from fvt_segmentation.frame_source import FramePublisher, image_message, synthetic_frame
+from fvt_segmentation.ros_compat import publisher_count
 
 CAMERA_FRAMES = 4
 """Distinct frames the camera cycles through; built once, so publishing costs what a camera
@@ -139,7 +140,7 @@ def run_receiver(args: argparse.Namespace) -> int:
     executor.add_node(node)
     try:
         receiver = _Receiver(node, args.mask_topic)
-        if not _spin_until(executor, lambda: receiver.subscription.get_publisher_count() > 0
+        if not _spin_until(executor, lambda: publisher_count(node, receiver.subscription) > 0
                            and receiver.statuses, args.timeout):
             print(f'bench receiver: no publisher on {args.mask_topic} or no segmentation '
                   f'status on /diagnostics after {args.timeout:.0f} s', file=sys.stderr)

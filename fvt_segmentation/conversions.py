@@ -226,7 +226,8 @@ def alloc_image(msg: Any, header: Any, size: tuple[int, int], encoding: str) -> 
     ``msg.data`` becomes a new ``array.array('B')`` and the returned writable numpy view
     (HxW for mono8, HxWxC otherwise) lets the caller compute the output straight into the
     message: no copy between the result and the message. Create ``msg`` with
-    ``check_fields=True``, otherwise rclpy copies the array once more on assignment.
+    ``check_fields=True`` where the message takes it (Iron on), otherwise rclpy copies the
+    array once more on assignment; the view is of the array the message really holds.
     """
     channels = ENCODINGS[encoding][0]
     height, width = int(size[0]), int(size[1])

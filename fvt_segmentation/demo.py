@@ -203,7 +203,7 @@ class DemoClient:
         raise RuntimeError(f'the node was not ready within {timeout:g} s')
 
     def _node_settled(self, since: float) -> bool:
-        """Tell whether diagnostics newer than ``since`` account for every frame received."""
+        """Tell whether diagnostics newer than ``since`` account for every frame and mask."""
         with self.data.lock:
             if self.data.diagnostics_at < since:
                 return False
@@ -212,7 +212,7 @@ class DemoClient:
             received = int(diag['frames_received'])
             done = sum(int(diag[f'frames_{k}']) for k in
                        ('processed', 'dropped', 'stale', 'rejected', 'failed'))
-            return received == done and masks >= int(diag['frames_processed'])
+            return received == done and masks == int(diag['frames_processed'])
         except (KeyError, ValueError):
             return False
 
@@ -245,9 +245,11 @@ class DemoClient:
                     stop.is_set() and sent < total) and not self._node_settled(last_sent + 1.0):
                 time.sleep(0.05)
             bar.set_postfix(masks=self.data.masks)
-            # The node's counters arrive about once a second: wait for a fresh set.
+            # The node's counters arrive about once a second: wait for a fresh set that counts
+            # every mask received (a status sent while the last mask was being published shows
+            # one frame fewer processed, and may arrive after that mask).
             done = time.monotonic()
-            while self.data.diagnostics_at < done and time.monotonic() < done + 2.5:
+            while not self._node_settled(done) and time.monotonic() < done + 2.5:
                 time.sleep(0.05)
         finally:
             bar.close()

@@ -54,6 +54,7 @@ from fvt_segmentation.inference import Segmentation, load_segmenter
 from fvt_segmentation.latest_frame import LatestSlot
 from fvt_segmentation.params import PARAMETERS, check_value
 from fvt_segmentation.resources import resolve_model_path
+from fvt_segmentation.ros_compat import add_post_set_parameters_callback, message_kwargs
 from fvt_segmentation.stats import Counters, LatencyWindow, RateMeter, summarize
 
 NODE_NAME = 'segmentation_node'
@@ -125,7 +126,11 @@ class SegmentationNode(Node):
         for spec in PARAMETERS:
             self.declare_parameter(spec.name, spec.default, spec.descriptor())
         self.settings = self._read_settings()
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        post_set = add_post_set_parameters_callback(
+            self, self._validate_parameters, self._apply_parameters)
+        self._image_kwargs, check_fields = message_kwargs(Image)
+        # What this rclpy lacks and the node does instead (Humble); logged at startup.
+        self.fallbacks = [note for note in (post_set, check_fields) if note is not None]
 
         requested = list(self._param('providers'))
         model_path = resolve_model_path(self._param('model_path'))
@@ -290,8 +295,8 @@ class SegmentationNode(Node):
 
     def _image(self, header: Any, size: tuple[int, int], encoding: str
                ) -> tuple[Image, np.ndarray]:
-        # check_fields=True lets rclpy keep our array.array instead of copying it again.
-        msg = Image(check_fields=True)
+        # check_fields=True (where it exists) lets rclpy keep our array.array, not copy it.
+        msg = Image(**self._image_kwargs)
         return msg, alloc_image(msg, header, size, encoding)
 
     def _send(self, name: str, msg: Any) -> float:
@@ -399,6 +404,8 @@ class SegmentationNode(Node):
             f'  outputs: {outputs} ({qos_text(output_qos)}; categories transient local)\n'
             f'  mask_resolution {self.settings.mask_resolution}, max_frame_age_ms '
             f'{self.settings.max_frame_age_ms}, max_input_pixels {self._max_pixels}')
+        for note in self.fallbacks:
+            self.get_logger().info(f'compatibility fallback: {note}')
 
     def destroy_node(self) -> None:
         """Stop the pipeline threads, then destroy the node's entities."""

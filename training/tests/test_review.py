@@ -24,7 +24,9 @@ from fvt_training.review.app import ReviewSetupError, create_app
 from fvt_training.review.reviews import ImageReview, ReviewCache
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
-CHROMEDRIVER = '/usr/bin/chromedriver'
+CHROMEDRIVER = shutil.which('chromedriver')
+MISSING_BROWSER = [name for name, path in (('chromium', CHROMIUM), ('chromedriver', CHROMEDRIVER))
+                   if path is None]
 NON_VOID = [c for c in CATEGORIES if c != 'void']
 
 
@@ -361,9 +363,10 @@ class Server:
         self.log.close()
 
 
-@pytest.mark.skipif(CHROMIUM is None or not os.access(CHROMEDRIVER, os.X_OK),
-                    reason='needs Debian chromium and chromium-driver '
-                           '(apt-get install -y chromium chromium-driver)')
+@pytest.mark.skipif(bool(MISSING_BROWSER), reason=(
+    f'REVIEW APP BROWSER TEST NOT RUN: {" and ".join(MISSING_BROWSER)} not found on PATH; '
+    'install Debian chromium and chromium-driver (apt-get install -y chromium '
+    'chromium-driver; ./run_tests.sh does it when run as root)'))
 def test_page_end_to_end_in_headless_chromium(review_data, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
