@@ -405,3 +405,50 @@ def test_diagnostics_report_provider_counts_and_staleness(ros: RosHarness,
     stage_keys = {k for k in status if k.startswith('stage_')}
     assert stage_keys == {f'stage_{name}_{q}_ms' for name in STAGES for q in ('p50', 'p95')}
     assert float(status['stage_publish_p50_ms']) > 0  # the mask was published
+
+
+def latest_status(ros: RosHarness) -> dict:
+    status = ros.received['diagnostics'][-1].status[0]
+    return {'level': status.level, 'message': status.message,
+            **{v.key: v.value for v in status.values}}
+
+
+def test_model_loads_in_the_background_diagnostics_warn_then_ok(ros: RosHarness,
+                                                                tmp_path: Path) -> None:
+    # Seconds of warm-up: the side branch of 3x3 convolutions at 384x512.
+    slow = build_model(tmp_path / 'slow_load.onnx', size=(384, 512), slow_repeats=100)
+    ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
+    node = ros.start_node(slow, wait=False, diagnostics_period=0.1, stale_timeout=600.0)
+    ros.wait_for(lambda: ros.received['diagnostics'], 'a status while loading')
+    status = latest_status(ros)
+    assert status['level'] == DiagnosticStatus.WARN, status
+    assert status['message'].startswith('loading model') and status['provider'] == 'loading'
+    [result] = set_params(ros, overlay_alpha=0.25)  # parameter services answer meanwhile
+    assert result.successful and node.segmenter is None, 'the model loaded too fast to tell'
+    assert node.wait_ready(120.0)
+    ros.wait_for(lambda: latest_status(ros)['level'] == DiagnosticStatus.OK, 'an OK status')
+    status = latest_status(ros)
+    assert status['message'] == 'waiting for the first frame'
+    assert status['provider'] == 'CPUExecutionProvider' and status['provider_fallback'] == ''
+    assert float(status['load_time_s']) > 0 and node.settings.overlay_alpha == 0.25
+
+
+def test_default_providers_say_why_the_gpu_is_not_used(ros: RosHarness, model: Path,
+                                                       tmp_path: Path) -> None:
+    ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
+    node = ros.start_node(model, providers=['tensorrt', 'cuda', 'cpu'],
+                          trt_cache_dir=str(tmp_path / 'trt'), diagnostics_period=0.1)
+    ros.wait_for(lambda: ros.received['diagnostics']
+                 and latest_status(ros)['provider'] != 'loading', 'a status after loading')
+    status = latest_status(ros)
+    if status['provider'] == 'TensorrtExecutionProvider':  # a machine with a working GPU
+        assert status['provider_fallback'] == '' and status['precision'] == 'fp16'
+        assert status['trt_engine_dir'].startswith(str(tmp_path / 'trt'))
+        return
+    fallback = status['provider_fallback']
+    assert fallback == node.segmenter.fallback_reason
+    assert fallback.startswith('TensorrtExecutionProvider: ')
+    if status['provider'] == 'CPUExecutionProvider':
+        assert 'CUDAExecutionProvider: ' in fallback
+        assert status['precision'] == 'fp32' and status['trt_engine'] == 'none'
+        assert status['intra_op_threads'] == 'default (spinning)'
