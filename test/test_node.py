@@ -11,7 +11,7 @@ import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from node_harness import LATCHED, RosHarness, image_msg, stamp_ns
 import numpy as np
-from onnx_models import build_model, default_weights, expected_scores
+from onnx_models import build_model, default_weights, expected_scores, to_v2
 import pytest
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.parameter import Parameter
@@ -452,3 +452,42 @@ def test_default_providers_say_why_the_gpu_is_not_used(ros: RosHarness, model: P
         assert 'CUDAExecutionProvider: ' in fallback
         assert status['precision'] == 'fp32' and status['trt_engine'] == 'none'
         assert status['intra_op_threads'] == 'default (spinning)'
+
+
+def run_frames(model: Path, frames: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """Run ``frames`` through a fresh node; return each output's pixels (or fractions)."""
+    harness = RosHarness()
+    try:
+        segmenter = harness.start_node(model).segmenter
+        names = ('mask', 'confidence', 'class_fractions')
+        subscribe_outputs(harness, *names)
+        pub = harness.publisher('/image')
+        for i, pixels in enumerate(frames):
+            pub.publish(image_msg(pixels, 'bgr8', i + 1))
+            for name in names:
+                harness.wait_count(name, i + 1)
+        outputs = {name: [np.asarray(m.data) if name == 'class_fractions' else pixels_of(m)
+                          for m in harness.received[name]] for name in names}
+        # What the node fetched from ONNX Runtime: the file's float scores or its uint8 maps.
+        outputs['fetched'] = [segmenter.classes_name or segmenter.scores_name,
+                              segmenter.session.get_inputs()[0].type]
+        return outputs
+    finally:
+        harness.close()
+
+
+@pytest.mark.parametrize('output', ['probabilities', 'logits'])
+@pytest.mark.parametrize('uint8_input', [False, True])
+def test_contract_v2_outputs_match_v1_pixel_for_pixel(tmp_path: Path, output: str,
+                                                      uint8_input: bool) -> None:
+    contract = ModelContract(output=output, normalization=CONTRACT.normalization)
+    v1 = build_model(tmp_path / 'v1.onnx', size=MODEL_SIZE, contract=contract)
+    v2 = to_v2(v1, tmp_path / 'v2.onnx', uint8_input=uint8_input)
+    frames = [frame_pixels(seed, 96, 160) for seed in range(3)]
+    old, new = run_frames(v1, frames), run_frames(v2, frames)
+    assert old.pop('fetched') == ['scores', 'tensor(float)']
+    assert new.pop('fetched') == ['class_ids', 'tensor(uint8)' if uint8_input
+                                  else 'tensor(float)']
+    for name in old:
+        for got, want in zip(new[name], old[name], strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=name)
