@@ -31,6 +31,9 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 """Cityscapes category colours (RGB), one per entry of :data:`CATEGORIES`."""
 
 VOID = 0
+MIN_ARGMAX_AGREEMENT = 0.999
+"""Parity rule: a converted model (ONNX from Keras, a TensorRT engine against the CPU) must
+give the reference's class on at least this fraction of pixels."""
 LAYOUTS = ('NHWC', 'NCHW')
 COLOR_ORDERS = ('RGB', 'BGR')
 OUTPUT_KINDS = ('probabilities', 'logits')

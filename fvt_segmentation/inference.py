@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from fvt_segmentation.contract import (
     CONTRACT_V2,
+    MIN_ARGMAX_AGREEMENT,
     ContractError,
     ModelContract,
     ModelLoadError,
@@ -49,9 +50,6 @@ PROVIDER_ALIASES = {
     'cpu': CPU,
 }
 DEFAULT_PROVIDERS = ('tensorrt', 'cuda', 'cpu')
-MIN_ARGMAX_AGREEMENT = 0.999
-"""The export's parity rule, also applied to a new TensorRT engine against the CPU: at least
-this fraction of pixels must get the same class."""
 PARITY_FILE = 'parity.json'
 
 
