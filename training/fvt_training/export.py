@@ -442,6 +442,9 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
     precision = provenance.get('precision', 'float32')
     if precision != 'float32':
         raise ExportError(f'{path}: re-export needs a float32 file; this one is {precision}')
+    if contract.version != '1':
+        raise ExportError(f'{path}: re-export takes a contract version 1 file (the float32 '
+                          f'export); this one is version {contract.version}')
     if contract.layout != 'NHWC':
         raise ExportError(f'{path}: re-export takes what fvt-train export writes (NHWC); this '
                           f'file is {contract.layout}')

@@ -104,3 +104,11 @@ def test_int8_trt_file_is_symmetric_int8_qdq_and_runs_on_the_cpu(exported_v2):
 def test_uint8_input_needs_contract_2(tmp_path):
     with pytest.raises(export.ExportError, match='--uint8-input needs --contract 2'):
         export.export_run(tmp_path / 'x.onnx', tmp_path / 'y.onnx', uint8_input=True)
+
+
+def test_reexport_refuses_a_version_2_file(exported_v2, tmp_path, capsys):
+    _, out, data = exported_v2
+    assert main(['export', str(out), '--out', str(tmp_path / 'again.onnx'),
+                 '--data', str(data)]) == 2
+    assert 'takes a contract version 1 file' in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
