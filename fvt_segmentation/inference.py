@@ -411,7 +411,9 @@ def _open_gpu(path: Path, contract: ModelContract, cpu: Segmenter, candidates: l
     if TENSORRT in candidates:
         root = prepare_cache_dir(trt_cache_dir or default_trt_cache_dir())
         engine_dir = root / engine_key(file_sha256(path), precision, cpu.input_shape)
-    options = [provider_options(p, precision, engine_dir, cpu.input_name, cpu.input_shape)
+    dynamic = not isinstance(cpu.session.get_inputs()[0].shape[0], int)
+    options = [provider_options(p, precision, engine_dir, cpu.input_name, cpu.input_shape,
+                                dynamic)
                for p in candidates]
     lock = engine_lock(engine_dir) if engine_dir is not None else contextlib.nullcontext()
     with lock:
@@ -506,7 +508,7 @@ def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEF
                                 gpu_threads, progress)
         record = _check_engine(gpu, cpu, parity_frames)
         if record is not None and not record['passed'] and precision == 'fp16':
-            parity = (f'fp16 engine FAILED parity: argmax agreement '
+            parity = (f'TensorRT fp16 engine FAILED parity: argmax agreement '
                       f'{record["argmax_agreement"]:.4%} < {MIN_ARGMAX_AGREEMENT:.1%} on '
                       f'{record["frames"]} frames; running fp32 instead')
             progress(parity)

@@ -95,12 +95,14 @@ def trt_precision(fp16: bool, int8_model: bool) -> str:
 
 
 def provider_options(provider: str, precision: str, engine_dir: Path | None,
-                     input_name: str, input_shape: Sequence[int]) -> dict[str, str]:
+                     input_name: str, input_shape: Sequence[int],
+                     dynamic_batch: bool = True) -> dict[str, str]:
     """Return the ONNX Runtime options of ``provider`` for one model (strings only).
 
     TensorRT: engine and timing cache in ``engine_dir`` (one folder per :func:`engine_key`);
-    a single shape profile at the model's batch-1 input shape, so the engine is built once
-    for the shape the node feeds and never rebuilt for another; fp16 for ``fp16``; int8 for
+    for a dynamic batch, a single shape profile at the batch-1 input shape the node feeds
+    (min = opt = max), so one engine is built, once (a static input needs none, and trtexec
+    refuses shapes for one); fp16 for ``fp16``; int8 for
     ``int8`` (a symmetric QDQ file: TensorRT takes the scales from the graph, no calibration
     table), with fp16 allowed for the layers the file left in float. CUDA and CPU: defaults.
     """
@@ -110,18 +112,19 @@ def provider_options(provider: str, precision: str, engine_dir: Path | None,
         return {}
     if engine_dir is None:
         raise ValueError('TensorRT needs an engine folder (see engine_key)')
-    shape = f'{input_name}:{"x".join(str(int(d)) for d in input_shape)}'
-    return {
+    options = {
         'trt_engine_cache_enable': 'True',
         'trt_engine_cache_path': str(engine_dir),
         'trt_timing_cache_enable': 'True',
         'trt_timing_cache_path': str(engine_dir),
         'trt_fp16_enable': 'True' if precision in ('fp16', 'int8') else 'False',
         'trt_int8_enable': 'True' if precision == 'int8' else 'False',
-        'trt_profile_min_shapes': shape,
-        'trt_profile_opt_shapes': shape,
-        'trt_profile_max_shapes': shape,
     }
+    if dynamic_batch:
+        shape = f'{input_name}:{"x".join(str(int(d)) for d in input_shape)}'
+        for bound in ('min', 'opt', 'max'):
+            options[f'trt_profile_{bound}_shapes'] = shape
+    return options
 
 
 def thread_settings(gpu: bool, intra_op_threads: int,

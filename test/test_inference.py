@@ -1,5 +1,7 @@
 import cv2
 import numpy as np
+import onnx
+from onnx import numpy_helper
 from onnx_models import default_weights, expected_scores
 import onnxruntime as ort
 import pytest
@@ -136,8 +138,6 @@ def test_argmax_agreement_tells_a_perturbed_model_apart(model_factory):
     weights, bias = default_weights()
     perturbed = model_factory(contract=ModelContract(provenance={'perturbed': True}))
     # A second file whose scores differ: its bias favours one class by a little.
-    import onnx
-    from onnx import numpy_helper
     proto = onnx.load(str(perturbed))
     for init in proto.graph.initializer:
         if init.name == 'B':

@@ -105,6 +105,9 @@ def test_tensorrt_options_per_precision(tmp_path, precision, fp16, int8):
         'trt_profile_min_shapes': 'image:1x352x480x3',
         'trt_profile_opt_shapes': 'image:1x352x480x3',
         'trt_profile_max_shapes': 'image:1x352x480x3'}
+    static = provider_options(TENSORRT, precision, tmp_path, 'image', (1, 352, 480, 3),
+                              dynamic_batch=False)
+    assert static == {k: v for k, v in options.items() if 'profile' not in k}
     assert provider_options(CUDA, precision, None, 'image', (1, 2, 2, 3)) == {}
     assert provider_options(CPU, precision, None, 'image', (1, 2, 2, 3)) == {}
 
