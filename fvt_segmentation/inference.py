@@ -191,6 +191,9 @@ class Segmenter:
         self.scores_name: str | None = names.get('scores')
         self.classes_name: str | None = names.get('classes')
         self.confidence_name: str | None = names.get('confidence')
+        self._bindings: dict[tuple[str, ...], ort.IOBinding] = {}
+        self._bound: dict[str, ort.OrtValue] = {}
+        self._binding_device = ''
         shape = session.get_inputs()[0].shape
         self.input_size: tuple[int, int] = (
             (int(shape[1]), int(shape[2])) if contract.layout == 'NHWC'
@@ -218,12 +221,55 @@ class Segmenter:
         """See :func:`preprocess_frame`."""
         return preprocess_frame(frame, frame_order, self.input_size, self.contract)
 
+    @property
+    def io_binding(self) -> str:
+        """The device the outputs are bound to ('cuda', 'cpu'), or '' without IO binding."""
+        return self._binding_device
+
+    def enable_io_binding(self, device: str = 'cuda') -> bool:
+        """Fetch outputs through IO binding, into buffers allocated once on ``device``.
+
+        Each run then writes the outputs it needs into the same device buffers (no
+        allocation per frame) and copies only those to fresh host arrays, so a result stays
+        valid while the next frame runs. Returns False (and changes nothing) when an output
+        has no fixed batch-1 shape to allocate.
+        """
+        shapes = {}
+        for output in self.session.get_outputs():
+            shape = [1, *output.shape[1:]]
+            if not all(isinstance(d, int) and d > 0 for d in shape):
+                return False
+            shapes[output.name] = (shape, np.uint8 if output.type == 'tensor(uint8)'
+                                   else np.float32)
+        names = [n for n in (self.classes_name, self.confidence_name, self.scores_name) if n]
+        self._bound = {name: ort.OrtValue.ortvalue_from_shape_and_type(*shapes[name], device, 0)
+                       for name in names}
+        self._bindings = {}
+        self._binding_device = device
+        return True
+
+    def _run(self, names: list[str], tensor: np.ndarray) -> list[np.ndarray]:
+        if not self._binding_device:
+            return self.session.run(names, {self.input_name: tensor})
+        key = tuple(names)
+        binding = self._bindings.get(key)
+        if binding is None:
+            binding = self.session.io_binding()
+            for name in names:
+                binding.bind_ortvalue_output(name, self._bound[name])
+            self._bindings[key] = binding
+        binding.bind_cpu_input(self.input_name, tensor)
+        self.session.run_with_iobinding(binding)
+        outputs = [self._bound[name].numpy() for name in names]
+        # A CPU OrtValue hands out a view of its buffer, which the next frame overwrites.
+        return [o.copy() for o in outputs] if self._binding_device == 'cpu' else outputs
+
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         """Run the network on a preprocessed tensor; return its raw float scores."""
         if self.scores_name is None:
             raise ContractError(f'{self.model_path}: this file has no scores output (its '
                                 f'fvt.outputs: {dict(self.contract.outputs)})')
-        return self.session.run([self.scores_name], {self.input_name: tensor})[0]
+        return self._run([self.scores_name], tensor)[0]
 
     def postprocess(self, scores: np.ndarray,
                     want_confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -235,12 +281,11 @@ class Segmenter:
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         # A version 2 file computes the uint8 class ids (and confidence) itself: only those
         # come back from the provider, never the float scores.
+        want_confidence = want_confidence and bool(self.confidence_name or self.scores_name)
         names = [self.classes_name]
-        if want_confidence and self.confidence_name is not None:
-            names.append(self.confidence_name)
-        elif want_confidence:
-            names.append(self.scores_name)
-        outputs = self.session.run(names, {self.input_name: tensor})
+        if want_confidence:
+            names.append(self.confidence_name or self.scores_name)
+        outputs = self._run(names, tensor)
         classes = outputs[0].reshape(outputs[0].shape[-2:])  # [1, H, W] or [1, 1, H, W]
         if not want_confidence:
             return classes, None
@@ -523,6 +568,7 @@ def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEF
         if gpu.active_provider in GPU_PROVIDERS:
             result = gpu
             result.threads = gpu_threads
+            result.enable_io_binding('cuda')
         else:
             reasons.update({p: banner or 'ONNX Runtime could not start it (no usable GPU?)'
                             for p in candidates})

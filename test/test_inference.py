@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from onnx_models import default_weights, expected_scores
+from onnx_models import default_weights, expected_scores, to_v2
 import onnxruntime as ort
 import pytest
 
@@ -227,3 +227,24 @@ def test_intra_op_spinning_false_reaches_the_session(tiny_model):
         default.session.get_session_options().get_session_config_entry(key)
     image = frame(*quiet.input_size)
     np.testing.assert_array_equal(quiet.segment(image).classes, default.segment(image).classes)
+
+
+@pytest.mark.parametrize('version', [1, 2])
+def test_io_binding_gives_the_same_results_in_fresh_arrays(model_factory, tmp_path, version):
+    path = model_factory(output='logits')
+    if version == 2:
+        path = to_v2(path, tmp_path / 'v2.onnx')
+    plain = load_segmenter(path, providers=['cpu'])
+    bound = load_segmenter(path, providers=['cpu'])
+    assert bound.io_binding == '' and bound.enable_io_binding('cpu')
+    assert bound.io_binding == 'cpu'
+    images = [frame() for _ in range(3)]
+    results = [bound.segment(image, want_confidence=True) for image in images]
+    for image, result in zip(images, results, strict=True):  # earlier results stay intact
+        want = plain.segment(image, want_confidence=True)
+        np.testing.assert_array_equal(result.classes, want.classes)
+        np.testing.assert_array_equal(result.confidence, want.confidence)
+    np.testing.assert_array_equal(bound.segment(images[0]).classes, results[0].classes)
+    np.testing.assert_array_equal(bound.infer(bound.preprocess(images[1])),
+                                  plain.infer(plain.preprocess(images[1])))
+
