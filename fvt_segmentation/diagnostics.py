@@ -121,6 +121,7 @@ def model_values(segmenter: Segmenter) -> dict[str, str]:
         'intra_op_threads': (f'{threads or "default"}'
                              f' ({"spinning" if spinning else "no spinning"})'),
         'contract_version': segmenter.contract.version,
+        'io_binding': segmenter.io_binding or 'off',
     }
 
 

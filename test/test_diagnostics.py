@@ -109,7 +109,7 @@ def test_model_values_say_what_the_loader_resolved(tiny_model, tmp_path) -> None
         'provider_fallback': '', 'precision': 'fp32', 'trt_engine': 'none',
         'trt_engine_dir': '', 'trt_parity': '',
         'load_time_s': f'{segmenter.load_seconds:.2f}',
-        'intra_op_threads': '2 (no spinning)', 'contract_version': '1'}
+        'intra_op_threads': '2 (no spinning)', 'contract_version': '1', 'io_binding': 'off'}
     segmenter.engine_dir, segmenter.engine_cached = tmp_path, True
     assert model_values(segmenter)['trt_engine'] == 'loaded from cache'
     segmenter.engine_cached = False
