@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 CONTRACT_VERSION = '1'
-KNOWN_VERSIONS = frozenset({CONTRACT_VERSION})
+CONTRACT_V2 = '2'
+KNOWN_VERSIONS = frozenset({CONTRACT_VERSION, CONTRACT_V2})
 
 CATEGORIES: tuple[str, ...] = (
     'void', 'flat', 'construction', 'object', 'nature', 'sky', 'human', 'vehicle',
@@ -30,9 +31,19 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 """Cityscapes category colours (RGB), one per entry of :data:`CATEGORIES`."""
 
 VOID = 0
+MIN_ARGMAX_AGREEMENT = 0.999
+"""Parity rule: a converted model (ONNX from Keras, a TensorRT engine against the CPU) must
+give the reference's class on at least this fraction of pixels."""
 LAYOUTS = ('NHWC', 'NCHW')
 COLOR_ORDERS = ('RGB', 'BGR')
 OUTPUT_KINDS = ('probabilities', 'logits')
+INPUT_TYPES = ('float32', 'uint8')
+OUTPUT_ROLES = ('scores', 'classes', 'confidence')
+"""Roles of a version 2 file's outputs (``fvt.outputs``): float scores, uint8 class ids,
+uint8 confidence (0..255 = top probability * 255, rounded)."""
+QUANTIZATIONS = ('none', 'int8_symmetric_qdq')
+"""``fvt.quantization`` (optional, both versions): ``int8_symmetric_qdq`` marks a file whose
+QDQ nodes are symmetric int8, which TensorRT runs with ``trt_int8_enable``."""
 
 REQUIRED_KEYS = (
     'fvt.contract', 'fvt.categories', 'fvt.palette', 'fvt.layout', 'fvt.color_order',
@@ -81,6 +92,12 @@ class ModelContract:
     ignore_index: int = VOID
     provenance: Mapping[str, Any] = field(default_factory=dict)
     version: str = CONTRACT_VERSION
+    input_type: str = 'float32'
+    """Version 2: ``uint8`` means the graph takes raw pixels and normalises them itself."""
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    """Version 2: role (see :data:`OUTPUT_ROLES`) -> graph output name; empty in version 1,
+    whose one output holds the scores."""
+    quantization: str = 'none'
 
     @property
     def num_classes(self) -> int:
@@ -93,7 +110,7 @@ class ModelContract:
 
     def to_metadata(self) -> dict[str, str]:
         """Return the ONNX ``metadata_props`` (all strings) that describe this contract."""
-        return {
+        meta = {
             'fvt.contract': self.version,
             'fvt.categories': json.dumps(list(self.categories)),
             'fvt.palette': json.dumps([list(c) for c in self.palette]),
@@ -104,6 +121,12 @@ class ModelContract:
             'fvt.ignore_index': str(self.ignore_index),
             'fvt.provenance': json.dumps(dict(self.provenance), sort_keys=True),
         }
+        if self.version == CONTRACT_V2:
+            meta['fvt.input_type'] = self.input_type
+            meta['fvt.outputs'] = json.dumps(dict(self.outputs), sort_keys=True)
+        if self.quantization != 'none':
+            meta['fvt.quantization'] = self.quantization
+        return meta
 
     def categories_json(self) -> str:
         """Return names and palette as one JSON document (the node's ``~/categories``)."""
@@ -202,6 +225,14 @@ def parse_contract(meta: Mapping[str, str], source: str = '<model>') -> ModelCon
         raise ContractError(f"{source}: metadata key 'fvt.provenance' must be a JSON object; "
                             f'got {meta["fvt.provenance"][:120]!r}')
 
+    input_type, outputs = 'float32', {}
+    if version == CONTRACT_V2:
+        input_type, outputs = _parse_v2(meta, source)
+    quantization = meta.get('fvt.quantization', 'none')
+    if quantization not in QUANTIZATIONS:
+        raise ContractError(f"{source}: metadata key 'fvt.quantization' must be one of "
+                            f'{list(QUANTIZATIONS)}; got {quantization!r}')
+
     return ModelContract(
         categories=tuple(categories),
         palette=tuple(tuple(c) for c in palette),
@@ -212,4 +243,24 @@ def parse_contract(meta: Mapping[str, str], source: str = '<model>') -> ModelCon
         ignore_index=ignore_index,
         provenance=provenance,
         version=version,
+        input_type=input_type,
+        outputs=outputs,
+        quantization=quantization,
     )
+
+
+def _parse_v2(meta: Mapping[str, str], source: str) -> tuple[str, dict[str, str]]:
+    for key in ('fvt.input_type', 'fvt.outputs'):
+        if key not in meta:
+            raise ContractError(f'{source}: metadata key {key!r} is missing (required by '
+                                'contract version 2)')
+    input_type = _choice(meta, 'fvt.input_type', INPUT_TYPES, source)
+    outputs = _json(meta, 'fvt.outputs', source)
+    expected = (f'a JSON object from roles {list(OUTPUT_ROLES)} to output names, with '
+                '"scores" or "classes"')
+    if (not isinstance(outputs, dict) or not set(outputs) <= set(OUTPUT_ROLES)
+            or not all(isinstance(v, str) and v for v in outputs.values())
+            or not {'scores', 'classes'} & set(outputs)):
+        raise ContractError(f"{source}: metadata key 'fvt.outputs' must be {expected}; "
+                            f'got {meta["fvt.outputs"][:120]!r}')
+    return input_type, outputs

@@ -7,10 +7,14 @@ without ROS. The node calls :func:`build_status` about once a second.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from fvt_segmentation.stats import LatencySummary
+
+if TYPE_CHECKING:
+    from fvt_segmentation.inference import Segmenter
 
 RATE_TOLERANCE = 0.1
 """A rate more than this fraction below ``expected_rate`` is a WARN (as diagnostic_updater)."""
@@ -94,3 +98,39 @@ def build_status(health: HealthSnapshot, name: str, expected_rate: float,
     return DiagnosticStatus(
         level=level, name=name, message=message, hardware_id=health.provider,
         values=[KeyValue(key=k, value=v) for k, v in values.items()])
+
+
+def model_values(segmenter: Segmenter) -> dict[str, str]:
+    """Return what the loader resolved, as /diagnostics values (also used in the log).
+
+    ``provider_fallback`` is empty when the first preferred provider runs; otherwise it names
+    each preferred provider that does not, and why.
+    """
+    if segmenter.engine_cached is None:
+        engine = 'none'
+    else:
+        engine = 'loaded from cache' if segmenter.engine_cached else 'built at this start'
+    threads, spinning = segmenter.threads
+    return {
+        'provider_fallback': segmenter.fallback_reason,
+        'precision': segmenter.precision,
+        'trt_engine': engine,
+        'trt_engine_dir': '' if segmenter.engine_dir is None else str(segmenter.engine_dir),
+        'trt_parity': segmenter.parity,
+        'load_time_s': _fmt(segmenter.load_seconds),
+        'intra_op_threads': (f'{threads or "default"}'
+                             f' ({"spinning" if spinning else "no spinning"})'),
+        'contract_version': segmenter.contract.version,
+        'io_binding': segmenter.io_binding or 'off',
+    }
+
+
+def loading_status(name: str, stage: str, elapsed_s: float, model: str,
+                   failed: bool = False) -> DiagnosticStatus:
+    """Return the status while the model loads: WARN naming the stage, ERROR if it failed."""
+    level = DiagnosticStatus.ERROR if failed else DiagnosticStatus.WARN
+    message = (f'model failed to load ({stage})' if failed
+               else f'{stage} ({elapsed_s:.0f} s so far)')
+    values = {'provider': 'loading', 'model': model, 'loading_s': _fmt(elapsed_s)}
+    return DiagnosticStatus(level=level, name=name, message=message, hardware_id='loading',
+                            values=[KeyValue(key=k, value=v) for k, v in values.items()])

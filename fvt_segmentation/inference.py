@@ -7,10 +7,11 @@ arrays; :class:`Segmenter` is a thin shell that owns the session and times each 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import contextlib
 from dataclasses import dataclass, field
 import io
+import json
 import os
 from pathlib import Path
 import time
@@ -19,15 +20,37 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from fvt_segmentation.contract import ContractError, ModelContract, ModelLoadError, parse_contract
+from fvt_segmentation.contract import (
+    CONTRACT_V2,
+    MIN_ARGMAX_AGREEMENT,
+    ContractError,
+    ModelContract,
+    ModelLoadError,
+    parse_contract,
+)
+from fvt_segmentation.providers import (
+    CPU,
+    CUDA,
+    GPU_PROVIDERS,
+    TENSORRT,
+    default_trt_cache_dir,
+    engine_key,
+    engine_lock,
+    file_sha256,
+    prepare_cache_dir,
+    provider_library_error,
+    provider_options,
+    thread_settings,
+    trt_precision,
+)
 
 PROVIDER_ALIASES = {
-    'tensorrt': 'TensorrtExecutionProvider',
-    'cuda': 'CUDAExecutionProvider',
-    'cpu': 'CPUExecutionProvider',
+    'tensorrt': TENSORRT,
+    'cuda': CUDA,
+    'cpu': CPU,
 }
 DEFAULT_PROVIDERS = ('tensorrt', 'cuda', 'cpu')
-GPU_PROVIDERS = frozenset({'TensorrtExecutionProvider', 'CUDAExecutionProvider'})
+PARITY_FILE = 'parity.json'
 
 
 def resolve_providers(requested: Sequence[str]) -> list[str]:
@@ -48,14 +71,6 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     if not resolved:
         raise ValueError('the provider list is empty; expected e.g. [tensorrt, cuda, cpu]')
     return resolved
-
-
-def _provider_options(name: str, cache_dir: Path | None) -> dict[str, str]:
-    if name == 'TensorrtExecutionProvider' and cache_dir is not None:
-        # Building a TensorRT engine takes minutes; the cache makes the second start fast.
-        return {'trt_engine_cache_enable': 'True', 'trt_engine_cache_path': str(cache_dir),
-                'trt_fp16_enable': 'True'}
-    return {}
 
 
 def _shrink(frame: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -82,7 +97,8 @@ def preprocess_frame(frame: np.ndarray, frame_order: str, size: tuple[int, int],
     ``frame`` is HxW (mono), HxWx3 or HxWx4 uint8 in ``frame_order`` ('RGB' or 'BGR', alpha
     last); ``size`` is the model's (height, width). The full-resolution frame is only read
     once, by the uint8 resize: channel reordering and the float conversion happen on the
-    small image.
+    small image. A version 2 file with a uint8 input gets the uint8 pixels: it normalises in
+    its graph.
     """
     height, width = size
     if frame.shape[:2] != (height, width):
@@ -96,6 +112,9 @@ def preprocess_frame(frame: np.ndarray, frame_order: str, size: tuple[int, int],
         frame = frame[:, :, :3]
     if frame_order != contract.color_order:
         frame = frame[:, :, ::-1]
+    if contract.input_type == 'uint8':
+        pixels = frame.transpose(2, 0, 1) if contract.layout == 'NCHW' else frame
+        return np.ascontiguousarray(pixels[np.newaxis])
     gain, offset = contract.normalization.as_affine()
     tensor = frame.astype(np.float32)
     tensor *= gain
@@ -145,7 +164,12 @@ class Segmentation:
 
 
 class Segmenter:
-    """An ONNX Runtime session plus its contract; use :func:`load_segmenter` to build one."""
+    """An ONNX Runtime session plus its contract; use :func:`load_segmenter` to build one.
+
+    Besides the session, it keeps what the loader resolved, for the startup log and
+    /diagnostics: the provider requested and why a preferred one is not running
+    (``fallback_reason``), the TensorRT precision and engine folder, the parity check.
+    """
 
     def __init__(self, session: ort.InferenceSession, contract: ModelContract,
                  model_path: Path, requested_providers: Sequence[str] = (),
@@ -155,8 +179,21 @@ class Segmenter:
         self.fallback_reason = fallback_reason
         self.contract = contract
         self.model_path = model_path
+        self.precision = 'fp32'
+        self.engine_dir: Path | None = None
+        self.engine_cached: bool | None = None
+        self.parity = ''
+        self.load_seconds = 0.0
+        self.threads: tuple[int, bool] = (0, True)
+        self.warmup_ms = 0.0
         self.input_name = session.get_inputs()[0].name
-        self.output_name = session.get_outputs()[0].name
+        names = contract.outputs or {'scores': session.get_outputs()[0].name}
+        self.scores_name: str | None = names.get('scores')
+        self.classes_name: str | None = names.get('classes')
+        self.confidence_name: str | None = names.get('confidence')
+        self._bindings: dict[tuple[str, ...], ort.IOBinding] = {}
+        self._bound: dict[str, ort.OrtValue] = {}
+        self._binding_device = ''
         shape = session.get_inputs()[0].shape
         self.input_size: tuple[int, int] = (
             (int(shape[1]), int(shape[2])) if contract.layout == 'NHWC'
@@ -166,6 +203,12 @@ class Segmenter:
     def active_provider(self) -> str:
         """The provider that really runs the model (ONNX Runtime falls back silently)."""
         return self.session.get_providers()[0]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """The batch-1 input shape the node feeds."""
+        height, width = self.input_size
+        return (1, height, width, 3) if self.contract.layout == 'NHWC' else (1, 3, height, width)
 
     @property
     def name(self) -> str:
@@ -178,9 +221,55 @@ class Segmenter:
         """See :func:`preprocess_frame`."""
         return preprocess_frame(frame, frame_order, self.input_size, self.contract)
 
+    @property
+    def io_binding(self) -> str:
+        """The device the outputs are bound to ('cuda', 'cpu'), or '' without IO binding."""
+        return self._binding_device
+
+    def enable_io_binding(self, device: str = 'cuda') -> bool:
+        """Fetch outputs through IO binding, into buffers allocated once on ``device``.
+
+        Each run then writes the outputs it needs into the same device buffers (no
+        allocation per frame) and copies only those to fresh host arrays, so a result stays
+        valid while the next frame runs. Returns False (and changes nothing) when an output
+        has no fixed batch-1 shape to allocate.
+        """
+        shapes = {}
+        for output in self.session.get_outputs():
+            shape = [1, *output.shape[1:]]
+            if not all(isinstance(d, int) and d > 0 for d in shape):
+                return False
+            shapes[output.name] = (shape, np.uint8 if output.type == 'tensor(uint8)'
+                                   else np.float32)
+        names = [n for n in (self.classes_name, self.confidence_name, self.scores_name) if n]
+        self._bound = {name: ort.OrtValue.ortvalue_from_shape_and_type(*shapes[name], device, 0)
+                       for name in names}
+        self._bindings = {}
+        self._binding_device = device
+        return True
+
+    def _run(self, names: list[str], tensor: np.ndarray) -> list[np.ndarray]:
+        if not self._binding_device:
+            return self.session.run(names, {self.input_name: tensor})
+        key = tuple(names)
+        binding = self._bindings.get(key)
+        if binding is None:
+            binding = self.session.io_binding()
+            for name in names:
+                binding.bind_ortvalue_output(name, self._bound[name])
+            self._bindings[key] = binding
+        binding.bind_cpu_input(self.input_name, tensor)
+        self.session.run_with_iobinding(binding)
+        outputs = [self._bound[name].numpy() for name in names]
+        # A CPU OrtValue hands out a view of its buffer, which the next frame overwrites.
+        return [o.copy() for o in outputs] if self._binding_device == 'cpu' else outputs
+
     def infer(self, tensor: np.ndarray) -> np.ndarray:
-        """Run the network on a preprocessed tensor; return its raw scores."""
-        return self.session.run([self.output_name], {self.input_name: tensor})[0]
+        """Run the network on a preprocessed tensor; return its raw float scores."""
+        if self.scores_name is None:
+            raise ContractError(f'{self.model_path}: this file has no scores output (its '
+                                f'fvt.outputs: {dict(self.contract.outputs)})')
+        return self._run([self.scores_name], tensor)[0]
 
     def postprocess(self, scores: np.ndarray,
                     want_confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -188,16 +277,36 @@ class Segmenter:
         return scores_to_classes(scores, self.contract.layout, self.contract.output,
                                  want_confidence)
 
+    def _run_in_graph(self, tensor: np.ndarray, want_confidence: bool
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        # A version 2 file computes the uint8 class ids (and confidence) itself: only those
+        # come back from the provider, never the float scores.
+        want_confidence = want_confidence and bool(self.confidence_name or self.scores_name)
+        names = [self.classes_name]
+        if want_confidence:
+            names.append(self.confidence_name or self.scores_name)
+        outputs = self._run(names, tensor)
+        classes = outputs[0].reshape(outputs[0].shape[-2:])  # [1, H, W] or [1, 1, H, W]
+        if not want_confidence:
+            return classes, None
+        if self.confidence_name is not None:
+            return classes, outputs[1].reshape(classes.shape)
+        return classes, self.postprocess(outputs[1], True)[1]
+
     def segment(self, frame: np.ndarray, frame_order: str = 'RGB',
                 want_confidence: bool = False) -> Segmentation:
         """Segment one uint8 frame; the result stays at the model's output resolution."""
         t0 = time.perf_counter()
         tensor = self.preprocess(frame, frame_order)
         t1 = time.perf_counter()
-        scores = self.infer(tensor)
-        t2 = time.perf_counter()
-        classes, confidence = self.postprocess(scores, want_confidence)
-        t3 = time.perf_counter()
+        if self.classes_name is not None:
+            classes, confidence = self._run_in_graph(tensor, want_confidence)
+            t2 = t3 = time.perf_counter()
+        else:
+            scores = self.infer(tensor)
+            t2 = time.perf_counter()
+            classes, confidence = self.postprocess(scores, want_confidence)
+            t3 = time.perf_counter()
         return Segmentation(classes, confidence, {
             'preprocess': (t1 - t0) * 1e3, 'inference': (t2 - t1) * 1e3,
             'postprocess': (t3 - t2) * 1e3})
@@ -208,16 +317,54 @@ class Segmenter:
         elapsed = 0.0
         for _ in range(max(1, runs)):
             t0 = time.perf_counter()
-            self.segment(frame)
+            self.segment(frame, want_confidence=True)
             elapsed = (time.perf_counter() - t0) * 1e3
         return elapsed
 
 
+def argmax_agreement(candidate: Segmenter, reference: Segmenter,
+                     frames: Sequence[np.ndarray]) -> float:
+    """Return the fraction of pixels whose class ``candidate`` and ``reference`` agree on.
+
+    ``frames`` are RGB uint8 images; each segmenter preprocesses them by its own contract.
+    """
+    agree = total = 0
+    for frame in frames:
+        got = candidate.segment(frame, 'RGB').classes
+        want = reference.segment(frame, 'RGB').classes
+        agree += int((got == want).sum())
+        total += want.size
+    if total == 0:
+        raise ValueError('argmax_agreement needs at least one frame')
+    return agree / total
+
+
+def read_parity(engine_dir: Path) -> dict | None:
+    """Return the parity record of an engine folder, or None if no check finished there."""
+    try:
+        record = json.loads((engine_dir / PARITY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and 'passed' in record else None
+
+
+def write_parity(engine_dir: Path, agreement: float, frames: int) -> dict:
+    """Record a parity check in ``engine_dir`` (see :data:`MIN_ARGMAX_AGREEMENT`)."""
+    record = {'argmax_agreement': agreement, 'frames': frames,
+              'limit': MIN_ARGMAX_AGREEMENT, 'passed': agreement >= MIN_ARGMAX_AGREEMENT}
+    tmp = engine_dir / f'.{PARITY_FILE}.{os.getpid()}'
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, engine_dir / PARITY_FILE)
+    return record
+
+
 def _check_graph(session: ort.InferenceSession, contract: ModelContract, source: str) -> None:
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or len(outputs) != 1:
+    if contract.version != CONTRACT_V2 and (len(inputs) != 1 or len(outputs) != 1):
         raise ContractError(f'{source}: expected one image input and one score output; got '
                             f'{len(inputs)} inputs and {len(outputs)} outputs')
+    if len(inputs) != 1:
+        raise ContractError(f'{source}: expected one image input; got {len(inputs)}')
     shape = inputs[0].shape
     channel_axis = 3 if contract.layout == 'NHWC' else 1
     spatial = (1, 2) if contract.layout == 'NHWC' else (2, 3)
@@ -225,27 +372,130 @@ def _check_graph(session: ort.InferenceSession, contract: ModelContract, source:
             or not all(isinstance(shape[a], int) and shape[a] > 0 for a in spatial)):
         raise ContractError(f'{source}: expected a {contract.layout} image input with 3 channels '
                             f'and fixed height and width; got shape {shape}')
-    if inputs[0].type != 'tensor(float)':
-        raise ContractError(f'{source}: expected a float32 input; got {inputs[0].type}')
-    out_shape = outputs[0].shape
-    out_channels = out_shape[channel_axis] if len(out_shape) == 4 else None
-    if isinstance(out_channels, int) and out_channels != contract.num_classes:
-        raise ContractError(f'{source}: the output has {out_channels} channels but '
-                            f'fvt.categories names {contract.num_classes} categories')
+    want_input = 'tensor(uint8)' if contract.input_type == 'uint8' else 'tensor(float)'
+    if inputs[0].type != want_input:
+        raise ContractError(f'{source}: expected a {contract.input_type} input; got '
+                            f'{inputs[0].type}')
+    by_name = {o.name: o for o in outputs}
+    roles = contract.outputs or {'scores': outputs[0].name}
+    for role, name in roles.items():
+        if name not in by_name:
+            raise ContractError(f'{source}: fvt.outputs names {name!r} for {role}, but the '
+                                f'graph outputs are {sorted(by_name)}')
+        want = 'tensor(float)' if role == 'scores' else 'tensor(uint8)'
+        if by_name[name].type != want:
+            raise ContractError(f'{source}: the {role} output {name!r} must be {want}; got '
+                                f'{by_name[name].type}')
+    if 'scores' in roles:
+        out_shape = by_name[roles['scores']].shape
+        out_channels = out_shape[channel_axis] if len(out_shape) == 4 else None
+        if isinstance(out_channels, int) and out_channels != contract.num_classes:
+            raise ContractError(f'{source}: the output has {out_channels} channels but '
+                                f'fvt.categories names {contract.num_classes} categories')
 
 
-def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEFAULT_PROVIDERS,
-                   require_gpu: bool = False, intra_op_threads: int = 0,
-                   trt_cache_dir: str | os.PathLike | None = None,
-                   intra_op_spinning: bool = True) -> Segmenter:
-    """Open ``model_path``, validate its contract and pick the first available provider.
+def _open_session(path: Path, providers: list[str], options: list[dict[str, str]],
+                  threads: tuple[int, bool]) -> tuple[ort.InferenceSession, str]:
+    """Create a session; return it and the 'EP Error' line ONNX Runtime printed, if any."""
+    session_options = ort.SessionOptions()
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session_options.intra_op_num_threads = threads[0]
+    if not threads[1]:
+        session_options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    # Session-scoped only: the process-wide default logger is left as the user set it.
+    session_options.log_severity_level = 3
+    # When a provider fails to start, ONNX Runtime's Python layer prints an 'EP Error'
+    # banner on stdout and retries with the next providers; the banner becomes the reason.
+    banner = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(banner):
+            session = ort.InferenceSession(str(path), sess_options=session_options,
+                                           providers=providers, provider_options=options)
+    except Exception as err:  # onnxruntime raises several unrelated exception types
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f'{path}: not a loadable ONNX model ({first_line[:200]})') from None
+    reason = next((line.strip() for line in banner.getvalue().splitlines()
+                   if line.startswith('EP Error')), '')
+    return session, reason[:300]
 
-    ``providers`` is an ordered preference list; the first one ONNX Runtime can really use
-    runs the model. With ``require_gpu`` a CPU-only result is an error instead of a silent
-    fallback. ``intra_op_spinning=False`` makes ONNX Runtime's CPU worker threads sleep
-    between runs instead of spinning: slower by a little, but they leave the cores to other
-    threads and to other sessions in the process. Raises :class:`ModelLoadError`
-    (:class:`ContractError` for metadata problems) with one clear sentence naming the file.
+
+def _gpu_plan(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Return the non-CPU providers worth asking ONNX Runtime for, and why the others not."""
+    available = set(ort.get_available_providers())
+    candidates: list[str] = []
+    reasons: dict[str, str] = {}
+    for provider in wanted:
+        if provider == CPU:
+            break  # ONNX Runtime never gets past the CPU provider
+        if provider not in available:
+            reasons[provider] = ('not in this onnxruntime build (available: '
+                                 f'{", ".join(sorted(available))})')
+            continue
+        error = provider_library_error(provider)
+        if error:
+            reasons[provider] = f'its library does not load: {error}'
+            continue
+        candidates.append(provider)
+    return candidates, reasons
+
+
+def _format_reasons(wanted: list[str], active: str, reasons: dict[str, str]) -> str:
+    ahead = wanted[:wanted.index(active)] if active in wanted else wanted
+    return '; '.join(f'{p}: {reasons.get(p, "ONNX Runtime could not start it")}'
+                     for p in ahead)
+
+
+Progress = Callable[[str], None]
+
+
+def _open_gpu(path: Path, contract: ModelContract, cpu: Segmenter, candidates: list[str],
+              precision: str, trt_cache_dir: str | os.PathLike | None,
+              threads: tuple[int, bool], progress: Progress) -> tuple[Segmenter, str]:
+    """Open ``candidates`` (plus the CPU), warm up; return the segmenter and any banner."""
+    engine_dir = None
+    if TENSORRT in candidates:
+        root = prepare_cache_dir(trt_cache_dir or default_trt_cache_dir())
+        engine_dir = root / engine_key(file_sha256(path), precision, cpu.input_shape)
+    dynamic = not isinstance(cpu.session.get_inputs()[0].shape[0], int)
+    options = [provider_options(p, precision, engine_dir, cpu.input_name, cpu.input_shape,
+                                dynamic)
+               for p in candidates]
+    lock = engine_lock(engine_dir) if engine_dir is not None else contextlib.nullcontext()
+    with lock:
+        cached = engine_dir is not None and any(engine_dir.glob('*.engine'))
+        if engine_dir is not None:
+            progress(f'loading the cached TensorRT engine ({precision}) from {engine_dir}'
+                     if cached else
+                     f'building TensorRT engine ({precision}) in {engine_dir}: a first build '
+                     'can take minutes (more on a Jetson); later starts load it in seconds')
+        session, banner = _open_session(path, [*candidates, CPU], [*options, {}], threads)
+        segmenter = Segmenter(session, contract, path)
+        # TensorRT may build its engine at the first run, so that is under the lock too.
+        segmenter.warmup_ms = segmenter.warm_up(runs=1)
+    segmenter.engine_dir = engine_dir
+    segmenter.engine_cached = cached if segmenter.active_provider == TENSORRT else None
+    segmenter.precision = precision if segmenter.active_provider == TENSORRT else 'fp32'
+    return segmenter, banner
+
+
+def _check_engine(gpu: Segmenter, cpu: Segmenter,
+                  parity_frames: Callable[[], Sequence[np.ndarray]] | None) -> dict | None:
+    """Run (or read back) the parity check of a TensorRT engine against the CPU."""
+    if gpu.active_provider != TENSORRT or gpu.engine_dir is None or parity_frames is None:
+        return None
+    record = read_parity(gpu.engine_dir)
+    if record is None:
+        frames = list(parity_frames())
+        if not frames:
+            return None
+        record = write_parity(gpu.engine_dir, argmax_agreement(gpu, cpu, frames), len(frames))
+    return record
+
+
+def check_model_file(model_path: str | os.PathLike, providers: Sequence[str]) -> list[str]:
+    """Fail fast on what needs no loading: the file is there and readable, providers exist.
+
+    Returns the providers' full names; raises :class:`ModelLoadError` naming the file.
     """
     path = Path(model_path).expanduser()
     if not path.is_file():
@@ -253,44 +503,85 @@ def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEF
     if not os.access(path, os.R_OK):
         raise ModelLoadError(f'{path}: the model file is not readable (permissions)')
     try:
-        wanted = resolve_providers(providers)
+        return resolve_providers(providers)
     except ValueError as err:
         raise ModelLoadError(f'{path}: {err}') from None
-    available = set(ort.get_available_providers())
-    usable = [p for p in wanted if p in available]
-    if not usable:
-        raise ModelLoadError(f'{path}: none of the requested providers {wanted} is available '
-                             f'in this onnxruntime build (available: {sorted(available)})')
-    cache = Path(trt_cache_dir) if trt_cache_dir else path.parent / '.trt_cache'
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = intra_op_threads
-    if not intra_op_spinning:
-        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-    # A GPU provider whose CUDA libraries are missing makes ONNX Runtime log an error wall and
-    # print an 'EP Error' banner before it falls back to the CPU; we keep the reason and report
-    # the provider that really runs instead.
-    options.log_severity_level = 3
-    ort.set_default_logger_severity(4)
-    banner = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(banner):
-            session = ort.InferenceSession(
-                str(path), sess_options=options, providers=usable,
-                provider_options=[_provider_options(p, cache) for p in usable])
-    except Exception as err:  # onnxruntime raises several unrelated exception types
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f'{path}: not a loadable ONNX model ({first_line[:200]})') from None
-    finally:
-        ort.set_default_logger_severity(3)
-    meta = session.get_modelmeta().custom_metadata_map
-    contract = parse_contract(meta, str(path))
+
+
+def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEFAULT_PROVIDERS,
+                   require_gpu: bool = False, intra_op_threads: int = 0,
+                   trt_cache_dir: str | os.PathLike | None = None,
+                   intra_op_spinning: bool = True, trt_fp16: bool = True,
+                   parity_frames: Callable[[], Sequence[np.ndarray]] | None = None,
+                   progress: Progress | None = None) -> Segmenter:
+    """Open ``model_path``, validate its contract, start the first provider that really runs.
+
+    ``providers`` is an ordered preference list. A GPU provider whose library cannot load is
+    not even asked for (its reason is kept: ``fallback_reason`` names every preferred
+    provider that is not running, and why). The file is first opened on the CPU: that
+    validates the contract and is the reference of the parity check. A GPU session is then
+    created and warmed up (a TensorRT engine builds in ``trt_cache_dir``, one folder per
+    model hash, precision and shape, see :mod:`fvt_segmentation.providers`). A new TensorRT
+    engine is compared with the CPU on ``parity_frames()`` (RGB frames); below
+    :data:`MIN_ARGMAX_AGREEMENT` an fp16 engine is replaced by an fp32 one and ``parity``
+    says so. ``require_gpu`` is checked after the warm-up: a CPU result is then an error.
+    ``progress`` gets one line before each long step. Threads: see
+    :func:`fvt_segmentation.providers.thread_settings`. Raises :class:`ModelLoadError`
+    (:class:`ContractError` for metadata problems) with one clear sentence naming the file.
+    """
+    started = time.monotonic()
+    progress = progress or (lambda _line: None)
+    path = Path(model_path).expanduser()
+    wanted = check_model_file(path, providers)
+    candidates, reasons = _gpu_plan(wanted)
+    if not candidates and CPU not in wanted:
+        raise ModelLoadError(f'{path}: none of the requested providers {wanted} can run here: '
+                             + '; '.join(f'{p}: {r}' for p, r in reasons.items()))
+    progress('loading model')
+    cpu_threads = thread_settings(False, intra_op_threads, intra_op_spinning)
+    session, _ = _open_session(path, [CPU], [{}], cpu_threads)
+    contract = parse_contract(session.get_modelmeta().custom_metadata_map, str(path))
     _check_graph(session, contract, str(path))
-    active = session.get_providers()[0]
+    cpu = Segmenter(session, contract, path)
+    cpu.threads = cpu_threads
+    result = cpu
+    parity = ''
+    if candidates:
+        gpu_threads = thread_settings(True, intra_op_threads, intra_op_spinning)
+        precision = trt_precision(trt_fp16, contract.quantization == 'int8_symmetric_qdq')
+        gpu, banner = _open_gpu(path, contract, cpu, candidates, precision, trt_cache_dir,
+                                gpu_threads, progress)
+        record = _check_engine(gpu, cpu, parity_frames)
+        if record is not None and not record['passed'] and precision == 'fp16':
+            parity = (f'TensorRT fp16 engine FAILED parity: argmax agreement '
+                      f'{record["argmax_agreement"]:.4%} < {MIN_ARGMAX_AGREEMENT:.1%} on '
+                      f'{record["frames"]} frames; running fp32 instead')
+            progress(parity)
+            gpu, banner = _open_gpu(path, contract, cpu, candidates, 'fp32', trt_cache_dir,
+                                    gpu_threads, progress)
+            record = _check_engine(gpu, cpu, parity_frames)
+        if record is not None:
+            verdict = 'passed' if record['passed'] else 'FAILED'
+            parity = '; '.join(filter(None, [parity, (
+                f'{gpu.precision} {verdict}: argmax agreement '
+                f'{record["argmax_agreement"]:.4%} on {record["frames"]} frames')]))
+        if gpu.active_provider in GPU_PROVIDERS:
+            result = gpu
+            result.threads = gpu_threads
+            result.enable_io_binding('cuda')
+        else:
+            reasons.update({p: banner or 'ONNX Runtime could not start it (no usable GPU?)'
+                            for p in candidates})
+    active = result.active_provider
+    result.requested_providers = wanted
+    result.fallback_reason = _format_reasons(wanted, active, reasons)[:600]
+    result.parity = parity
     if require_gpu and active not in GPU_PROVIDERS:
-        raise ModelLoadError(f'{path}: require_gpu is set but no GPU provider could start '
-                             f'(requested {wanted}; active: {active}). Check the CUDA/TensorRT '
-                             'libraries, or set require_gpu: false to accept the CPU.')
-    reason = next((line.strip() for line in banner.getvalue().splitlines()
-                   if line.startswith('EP Error')), '')
-    return Segmenter(session, contract, path, wanted, reason[:300])
+        raise ModelLoadError(f'{path}: require_gpu is set but no GPU provider runs the model '
+                             f'after warm-up (requested {wanted}; active: {active}; '
+                             f'{result.fallback_reason}). Check the CUDA/TensorRT libraries, '
+                             'or set require_gpu: false to accept the CPU.')
+    if result is cpu:
+        cpu.warmup_ms = cpu.warm_up(runs=1)
+    result.load_seconds = time.monotonic() - started
+    return result

@@ -50,11 +50,20 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   'ONNX Runtime execution providers in order of preference'),
     ParameterSpec('require_gpu', False,
                   'fail at startup instead of falling back to the CPU provider'),
-    ParameterSpec('intra_op_threads', 0, 'ONNX Runtime CPU threads; 0 = ONNX Runtime default',
-                  limits=(0, 256)),
+    ParameterSpec('intra_op_threads', 0,
+                  'ONNX Runtime CPU threads; 0 = ONNX Runtime default on the CPU, 2 sleeping '
+                  'threads with a GPU provider; > 0 = exactly this many (with '
+                  'intra_op_spinning as set)', limits=(0, 256)),
     ParameterSpec('intra_op_spinning', True,
                   'ONNX Runtime CPU threads spin between runs (a little faster); false = they '
-                  'sleep and leave the cores to the rest of the machine'),
+                  'sleep and leave the cores to the rest of the machine. With a GPU provider '
+                  'only used when intra_op_threads > 0'),
+    ParameterSpec('trt_cache_dir', '',
+                  'folder for TensorRT engines (one subfolder per model SHA-256, precision and '
+                  "input shape); '' = $ROS_HOME/fvt_segmentation/trt (~/.ros/...)"),
+    ParameterSpec('trt_fp16', True,
+                  'TensorRT builds an fp16 engine (checked against the CPU at its first build; '
+                  'fp32 if it disagrees); false = fp32'),
     ParameterSpec('input_transport', 'raw',
                   "'raw': subscribe to image (sensor_msgs/Image); 'compressed': to "
                   'image/compressed (sensor_msgs/CompressedImage, JPEG or PNG)',

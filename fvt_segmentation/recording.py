@@ -81,3 +81,16 @@ def score_on_recording(segmenter: Segmenter, bag: str | Path | None = None) -> d
     scores = summarize(cm, segmenter.contract.categories, segmenter.contract.ignore_index)
     scores['frames'] = len(frames)
     return scores
+
+
+def sample_frames(count: int, bag: str | Path | None = None) -> list[np.ndarray]:
+    """Return ``count`` camera frames of a recording (the bundled one by default) as RGB.
+
+    Evenly spread over the recording; the TensorRT parity check runs on them.
+    """
+    frames = [image for _, image in sorted(
+        read_images(bag or default_recording(), CAMERA_TOPIC).items())]
+    if count <= 0 or not frames:
+        return []
+    step = max(1, len(frames) // count)
+    return [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames[::step][:count]]

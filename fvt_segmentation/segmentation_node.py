@@ -49,8 +49,18 @@ from fvt_segmentation.conversions import (
     resize_nearest,
     stamp_ns,
 )
-from fvt_segmentation.diagnostics import HealthSnapshot, build_status
-from fvt_segmentation.inference import Segmentation, load_segmenter
+from fvt_segmentation.diagnostics import (
+    HealthSnapshot,
+    build_status,
+    loading_status,
+    model_values,
+)
+from fvt_segmentation.inference import (
+    Segmentation,
+    Segmenter,
+    check_model_file,
+    load_segmenter,
+)
 from fvt_segmentation.latest_frame import LatestSlot
 from fvt_segmentation.params import PARAMETERS, check_value
 from fvt_segmentation.resources import resolve_model_path
@@ -70,6 +80,14 @@ preprocess/postprocess = :meth:`Segmenter.segment`'s, handoff = result ready to 
 thread starting on it, outputs = building the subscribed outputs, publish = the
 ``publish()`` calls. Inference is reported as ``inference_*``."""
 LOG_THROTTLE_S = 5.0
+PARITY_FRAMES = 4
+
+
+def parity_frames() -> list[np.ndarray]:
+    """Frames of the bundled recording for the first-build TensorRT parity check."""
+    from fvt_segmentation.recording import sample_frames
+
+    return sample_frames(PARITY_FRAMES)
 
 
 @dataclass(frozen=True)
@@ -132,16 +150,14 @@ class SegmentationNode(Node):
         # What this rclpy lacks and the node does instead (Humble); logged at startup.
         self.fallbacks = [note for note in (post_set, check_fields) if note is not None]
 
-        requested = list(self._param('providers'))
-        model_path = resolve_model_path(self._param('model_path'))
-        self.segmenter = load_segmenter(
-            model_path, providers=requested, require_gpu=self._param('require_gpu'),
-            intra_op_threads=self._param('intra_op_threads'),
-            intra_op_spinning=self._param('intra_op_spinning'))
-        self._palette = self.segmenter.contract.palette_array()
-        self._num_classes = self.segmenter.contract.num_classes
+        self._requested = list(self._param('providers'))
+        self.model_path = resolve_model_path(self._param('model_path'))
+        check_model_file(self.model_path, self._requested)  # a wrong path fails right here
+        self.segmenter: Segmenter | None = None
+        self.load_error: ModelLoadError | None = None
+        self._ready = threading.Event()
+        self._load_stage = 'loading model'
         self._max_pixels = int(self._param('max_input_pixels'))
-        warmup_ms = self.segmenter.warm_up(runs=1)
 
         self.counters = Counters()
         self.published = Counters(OUTPUTS)
@@ -154,19 +170,17 @@ class SegmentationNode(Node):
         self._started = time.monotonic()
         self._reported_rejections = 0
 
-        output_qos = _qos(self._param('output_reliability'), self._param('output_depth'))
+        self._output_qos = _qos(self._param('output_reliability'), self._param('output_depth'))
         self._outputs = {
             name: self.create_publisher(
                 Float32MultiArray if name == 'class_fractions' else Image, f'~/{name}',
-                output_qos)
+                self._output_qos)
             for name in OUTPUTS}
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                              reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._categories_pub = self.create_publisher(String, '~/categories', latched)
-        self._categories_pub.publish(String(data=self.segmenter.contract.categories_json()))
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._fractions_layout_label = ','.join(self.segmenter.contract.categories)
 
         # Like image_transport: 'image' is the base name (remappable), the compressed
         # stream lives under '<base>/compressed'.
@@ -176,10 +190,51 @@ class SegmentationNode(Node):
         input_qos = _qos(self._param('input_reliability'), self._param('input_depth'))
         self._frames: LatestSlot[_Pending] = LatestSlot()
         self._results: LatestSlot[_Result] = LatestSlot()
+        # Frames that arrive while the model loads wait in the one-slot holder (newest only).
         self._subscription = self.create_subscription(
             CompressedImage if self._compressed else Image, self.input_topic, self._on_frame,
             input_qos, qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        self._threads: list[threading.Thread] = []
+        self._diagnostics_timer = self.create_timer(
+            float(self._param('diagnostics_period')), self._publish_diagnostics)
+        # The model loads (and a TensorRT engine builds) in the background: meanwhile the
+        # node answers parameter services and /diagnostics says what it is doing.
+        self._loader = threading.Thread(target=self._load, name='segmentation_load',
+                                        daemon=True)
+        self._loader.start()
 
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the model is loaded (True) or loading failed or timed out (False)."""
+        self._ready.wait(timeout)
+        return self.segmenter is not None
+
+    def _on_progress(self, line: str) -> None:
+        self._load_stage = line
+        if 'TensorRT' in line:
+            self.get_logger().info(line)
+
+    def _load(self) -> None:
+        """Loader thread: open the model, then start the pipeline threads."""
+        try:
+            segmenter = load_segmenter(
+                self.model_path, providers=self._requested,
+                require_gpu=self._param('require_gpu'),
+                intra_op_threads=self._param('intra_op_threads'),
+                intra_op_spinning=self._param('intra_op_spinning'),
+                trt_cache_dir=self._param('trt_cache_dir') or None,
+                trt_fp16=self._param('trt_fp16'), parity_frames=parity_frames,
+                progress=self._on_progress)
+        except ModelLoadError as err:
+            self.load_error = err
+            self.get_logger().fatal(f'cannot start: {err}')
+            self._ready.set()
+            self.context.try_shutdown()  # main() then exits with status 1
+            return
+        self._palette = segmenter.contract.palette_array()
+        self._num_classes = segmenter.contract.num_classes
+        self._fractions_layout_label = ','.join(segmenter.contract.categories)
+        self.segmenter = segmenter
+        self._categories_pub.publish(String(data=segmenter.contract.categories_json()))
         self._threads = [
             threading.Thread(target=self._drain, args=(self._frames, self._infer),
                              name='segmentation_inference', daemon=True),
@@ -187,11 +242,9 @@ class SegmentationNode(Node):
                              name='segmentation_outputs', daemon=True)]
         for thread in self._threads:
             thread.start()
-        self._diagnostics_timer = self.create_timer(
-            float(self._param('diagnostics_period')), self._publish_diagnostics)
         # The subscription's profile includes any qos_overrides.<topic>.subscription.* values.
-        self._log_startup(model_path, requested, self._subscription.qos_profile, output_qos,
-                          warmup_ms)
+        self._log_startup(self._subscription.qos_profile, self._output_qos)
+        self._ready.set()
 
     # ---- parameters -------------------------------------------------------------------
 
@@ -351,7 +404,9 @@ class SegmentationNode(Node):
     # ---- diagnostics and logging ------------------------------------------------------
 
     def health(self) -> HealthSnapshot:
-        """Sample rates, latencies and counters now."""
+        """Sample rates, latencies and counters now (the model must be loaded)."""
+        assert self.segmenter is not None, 'health() before the model was loaded'
+        segmenter = self.segmenter
         now = time.monotonic()
         counters = self.counters.snapshot()
         new_rejections = counters['rejected'] - self._reported_rejections
@@ -361,9 +416,10 @@ class SegmentationNode(Node):
                  for name, count in self.published.snapshot().items()}
         extra.update({
             'input_topic': self.input_topic,
-            'model_input_size': 'x'.join(str(v) for v in self.segmenter.input_size[::-1]),
+            'model_input_size': 'x'.join(str(v) for v in segmenter.input_size[::-1]),
             'mask_resolution': settings.mask_resolution,
             'max_frame_age_ms': str(settings.max_frame_age_ms),
+            **model_values(segmenter),
         })
         return HealthSnapshot(
             input_rate=self._input_rate.rate(now), output_rate=self._output_rate.rate(now),
@@ -371,39 +427,56 @@ class SegmentationNode(Node):
             stages={name: summarize(window) for name, window in self._stage_ms.items()},
             counters=counters, new_rejections=new_rejections,
             seconds_since_input=self._input_rate.seconds_since_last(now),
-            uptime_s=now - self._started, provider=self.segmenter.active_provider,
-            model=self.segmenter.name, extra=extra)
+            uptime_s=now - self._started, provider=segmenter.active_provider,
+            model=segmenter.name, extra=extra)
 
     def _publish_diagnostics(self) -> None:
-        status = build_status(
-            self.health(), f'{self.get_fully_qualified_name()}: segmentation',
-            float(self._param('expected_rate')), float(self._param('stale_timeout')))
+        name = f'{self.get_fully_qualified_name()}: segmentation'
+        if self.segmenter is None:
+            status = loading_status(
+                name, self._load_stage, time.monotonic() - self._started, str(self.model_path),
+                failed=self.load_error is not None)
+        else:
+            status = build_status(self.health(), name, float(self._param('expected_rate')),
+                                  float(self._param('stale_timeout')))
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(msg)
 
-    def _log_startup(self, model_path: Any, requested: list[str], input_qos: QoSProfile,
-                     output_qos: QoSProfile, warmup_ms: float) -> None:
+    def _log_startup(self, input_qos: QoSProfile, output_qos: QoSProfile) -> None:
         segmenter = self.segmenter
+        assert segmenter is not None
         height, width = segmenter.input_size
         provenance = ', '.join(
             f'{k}={v}' for k, v in sorted(segmenter.contract.provenance.items()))
         outputs = ', '.join(self.resolve_topic_name(f'~/{n}') for n in (*OUTPUTS, 'categories'))
+        values = model_values(segmenter)
 
         def qos_text(qos: QoSProfile) -> str:
             return f'{qos.reliability.name.lower()}, keep last {qos.depth}'
 
+        engine = ''
+        if segmenter.engine_dir is not None and segmenter.engine_cached is not None:
+            engine = (f'\n  TensorRT engine: {values["trt_engine"]} in {segmenter.engine_dir}'
+                      + (f'; parity vs CPU: {segmenter.parity}' if segmenter.parity else ''))
         self.get_logger().info(
-            f'ready: model {segmenter.name} from {model_path} (input {width}x{height}, '
+            f'ready: model {segmenter.name} from {self.model_path} (input {width}x{height}, '
             f'{segmenter.contract.layout} {segmenter.contract.color_order}, '
-            f'{segmenter.contract.num_classes} classes; provenance: {provenance or "none"})\n'
-            f'  provider: {segmenter.active_provider} (requested {requested}); '
-            f'warm-up run {warmup_ms:.1f} ms\n'
+            f'{segmenter.contract.num_classes} classes, contract v{segmenter.contract.version}'
+            f'; provenance: {provenance or "none"})\n'
+            f'  provider: {segmenter.active_provider} (requested {self._requested}), '
+            f'precision {segmenter.precision}, threads {values["intra_op_threads"]}, IO '
+            f'binding {values["io_binding"]}; loaded in {segmenter.load_seconds:.1f} s, '
+            f'warm-up run {segmenter.warmup_ms:.1f} ms'
+            + (f'\n  provider fallback: {segmenter.fallback_reason}'
+               if segmenter.fallback_reason else '') + engine + '\n'
             f'  input: {self.input_topic} ({"CompressedImage" if self._compressed else "Image"}'
             f'; {qos_text(input_qos)})\n'
             f'  outputs: {outputs} ({qos_text(output_qos)}; categories transient local)\n'
             f'  mask_resolution {self.settings.mask_resolution}, max_frame_age_ms '
             f'{self.settings.max_frame_age_ms}, max_input_pixels {self._max_pixels}')
+        if segmenter.parity and 'FAILED' in segmenter.parity:
+            self.get_logger().error(f'TensorRT parity check: {segmenter.parity}')
         for note in self.fallbacks:
             self.get_logger().info(f'compatibility fallback: {note}')
 
@@ -414,6 +487,9 @@ class SegmentationNode(Node):
                 slot.close()
         for thread in getattr(self, '_threads', []):
             thread.join(timeout=10.0)
+        loader = getattr(self, '_loader', None)
+        if loader is not None and loader is not threading.current_thread():
+            loader.join(timeout=10.0)  # a TensorRT build cannot be interrupted
         super().destroy_node()
 
 
@@ -424,6 +500,8 @@ def main(args: list[str] | None = None) -> int:
     try:
         node = SegmentationNode()
         rclpy.spin(node)
+        if node.load_error is not None:
+            return 1  # the loader thread logged the fatal line and stopped spinning
     except (ModelLoadError, ParameterException) as err:
         rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {err}')
         return 1

@@ -63,14 +63,19 @@ class RosHarness:
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
 
-    def start_node(self, model: Any, cli_args: list[str] | None = None,
+    def start_node(self, model: Any, cli_args: list[str] | None = None, wait: bool = True,
                    **params: Any) -> SegmentationNode:
-        """Start the node with ``model_path`` = ``model``, CPU provider and ``params``."""
+        """Start the node with ``model_path`` = ``model``, CPU provider and ``params``.
+
+        With ``wait`` (the default) return once the model is loaded in the background.
+        """
         params = {'providers': ['cpu'], 'model_path': str(model), **params}
         self.node = SegmentationNode(
             context=self.context, cli_args=cli_args,
             parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
         self.executor.add_node(self.node)
+        if wait:
+            assert self.node.wait_ready(TIMEOUT), f'the model did not load: {self.node.load_error}'
         return self.node
 
     def subscribe(self, topic: str, msg_type: Any, key: str | None = None,

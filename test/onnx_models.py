@@ -106,3 +106,20 @@ def build_model(path: Path, size: tuple[int, int] = (32, 64), layout: str = 'NHW
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def to_v2(v1_path: Path, out: Path, uint8_input: bool = False,
+          confidence: bool = True) -> Path:
+    """Write a contract version 2 copy of a version 1 file, as ``fvt-train export`` does."""
+    from fvt_segmentation.contract import parse_contract
+    from fvt_training.contract_v2 import to_contract_v2
+
+    model = onnx.load(str(v1_path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    contract = to_contract_v2(model, parse_contract(meta, str(v1_path)), uint8_input,
+                              confidence)
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, contract.to_metadata())
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return Path(out)

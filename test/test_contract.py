@@ -75,3 +75,26 @@ def test_malformed_values_name_the_key(key, value, fragment):
     with pytest.raises(ContractError, match=fragment) as err:
         parse_contract(meta, 'm.onnx')
     assert key in str(err.value) and 'm.onnx' in str(err.value)
+
+
+def test_version_2_round_trip_and_its_keys():
+    v2 = ModelContract(version='2', input_type='uint8', quantization='int8_symmetric_qdq',
+                       outputs={'scores': 'logits', 'classes': 'class_ids'})
+    meta = v2.to_metadata()
+    assert json.loads(meta['fvt.outputs']) == {'classes': 'class_ids', 'scores': 'logits'}
+    assert meta['fvt.input_type'] == 'uint8'
+    assert meta['fvt.quantization'] == 'int8_symmetric_qdq'
+    assert parse_contract(meta, 'm.onnx') == v2
+    v1 = ModelContract().to_metadata()
+    assert not {'fvt.outputs', 'fvt.input_type', 'fvt.quantization'} & set(v1)
+    for key, value, reason in [
+            ('fvt.outputs', '{"confidence": "c"}', 'with "scores" or "classes"'),
+            ('fvt.outputs', '{"mask": "m", "classes": "c"}', "metadata key 'fvt.outputs'"),
+            ('fvt.input_type', 'float16', "'fvt.input_type' must be one of"),
+            ('fvt.quantization', 'uint8', "'fvt.quantization' must be one of")]:
+        with pytest.raises(ContractError, match=reason):
+            parse_contract({**meta, key: value}, 'm.onnx')
+    del meta['fvt.outputs']
+    with pytest.raises(ContractError, match="'fvt.outputs' is missing .required by contract "
+                                            'version 2'):
+        parse_contract(meta, 'm.onnx')

@@ -7,7 +7,13 @@ from dataclasses import replace
 from diagnostic_msgs.msg import DiagnosticStatus
 import pytest
 
-from fvt_segmentation.diagnostics import HealthSnapshot, build_status
+from fvt_segmentation.diagnostics import (
+    HealthSnapshot,
+    build_status,
+    loading_status,
+    model_values,
+)
+from fvt_segmentation.inference import load_segmenter
 from fvt_segmentation.stats import LatencySummary
 
 HEALTHY = HealthSnapshot(
@@ -81,3 +87,30 @@ def test_stage_times_are_reported_per_stage() -> None:
     assert result['stage_conversion_p50_ms'] == '0.01'
     assert 'stage_publish_p50_ms' not in result  # no sample yet
     assert result['inference_p50_ms'] == '12.00'
+
+
+def test_loading_status_is_warn_with_the_stage_then_error_on_failure() -> None:
+    loading = loading_status('/seg: segmentation', 'building TensorRT engine (fp16) in /c',
+                             12.4, '/m/default.onnx')
+    assert loading.level == DiagnosticStatus.WARN
+    assert loading.message == 'building TensorRT engine (fp16) in /c (12 s so far)'
+    assert values(loading) == {'provider': 'loading', 'model': '/m/default.onnx',
+                               'loading_s': '12.40'}
+    failed = loading_status('/seg: segmentation', 'loading model', 1.0, '/m/x.onnx',
+                            failed=True)
+    assert failed.level == DiagnosticStatus.ERROR
+    assert failed.message == 'model failed to load (loading model)'
+
+
+def test_model_values_say_what_the_loader_resolved(tiny_model, tmp_path) -> None:
+    segmenter = load_segmenter(tiny_model, providers=['cpu'], intra_op_threads=2,
+                               intra_op_spinning=False)
+    assert model_values(segmenter) == {
+        'provider_fallback': '', 'precision': 'fp32', 'trt_engine': 'none',
+        'trt_engine_dir': '', 'trt_parity': '',
+        'load_time_s': f'{segmenter.load_seconds:.2f}',
+        'intra_op_threads': '2 (no spinning)', 'contract_version': '1', 'io_binding': 'off'}
+    segmenter.engine_dir, segmenter.engine_cached = tmp_path, True
+    assert model_values(segmenter)['trt_engine'] == 'loaded from cache'
+    segmenter.engine_cached = False
+    assert model_values(segmenter)['trt_engine'] == 'built at this start'

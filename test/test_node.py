@@ -11,7 +11,7 @@ import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from node_harness import LATCHED, RosHarness, image_msg, stamp_ns
 import numpy as np
-from onnx_models import build_model, default_weights, expected_scores
+from onnx_models import build_model, default_weights, expected_scores, to_v2
 import pytest
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.parameter import Parameter
@@ -405,3 +405,89 @@ def test_diagnostics_report_provider_counts_and_staleness(ros: RosHarness,
     stage_keys = {k for k in status if k.startswith('stage_')}
     assert stage_keys == {f'stage_{name}_{q}_ms' for name in STAGES for q in ('p50', 'p95')}
     assert float(status['stage_publish_p50_ms']) > 0  # the mask was published
+
+
+def latest_status(ros: RosHarness) -> dict:
+    status = ros.received['diagnostics'][-1].status[0]
+    return {'level': status.level, 'message': status.message,
+            **{v.key: v.value for v in status.values}}
+
+
+def test_model_loads_in_the_background_diagnostics_warn_then_ok(ros: RosHarness,
+                                                                tmp_path: Path) -> None:
+    # Seconds of warm-up: the side branch of 3x3 convolutions at 384x512.
+    slow = build_model(tmp_path / 'slow_load.onnx', size=(384, 512), slow_repeats=100)
+    ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
+    node = ros.start_node(slow, wait=False, diagnostics_period=0.1, stale_timeout=600.0)
+    ros.wait_for(lambda: ros.received['diagnostics'], 'a status while loading')
+    status = latest_status(ros)
+    assert status['level'] == DiagnosticStatus.WARN, status
+    assert status['message'].startswith('loading model') and status['provider'] == 'loading'
+    [result] = set_params(ros, overlay_alpha=0.25)  # parameter services answer meanwhile
+    assert result.successful and node.segmenter is None, 'the model loaded too fast to tell'
+    assert node.wait_ready(120.0)
+    ros.wait_for(lambda: latest_status(ros)['level'] == DiagnosticStatus.OK, 'an OK status')
+    status = latest_status(ros)
+    assert status['message'] == 'waiting for the first frame'
+    assert status['provider'] == 'CPUExecutionProvider' and status['provider_fallback'] == ''
+    assert float(status['load_time_s']) > 0 and node.settings.overlay_alpha == 0.25
+
+
+def test_default_providers_say_why_the_gpu_is_not_used(ros: RosHarness, model: Path,
+                                                       tmp_path: Path) -> None:
+    ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
+    node = ros.start_node(model, providers=['tensorrt', 'cuda', 'cpu'],
+                          trt_cache_dir=str(tmp_path / 'trt'), diagnostics_period=0.1)
+    ros.wait_for(lambda: ros.received['diagnostics']
+                 and latest_status(ros)['provider'] != 'loading', 'a status after loading')
+    status = latest_status(ros)
+    if status['provider'] == 'TensorrtExecutionProvider':  # a machine with a working GPU
+        assert status['provider_fallback'] == '' and status['precision'] == 'fp16'
+        assert status['trt_engine_dir'].startswith(str(tmp_path / 'trt'))
+        return
+    fallback = status['provider_fallback']
+    assert fallback == node.segmenter.fallback_reason
+    assert fallback.startswith('TensorrtExecutionProvider: ')
+    if status['provider'] == 'CPUExecutionProvider':
+        assert 'CUDAExecutionProvider: ' in fallback
+        assert status['precision'] == 'fp32' and status['trt_engine'] == 'none'
+        assert status['intra_op_threads'] == 'default (spinning)'
+
+
+def run_frames(model: Path, frames: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """Run ``frames`` through a fresh node; return each output's pixels (or fractions)."""
+    harness = RosHarness()
+    try:
+        segmenter = harness.start_node(model).segmenter
+        names = ('mask', 'confidence', 'class_fractions')
+        subscribe_outputs(harness, *names)
+        pub = harness.publisher('/image')
+        for i, pixels in enumerate(frames):
+            pub.publish(image_msg(pixels, 'bgr8', i + 1))
+            for name in names:
+                harness.wait_count(name, i + 1)
+        outputs = {name: [np.asarray(m.data) if name == 'class_fractions' else pixels_of(m)
+                          for m in harness.received[name]] for name in names}
+        # What the node fetched from ONNX Runtime: the file's float scores or its uint8 maps.
+        outputs['fetched'] = [segmenter.classes_name or segmenter.scores_name,
+                              segmenter.session.get_inputs()[0].type]
+        return outputs
+    finally:
+        harness.close()
+
+
+@pytest.mark.parametrize('output', ['probabilities', 'logits'])
+@pytest.mark.parametrize('uint8_input', [False, True])
+def test_contract_v2_outputs_match_v1_pixel_for_pixel(tmp_path: Path, output: str,
+                                                      uint8_input: bool) -> None:
+    contract = ModelContract(output=output, normalization=CONTRACT.normalization)
+    v1 = build_model(tmp_path / 'v1.onnx', size=MODEL_SIZE, contract=contract)
+    v2 = to_v2(v1, tmp_path / 'v2.onnx', uint8_input=uint8_input)
+    frames = [frame_pixels(seed, 96, 160) for seed in range(3)]
+    old, new = run_frames(v1, frames), run_frames(v2, frames)
+    assert old.pop('fetched') == ['scores', 'tensor(float)']
+    assert new.pop('fetched') == ['class_ids', 'tensor(uint8)' if uint8_input
+                                  else 'tensor(float)']
+    for name in old:
+        for got, want in zip(new[name], old[name], strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=name)

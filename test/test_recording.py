@@ -11,7 +11,9 @@ from fvt_segmentation.recording import (
     CAMERA_TOPIC,
     TRUTH_TOPIC,
     default_recording,
+    read_images,
     read_truth,
+    sample_frames,
 )
 
 
@@ -49,3 +51,13 @@ def test_recording_metadata_is_humble_readable():
         assert isinstance(topic['topic_metadata']['offered_qos_profiles'], str)
     with Reader(bag) as reader:  # the plain rosbag2 reader accepts it too
         assert reader.message_count == 80
+
+
+def test_sample_frames_for_the_parity_check_are_rgb_and_spread():
+    bgr = [image for _, image in sorted(read_images(default_recording(), CAMERA_TOPIC).items())]
+    frames = sample_frames(4)
+    assert len(frames) == 4 and all(f.shape == (360, 480, 3) for f in frames)
+    step = len(bgr) // 4
+    for i, frame in enumerate(frames):  # RGB copies of every step-th frame
+        np.testing.assert_array_equal(frame, bgr[i * step][:, :, ::-1])
+    assert sample_frames(0) == []

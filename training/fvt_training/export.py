@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.contract import ModelContract
+from fvt_segmentation.contract import MIN_ARGMAX_AGREEMENT, ModelContract
 from fvt_training.cli import non_negative_int, positive_int
 from fvt_training.onnx_rewrites import simplify_for_cpu, strip_output_softmax
 
@@ -50,7 +50,6 @@ OUTPUT_NAME = 'probabilities'
 LOGITS_NAME = 'logits'
 PRODUCER = 'fvt-train'
 MAX_ABS_DIFF = 1e-3
-MIN_ARGMAX_AGREEMENT = 0.999
 INT8_FORMATS = ('qdq', 'qoperator')
 INT8_TARGET_MIOU_DROP = 0.01
 
@@ -185,7 +184,21 @@ def int8_settings(int8_format: str = 'qdq') -> dict[str, Any]:
         raise ExportError(f'int8 format must be one of {list(INT8_FORMATS)}; got {int8_format!r}')
     return {'format': int8_format, 'activations': 'uint8', 'weights': 'int8',
             'per_channel': True, 'reduce_range': False, 'calibration': 'minmax',
-            'float_ops': ['Softmax'], 'float_output_resize': True, 'pre_process': True}
+            'float_ops': ['Softmax'], 'float_output_resize': True, 'pre_process': True,
+            'symmetric': False}
+
+
+def int8_trt_settings() -> dict[str, Any]:
+    """Return the settings of the TensorRT int8 file: symmetric int8 QDQ.
+
+    TensorRT's explicit quantization takes only symmetric scales (zero point 0) for
+    activations and weights, int8 both; weights per output channel. The file carries
+    ``fvt.quantization: int8_symmetric_qdq``, so the node sets ``trt_int8_enable``. Biases
+    stay float: TensorRT folds them into its int8 convolutions itself, while an int32 bias
+    DequantizeLinear is one more thing for its parser to refuse.
+    """
+    return {**int8_settings('qdq'), 'activations': 'int8', 'symmetric': True,
+            'quantize_bias': False, 'target': 'tensorrt'}
 
 
 def output_resize(graph: Any) -> str | None:
@@ -240,8 +253,13 @@ def quantize_int8(float_path: Path, out_path: Path, reader: FrameCalibrationRead
             quant_format=(QuantFormat.QDQ if settings['format'] == 'qdq'
                           else QuantFormat.QOperator),
             per_channel=settings['per_channel'], reduce_range=settings['reduce_range'],
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=(QuantType.QInt8 if settings['activations'] == 'int8'
+                             else QuantType.QUInt8),
+            weight_type=QuantType.QInt8,
             nodes_to_exclude=float_nodes,
+            extra_options={'ActivationSymmetric': settings.get('symmetric', False),
+                           'WeightSymmetric': True,
+                           'QuantizeBias': settings.get('quantize_bias', True)},
             # MinMax keeps only a min and max per tensor and frame, so memory stays small.
             # (CalibMaxIntermediateOutputs would not help: ONNX Runtime 1.31 drops each full
             # chunk without merging its ranges.)
@@ -269,6 +287,39 @@ def convert_fp16(float_path: Path, out_path: Path, contract: ModelContract) -> N
                                                  keep_io_types=True)
     attach_contract(proto, contract)
     save_atomic(proto, out_path)
+
+
+def write_contract_v2(path: Path, contract: ModelContract, uint8_input: bool,
+                      frames: Sequence[np.ndarray]) -> ModelContract:
+    """Rewrite the version 1 file ``path`` as version 2; return its contract.
+
+    The classes the new file computes must equal the version 1 file's on ``frames``
+    (RGB), or :class:`ExportError` names the frame and the pixels that differ.
+    """
+    import onnx
+
+    from fvt_segmentation.inference import load_segmenter
+    from fvt_training.contract_v2 import to_contract_v2
+
+    before = load_segmenter(path, providers=['cpu'], intra_op_spinning=False)
+    expected = [before.segment(frame, 'RGB').classes for frame in frames]
+    proto = onnx.load(str(path))
+    v2 = to_contract_v2(proto, contract, uint8_input=uint8_input)
+    attach_contract(proto, v2)
+    tmp = path.with_name(f'.tmp-v2-{os.getpid()}-{path.name}')
+    save_atomic(proto, tmp)
+    try:
+        after = load_segmenter(tmp, providers=['cpu'], intra_op_spinning=False)
+        for i, (frame, want) in enumerate(zip(frames, expected, strict=True)):
+            got = after.segment(frame, 'RGB').classes
+            if not np.array_equal(got, want):
+                raise ExportError(f'{path}: the version 2 classes differ from version 1 on '
+                                  f'frame {i}: {int((got != want).sum())} of {want.size} pixels')
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return v2
 
 
 def _variant_path(out: Path, tag: str) -> Path:
@@ -391,6 +442,9 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
     precision = provenance.get('precision', 'float32')
     if precision != 'float32':
         raise ExportError(f'{path}: re-export needs a float32 file; this one is {precision}')
+    if contract.version != '1':
+        raise ExportError(f'{path}: re-export takes a contract version 1 file (the float32 '
+                          f'export); this one is version {contract.version}')
     if contract.layout != 'NHWC':
         raise ExportError(f'{path}: re-export takes what fvt-train export writes (NHWC); this '
                           f'file is {contract.layout}')
@@ -416,12 +470,21 @@ def export_run(source: str | os.PathLike, out: str | os.PathLike, *,
                data: str | os.PathLike | None = None, weights: str = 'best',
                fp16: bool = False, int8: bool = False, int8_format: str = 'qdq',
                parity_frames: int = 8, calibration_frames: int = 32, timing_runs: int = 30,
-               timing_warmup: int = 5) -> dict[str, Any]:
+               timing_warmup: int = 5, int8_trt: bool = False, contract_version: int = 1,
+               uint8_input: bool = False) -> dict[str, Any]:
     """Export a run folder, or re-export an ``.onnx`` file, to ``out`` (and variants).
 
+    ``int8_trt`` adds ``OUT-stem.int8trt.onnx`` (:func:`int8_trt_settings`).
+    ``contract_version`` 2 writes every file with the class ids and confidence computed in
+    the graph (and, with ``uint8_input``, the normalisation too): see
+    :mod:`fvt_training.contract_v2`; each must give the version 1 classes exactly.
     Returns the report written beside ``out``. Raises :class:`ExportError` when the float32
     file fails the parity check (the file is then left as ``<out>.failed``).
     """
+    if contract_version not in (1, 2):
+        raise ExportError(f'--contract must be 1 or 2; got {contract_version}')
+    if uint8_input and contract_version != 2:
+        raise ExportError('--uint8-input needs --contract 2')
     from fvt_segmentation.inference import load_segmenter
     from fvt_training.evaluate import pick_samples
     from fvt_training.prepared import load_pair
@@ -485,11 +548,31 @@ def export_run(source: str | os.PathLike, out: str | os.PathLike, *,
         print(f'quantizing to int8 ({int8_format}), calibrated on {len(ids)} '
               f'{src.train_split} frames')
         quantize_int8(out, paths['int8'], reader, contracts['int8'], settings['int8'])
+    if int8_trt:
+        ids = pick_samples(manifest.ids(src.train_split), calibration_frames)
+        reader = FrameCalibrationReader(
+            (load_pair(manifest, src.train_split, i)[0] for i in ids), contract, src.input_size)
+        settings['int8trt'] = {**int8_trt_settings(), 'calibration_frames': len(ids),
+                               'calibration_split': src.train_split}
+        paths['int8trt'] = _variant_path(out, 'int8trt')
+        contracts['int8trt'] = replace(src.make_contract(
+            {'precision': 'int8', 'quantization': settings['int8trt']}, output),
+            quantization='int8_symmetric_qdq')
+        print(f'quantizing to symmetric int8 for TensorRT, calibrated on {len(ids)} '
+              f'{src.train_split} frames')
+        quantize_int8(out, paths['int8trt'], reader, contracts['int8trt'],
+                      settings['int8trt'])
     if fp16:
         paths['float16'] = _variant_path(out, 'fp16')
         contracts['float16'] = src.make_contract({'precision': 'float16'}, output)
         convert_fp16(out, paths['float16'], contracts['float16'])
         settings['float16'] = {'keep_io_types': True}
+    if contract_version == 2:
+        for tag, path in paths.items():
+            contracts[tag] = write_contract_v2(path, contracts[tag], uint8_input, frames)
+        print(f'contract version 2: class ids and confidence in the graph'
+              f'{", uint8 input" if uint8_input else ""}; classes equal to version 1 on '
+              f'{len(frames)} {src.val_split} frames')
     for tag, path in paths.items():
         loaded = load_segmenter(path, providers=['cpu']).contract
         if loaded.to_metadata() != contracts[tag].to_metadata():
@@ -565,6 +648,14 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                         help='also write a statically quantized int8 file')
     parser.add_argument('--int8-format', choices=INT8_FORMATS, default='qdq',
                         help='int8 graph form (default: qdq; qoperator ran as fast here)')
+    parser.add_argument('--int8-trt', action='store_true',
+                        help='also write OUT-stem.int8trt.onnx: symmetric int8 QDQ that '
+                             'TensorRT runs in int8 (the node sets trt_int8_enable from it)')
+    parser.add_argument('--contract', type=int, choices=(1, 2), default=1,
+                        help='model contract version of the files (default: 1); 2 adds uint8 '
+                             'class ids and confidence computed in the graph')
+    parser.add_argument('--uint8-input', action='store_true',
+                        help='with --contract 2: uint8 input, normalisation in the graph')
     parser.add_argument('--fp16', action='store_true',
                         help='also write a float16 file (float32 input and output; meant '
                              'for GPUs: no faster on the CPU)')
@@ -584,7 +675,8 @@ def run_export_command(args: argparse.Namespace) -> int:
                         fp16=args.fp16, int8=args.int8, int8_format=args.int8_format,
                         parity_frames=args.parity_frames,
                         calibration_frames=args.calibration_frames,
-                        timing_runs=args.timing_runs)
+                        timing_runs=args.timing_runs, int8_trt=args.int8_trt,
+                        contract_version=args.contract, uint8_input=args.uint8_input)
     print(format_export(report))
     return 0
 

@@ -1,0 +1,155 @@
+"""Provider decisions without a GPU: cache folder and keys, options per precision, threads."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+import os
+from pathlib import Path
+import shutil
+import tempfile
+import threading
+import time
+
+import pytest
+
+from fvt_segmentation.providers import (
+    CPU,
+    CUDA,
+    GPU_INTRA_OP_THREADS,
+    TENSORRT,
+    CacheDirError,
+    default_trt_cache_dir,
+    engine_key,
+    engine_lock,
+    file_sha256,
+    prepare_cache_dir,
+    provider_library_error,
+    provider_options,
+    thread_settings,
+    trt_precision,
+)
+
+SHA = 'ab' * 32
+
+
+def test_default_cache_dir_follows_ros_home_then_home():
+    assert default_trt_cache_dir({'ROS_HOME': '/data/ros', 'HOME': '/home/u'}) == Path(
+        '/data/ros/fvt_segmentation/trt')
+    assert default_trt_cache_dir({'HOME': '/home/u'}) == Path(
+        '/home/u/.ros/fvt_segmentation/trt')
+    assert default_trt_cache_dir({'ROS_HOME': '', 'HOME': '/home/u'}) == Path(
+        '/home/u/.ros/fvt_segmentation/trt')
+
+
+def test_cache_dir_is_created_with_parents_and_left_clean(tmp_path):
+    folder = prepare_cache_dir(tmp_path / 'a' / 'b')
+    assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+@contextmanager
+def unprivileged():
+    """Run the block without root's right to write anywhere (a no-op for other users)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+def test_read_only_cache_dir_gives_a_clear_message():
+    root = Path(tempfile.mkdtemp(prefix='fvt-ro-'))
+    try:
+        root.chmod(0o555)
+        with unprivileged(), pytest.raises(CacheDirError) as caught:
+            prepare_cache_dir(root / 'trt')
+        message = str(caught.value)
+        assert f'trt_cache_dir {root / "trt"}' in message
+        assert 'expected a writable folder' in message and 'PermissionError' in message
+        assert 'Set the parameter trt_cache_dir' in message
+        (root / 'full').mkdir(mode=0o555)  # exists, but not writable
+        with unprivileged(), pytest.raises(CacheDirError, match='full: expected a writable'):
+            prepare_cache_dir(root / 'full')
+    finally:
+        root.chmod(0o755)
+        (root / 'full').chmod(0o755)
+        shutil.rmtree(root)
+
+
+def test_engine_key_separates_weights_precision_and_shape(tmp_path):
+    a, b = tmp_path / 'a.onnx', tmp_path / 'b.onnx'
+    a.write_bytes(b'weights 1')
+    b.write_bytes(b'weights 2')
+    sha_a, sha_b = file_sha256(a), file_sha256(b)
+    assert len(sha_a) == 64 and sha_a != sha_b
+    key = engine_key(sha_a, 'fp16', (1, 352, 480, 3))
+    assert key == f'{sha_a[:16]}-fp16-1x352x480x3'
+    others = {engine_key(sha_b, 'fp16', (1, 352, 480, 3)),
+              engine_key(sha_a, 'fp32', (1, 352, 480, 3)),
+              engine_key(sha_a, 'fp16', (1, 192, 256, 3))}
+    assert key not in others and len(others) == 3
+    with pytest.raises(ValueError, match='precision must be one of'):
+        engine_key(sha_a, 'bf16', (1, 2, 3, 3))
+
+
+@pytest.mark.parametrize('precision, fp16, int8', [
+    ('fp32', 'False', 'False'), ('fp16', 'True', 'False'), ('int8', 'True', 'True')])
+def test_tensorrt_options_per_precision(tmp_path, precision, fp16, int8):
+    options = provider_options(TENSORRT, precision, tmp_path, 'image', (1, 352, 480, 3))
+    assert options == {
+        'trt_engine_cache_enable': 'True', 'trt_engine_cache_path': str(tmp_path),
+        'trt_timing_cache_enable': 'True', 'trt_timing_cache_path': str(tmp_path),
+        'trt_fp16_enable': fp16, 'trt_int8_enable': int8,
+        'trt_profile_min_shapes': 'image:1x352x480x3',
+        'trt_profile_opt_shapes': 'image:1x352x480x3',
+        'trt_profile_max_shapes': 'image:1x352x480x3'}
+    static = provider_options(TENSORRT, precision, tmp_path, 'image', (1, 352, 480, 3),
+                              dynamic_batch=False)
+    assert static == {k: v for k, v in options.items() if 'profile' not in k}
+    assert provider_options(CUDA, precision, None, 'image', (1, 2, 2, 3)) == {}
+    assert provider_options(CPU, precision, None, 'image', (1, 2, 2, 3)) == {}
+
+
+def test_precision_follows_the_parameter_and_the_file():
+    assert trt_precision(True, False) == 'fp16'
+    assert trt_precision(False, False) == 'fp32'
+    assert trt_precision(False, True) == trt_precision(True, True) == 'int8'
+    with pytest.raises(ValueError, match='TensorRT needs an engine folder'):
+        provider_options(TENSORRT, 'fp16', None, 'image', (1, 2, 2, 3))
+
+
+def test_thread_defaults_with_and_without_a_gpu():
+    assert thread_settings(False, 0, True) == (0, True)  # CPU: ONNX Runtime's default
+    assert thread_settings(False, 3, False) == (3, False)
+    assert thread_settings(True, 0, True) == (GPU_INTRA_OP_THREADS, False)
+    assert 1 <= GPU_INTRA_OP_THREADS <= 2
+    assert thread_settings(True, 4, True) == (4, True)  # the parameters say otherwise
+
+
+def test_provider_library_error_names_what_is_missing():
+    assert provider_library_error(CPU) is None
+    for provider in (TENSORRT, CUDA):
+        error = provider_library_error(provider)
+        if error is not None:  # this machine: no CUDA libraries
+            assert '.so' in error, error
+
+
+def test_engine_lock_makes_a_second_builder_wait(tmp_path):
+    events = []
+    inside = threading.Event()
+
+    def second() -> None:
+        inside.wait(5)
+        with engine_lock(tmp_path / 'key'):
+            events.append('second')
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with engine_lock(tmp_path / 'key'):
+        inside.set()
+        time.sleep(0.3)
+        events.append('first')
+    thread.join(5)
+    assert events == ['first', 'second']

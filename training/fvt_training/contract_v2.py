@@ -1,0 +1,112 @@
+"""Model contract version 2: post-processing (and optionally normalisation) inside the graph.
+
+A version 2 file keeps its float scores output (for evaluation and parity tools) and adds
+uint8 outputs the node fetches instead, so a GPU copies 1 byte per pixel back to the host
+(2 with confidence) instead of 4 per class, and the argmax and softmax run on the device:
+
+- ``class_ids``: ``Cast<uint8>(ArgMax(scores, class axis))`` (first index on ties, like
+  ``numpy.argmax``);
+- ``confidence``: ``Cast<uint8>(ReduceMax(Softmax(scores)) * 255 + 0.5)`` (the softmax is
+  skipped for a probabilities output), the node's version 1 rounding;
+- optionally a uint8 ``image`` input: ``Cast<float>`` then ``* gain + offset`` per channel,
+  the same float32 operations, in the same order, as the node's version 1 preprocessing.
+
+See ``docs/model-contract.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from fvt_segmentation.contract import CONTRACT_V2, ModelContract
+
+CLASSES_NAME = 'class_ids'
+CONFIDENCE_NAME = 'confidence'
+
+
+def to_contract_v2(proto: Any, contract: ModelContract, uint8_input: bool = False,
+                   confidence: bool = True) -> ModelContract:
+    """Append the version 2 outputs (and uint8 input) to ``proto`` in place.
+
+    ``proto`` must follow ``contract`` (version 1: one float input, one float scores
+    output). Returns the version 2 contract; write it with ``export.attach_contract``.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise ValueError(f'expected a version 1 graph (one input, one output); got '
+                         f'{len(graph.input)} inputs and {len(graph.output)} outputs')
+    scores = graph.output[0].name
+    axis = -1 if contract.layout == 'NHWC' else 1
+    dims = [d for d in graph.output[0].type.tensor_type.shape.dim]
+    spatial = [dims[0]] + ([dims[1], dims[2]] if contract.layout == 'NHWC' else dims[2:4])
+
+    def value_info(name: str) -> Any:
+        info = helper.make_tensor_value_info(name, TensorProto.UINT8, None)
+        for dim in spatial:
+            info.type.tensor_type.shape.dim.add().CopyFrom(dim)
+        return info
+
+    nodes = [
+        helper.make_node('ArgMax', [scores], ['v2_argmax'], axis=axis, keepdims=0,
+                         select_last_index=0),
+        helper.make_node('Cast', ['v2_argmax'], [CLASSES_NAME], to=TensorProto.UINT8),
+    ]
+    outputs = {'scores': scores, 'classes': CLASSES_NAME}
+    graph.output.append(value_info(CLASSES_NAME))
+    if confidence:
+        probs = scores
+        if contract.output == 'logits':
+            nodes.append(helper.make_node('Softmax', [scores], ['v2_probs'], axis=axis))
+            probs = 'v2_probs'
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array(255.0, np.float32), 'v2_255'),
+            numpy_helper.from_array(np.array(0.5, np.float32), 'v2_half')])
+        opset = next(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx'))
+        if opset >= 18:  # opset 18 moved ReduceMax's axes from an attribute to an input
+            graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64),
+                                                             'v2_axes'))
+            top = helper.make_node('ReduceMax', [probs, 'v2_axes'], ['v2_top'], keepdims=0)
+        else:
+            top = helper.make_node('ReduceMax', [probs], ['v2_top'], axes=[axis], keepdims=0)
+        nodes += [
+            top,
+            helper.make_node('Mul', ['v2_top', 'v2_255'], ['v2_scaled']),
+            helper.make_node('Add', ['v2_scaled', 'v2_half'], ['v2_rounded']),
+            helper.make_node('Cast', ['v2_rounded'], [CONFIDENCE_NAME], to=TensorProto.UINT8),
+        ]
+        outputs['confidence'] = CONFIDENCE_NAME
+        graph.output.append(value_info(CONFIDENCE_NAME))
+    graph.node.extend(nodes)
+    if uint8_input:
+        _uint8_input(proto, contract)
+    return replace(contract, version=CONTRACT_V2, outputs=outputs,
+                   input_type='uint8' if uint8_input else 'float32')
+
+
+def _uint8_input(proto: Any, contract: ModelContract) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    image = graph.input[0]
+    inner = f'{image.name}_normalized'
+    for node in graph.node:
+        node.input[:] = [inner if i == image.name else i for i in node.input]
+    gain, offset = contract.normalization.as_affine()
+    shape = (3,) if contract.layout == 'NHWC' else (3, 1, 1)
+    graph.initializer.extend([
+        numpy_helper.from_array(gain.reshape(shape), 'v2_gain'),
+        numpy_helper.from_array(offset.reshape(shape), 'v2_offset')])
+    prologue = [
+        helper.make_node('Cast', [image.name], ['v2_pixels'], to=TensorProto.FLOAT),
+        helper.make_node('Mul', ['v2_pixels', 'v2_gain'], ['v2_scaled_pixels']),
+        helper.make_node('Add', ['v2_scaled_pixels', 'v2_offset'], [inner]),
+    ]
+    existing = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(prologue + existing)
+    image.type.tensor_type.elem_type = TensorProto.UINT8

@@ -1,0 +1,114 @@
+"""``fvt-train export`` of an ONNX file to contract version 2 and to TensorRT's int8 form.
+
+A tiny two-convolution float32 file stands in for a trained model, so no Keras run is needed.
+"""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from prepared_fixture import make_prepared
+import pytest
+
+from fvt_segmentation.contract import ModelContract, Normalization
+from fvt_segmentation.inference import argmax_agreement, load_segmenter
+from fvt_training import export
+from fvt_training.cli import main
+
+SIZE = (32, 32)
+
+
+def tiny_float_file(path):
+    """NHWC image -> 3x3 conv (8) -> ReLU -> 1x1 conv (8 classes) -> softmax, float32."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), 'K1'),
+             numpy_helper.from_array(rng.normal(size=8).astype(np.float32) * 0.1, 'B1'),
+             numpy_helper.from_array(rng.normal(size=(8, 8, 1, 1)).astype(np.float32), 'K2'),
+             numpy_helper.from_array(rng.normal(size=8).astype(np.float32) * 0.1, 'B2')]
+    nodes = [helper.make_node('Transpose', ['image'], ['x'], perm=[0, 3, 1, 2]),
+             helper.make_node('Conv', ['x', 'K1', 'B1'], ['c1'], pads=[1, 1, 1, 1]),
+             helper.make_node('Relu', ['c1'], ['r1']),
+             helper.make_node('Conv', ['r1', 'K2', 'B2'], ['c2']),
+             helper.make_node('Transpose', ['c2'], ['s'], perm=[0, 2, 3, 1]),
+             helper.make_node('Softmax', ['s'], ['probabilities'], axis=-1)]
+    graph = helper.make_graph(
+        nodes, 'tiny', [helper.make_tensor_value_info('image', TensorProto.FLOAT,
+                                                      ['N', *SIZE, 3])],
+        [helper.make_tensor_value_info('probabilities', TensorProto.FLOAT, ['N', *SIZE, 8])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', export.OPSET)])
+    model.ir_version = 9
+    contract = ModelContract(normalization=Normalization(1 / 255, (0.5,) * 3, (0.25,) * 3),
+                             provenance={'architecture': 'tiny', 'precision': 'float32'})
+    onnx.helper.set_model_props(model, contract.to_metadata())
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope='module')
+def exported_v2(tmp_path_factory):
+    root = tmp_path_factory.mktemp('export_v2')
+    data = make_prepared(root / 'data', SIZE, {'train': 4, 'val': 2})
+    source = tiny_float_file(root / 'float.onnx')
+    out = root / 'models' / 'v2.onnx'
+    code = main(['export', str(source), '--out', str(out), '--data', str(data),
+                 '--contract', '2', '--uint8-input', '--int8-trt', '--parity-frames', '2',
+                 '--calibration-frames', '4', '--timing-runs', '0'])
+    assert code == 0
+    return source, out, data
+
+
+def frames():
+    rng = np.random.default_rng(11)
+    return [rng.integers(0, 256, (*SIZE, 3), np.uint8) for _ in range(3)]
+
+
+def test_reexport_writes_contract_v2_that_matches_the_float_file(exported_v2):
+    source, out, _ = exported_v2
+    v1, v2 = load_segmenter(source, providers=['cpu']), load_segmenter(out, providers=['cpu'])
+    contract = v2.contract
+    assert contract.version == '2' and contract.input_type == 'uint8'
+    assert contract.outputs == {'scores': 'logits', 'classes': 'class_ids',
+                                'confidence': 'confidence'}
+    assert v2.session.get_inputs()[0].type == 'tensor(uint8)'
+    for frame in frames():
+        old, new = v1.segment(frame, want_confidence=True), v2.segment(frame,
+                                                                       want_confidence=True)
+        np.testing.assert_array_equal(new.classes, old.classes)
+        assert np.abs(new.confidence.astype(int) - old.confidence).max() <= 1
+
+
+def test_int8_trt_file_is_symmetric_int8_qdq_and_runs_on_the_cpu(exported_v2):
+    source, out, _ = exported_v2
+    path = out.with_name('v2.int8trt.onnx')
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    quant = [n for n in model.graph.node if n.op_type in ('QuantizeLinear', 'DequantizeLinear')]
+    assert quant, 'no QDQ nodes'
+    for node in quant:
+        zero_point = inits[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    conv_weights = {n.input[1] for n in model.graph.node if n.op_type == 'Conv'}
+    weight_dq = [n for n in quant if n.op_type == 'DequantizeLinear'
+                 and n.output[0] in conv_weights]
+    assert len(weight_dq) == 2
+    for node in weight_dq:  # per output channel
+        assert inits[node.input[1]].shape == (8,)
+    segmenter = load_segmenter(path, providers=['cpu'])
+    assert segmenter.contract.quantization == 'int8_symmetric_qdq'
+    assert segmenter.contract.version == '2'  # converted like every file of the export
+    agreement = argmax_agreement(segmenter, load_segmenter(source, providers=['cpu']),
+                                 frames())
+    assert agreement > 0.9, agreement
+
+
+def test_uint8_input_needs_contract_2(tmp_path):
+    with pytest.raises(export.ExportError, match='--uint8-input needs --contract 2'):
+        export.export_run(tmp_path / 'x.onnx', tmp_path / 'y.onnx', uint8_input=True)
+
+
+def test_reexport_refuses_a_version_2_file(exported_v2, tmp_path, capsys):
+    _, out, data = exported_v2
+    assert main(['export', str(out), '--out', str(tmp_path / 'again.onnx'),
+                 '--data', str(data)]) == 2
+    assert 'takes a contract version 1 file' in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
