@@ -77,7 +77,7 @@ def test_onnx_matches_keras_on_real_frames(exported):
     blocks = len(TINY_FILTERS)
     assert report['output'] == 'logits' and report['graph_rewrites'] == {
         'conv_transpose_to_conv': 2 * blocks, 'nearest_resize_asymmetric': 2 * blocks,
-        'upsample_after_add': blocks, 'softmax_dropped': 1}
+        'upsample_after_add': blocks, 'classify_before_upsampling': 0, 'softmax_dropped': 1}
     resizes = [n for n in onnx.load(str(out)).graph.node if n.op_type == 'Resize']
     assert len(resizes) == blocks
 
