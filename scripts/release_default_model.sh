@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 SOURCE=$1
 shift
 INT8_MIN_SPEEDUP=${INT8_MIN_SPEEDUP:-2.0}
+CONTRACT=${CONTRACT:-2}  # the shipped files compute the class ids (and confidence) in the graph
 prepared_dir() {  # the prepared folder of a run folder
   python -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['data']['prepared_dir'])" \
     "$1/config.yaml"
@@ -25,11 +26,11 @@ prepared_dir() {  # the prepared folder of a run folder
 if [[ $SOURCE == *.onnx ]]; then
   : "${DATA:?set DATA to the prepared folder the model was trained on}"
   OUT=models/default.onnx  # in place: the file is read before anything is written
-  fvt-train export "$SOURCE" --out "$OUT" --int8 --data "$DATA"
+  fvt-train export "$SOURCE" --out "$OUT" --int8 --data "$DATA" --contract "$CONTRACT"
 else
   DATA=$(prepared_dir "$SOURCE")
   OUT=$SOURCE/model.onnx
-  fvt-train export "$SOURCE" --out "$OUT" --int8
+  fvt-train export "$SOURCE" --out "$OUT" --int8 --contract "$CONTRACT"
   cp "$OUT" models/default.onnx
   cp "${OUT%.onnx}.export.json" models/default.export.json
   cp "${OUT%.onnx}.int8.onnx" models/default.int8.onnx
