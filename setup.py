@@ -69,11 +69,11 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'segmentation_node = fvt_segmentation.segmentation_node:main',
-            'replay = fvt_segmentation.replay:main',
-            'record = fvt_segmentation.record:main',
-            'demo = fvt_segmentation.demo:main',
-            'bench = fvt_segmentation.bench:main',
+            'segmentation_node = fvt_segmentation.node.segmentation_node:main',
+            'replay = fvt_segmentation.bag.replay:main',
+            'record = fvt_segmentation.bag.record:main',
+            'demo = fvt_segmentation.tools.demo:main',
+            'bench = fvt_segmentation.tools.bench:main',
         ],
     },
 )

@@ -10,7 +10,8 @@ import argparse
 
 import pytest
 
-from fvt_segmentation.bench import (
+from fvt_segmentation.node.segmentation_node import STAGES
+from fvt_segmentation.tools.bench import (
     Configuration,
     child_environment,
     parse_size,
@@ -18,8 +19,7 @@ from fvt_segmentation.bench import (
     render_tables,
     summarize_run,
 )
-from fvt_segmentation.segmentation_node import STAGES
-from fvt_segmentation.transport import CYCLONEDDS_VARIABLE, FASTDDS_VARIABLES
+from fvt_segmentation.tools.dds_profiles import CYCLONEDDS_VARIABLE, FASTDDS_VARIABLES
 
 MS = 1_000_000  # ns
 

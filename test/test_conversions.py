@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from fvt_segmentation.contract import PALETTE
-from fvt_segmentation.conversions import (
+from fvt_segmentation.core.contract import PALETTE
+from fvt_segmentation.core.conversions import (
     ENCODINGS,
     FrameError,
     alloc_image,
@@ -23,7 +23,7 @@ from fvt_segmentation.conversions import (
     image_to_frame,
     resize_nearest,
 )
-from fvt_segmentation.inference import resize_classes
+from fvt_segmentation.core.inference import resize_classes
 
 RNG = np.random.default_rng(3)
 MAX = 10_000

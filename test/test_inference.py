@@ -6,8 +6,13 @@ from onnx_models import default_weights, expected_scores, to_v2
 import onnxruntime as ort
 import pytest
 
-from fvt_segmentation.contract import ContractError, ModelContract, ModelLoadError, Normalization
-from fvt_segmentation.inference import (
+from fvt_segmentation.core.contract import (
+    ContractError,
+    ModelContract,
+    ModelLoadError,
+    Normalization,
+)
+from fvt_segmentation.core.inference import (
     MIN_ARGMAX_AGREEMENT,
     argmax_agreement,
     load_segmenter,
@@ -18,7 +23,7 @@ from fvt_segmentation.inference import (
     scores_to_classes,
     write_parity,
 )
-from fvt_segmentation.providers import CPU, CUDA, TENSORRT, provider_library_error
+from fvt_segmentation.core.providers import CPU, CUDA, TENSORRT, provider_library_error
 
 RNG = np.random.default_rng(0)
 

@@ -20,10 +20,10 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray, String
 
-from fvt_segmentation.contract import CATEGORIES, PALETTE, ModelContract, Normalization
-from fvt_segmentation.conversions import blend, image_to_frame
-from fvt_segmentation.inference import preprocess_frame, resize_classes
-from fvt_segmentation.segmentation_node import STAGES
+from fvt_segmentation.core.contract import CATEGORIES, PALETTE, ModelContract, Normalization
+from fvt_segmentation.core.conversions import blend, image_to_frame
+from fvt_segmentation.core.inference import preprocess_frame, resize_classes
+from fvt_segmentation.node.segmentation_node import STAGES
 
 MODEL_SIZE = (32, 64)
 # Pixels normalised to [-1, 1] make the tiny model's affine classifier use most classes.

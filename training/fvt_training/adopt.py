@@ -5,7 +5,7 @@ set: :mod:`fvt_training.adopt_source`), and anything it cannot tell (layout, col
 normalisation, size) must come from a flag: an ambiguity is refused with a message naming
 the flag to add. Then a small head is appended to the source graph
 (:mod:`fvt_training.category_head`), so the file outputs the probabilities of the 8
-categories of :mod:`fvt_segmentation.contract` (for each, the sum of its classes'
+categories of :mod:`fvt_segmentation.core.contract` (for each, the sum of its classes'
 probabilities; classes without a category count as void) and the node, the review app,
 ``evaluate`` and ``replay`` run it unchanged. An argmax-only model gets a class-id lookup
 instead; it states no uncertainty, so its ``~/confidence`` is 255 everywhere.
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.contract import CATEGORIES, VOID, ModelContract, Normalization
+from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract, Normalization
 from fvt_training.adopt_source import (
     AdoptError,
     AdoptOptions,
@@ -149,7 +149,7 @@ def adopt(source: str | os.PathLike, out: str | os.PathLike,
     """
     import onnx
 
-    from fvt_segmentation.inference import load_segmenter
+    from fvt_segmentation.core.inference import load_segmenter
     from fvt_training.export import attach_contract, save_atomic
 
     source, out = Path(source), Path(out)
@@ -244,7 +244,7 @@ def check_adopted(adopted: str | os.PathLike, source: str | os.PathLike,
     """
     import onnx
 
-    from fvt_segmentation.metrics import summarize
+    from fvt_segmentation.core.metrics import summarize
     from fvt_training.evaluate import OnnxFileModel, confusion_over_split, preprocess_batch
     from fvt_training.latency import time_interleaved
     from fvt_training.prepared import load_pair, read_manifest

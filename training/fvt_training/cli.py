@@ -36,7 +36,7 @@ USER_ERRORS = {
     'fvt_training.prepared': ('DataError',),
     'fvt_training.run_files': ('RunError',),
     'fvt_training.models': ('ModelConfigError', 'EncoderWeightsUnavailableError'),
-    'fvt_segmentation.contract': ('ModelLoadError',),
+    'fvt_segmentation.core.contract': ('ModelLoadError',),
     'fvt_training.evaluate': ('EvaluationError',),
     'fvt_training.export': ('ExportError',),
     'fvt_training.compare': ('CompareError',),

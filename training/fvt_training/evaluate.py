@@ -1,9 +1,9 @@
 """``fvt-train evaluate``: score a Keras run or an exported ONNX file on a prepared split.
 
 Both kinds of model go through the same path: frames are preprocessed by the node's own
-:func:`~fvt_segmentation.inference.preprocess_frame` (a Keras run with the contract its export
+:func:`~fvt_segmentation.core.inference.preprocess_frame` (a Keras run with the contract its export
 would carry), scores become class maps with the node's post-processing, and every score comes
-from one dataset-level confusion matrix (:mod:`fvt_segmentation.metrics`). The report holds
+from one dataset-level confusion matrix (:mod:`fvt_segmentation.core.metrics`). The report holds
 per-category IoU, mIoU (void ignored) and the 8-class mean, Dice, pixel accuracy, parameters,
 GFLOPs and inference time; figures are a confusion matrix and image | truth | prediction
 panels.
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.contract import CATEGORIES, VOID, ModelContract
-from fvt_segmentation.inference import preprocess_frame, resize_classes, scores_to_classes
-from fvt_segmentation.metrics import confusion_matrix, summarize
+from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract
+from fvt_segmentation.core.inference import preprocess_frame, resize_classes, scores_to_classes
+from fvt_segmentation.core.metrics import confusion_matrix, summarize
 from fvt_training.cli import non_negative_int, positive_int
 from fvt_training.run_files import EVAL_PREFIX, write_json
 
@@ -90,7 +90,7 @@ class OnnxFileModel:
 
     def __init__(self, path: str | os.PathLike,
                  providers: Sequence[str] = DEFAULT_PROVIDERS) -> None:
-        from fvt_segmentation.inference import load_segmenter
+        from fvt_segmentation.core.inference import load_segmenter
 
         self.source = Path(path)
         # Several sessions share this process (export times float32 and int8 in turns);

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.contract import MIN_ARGMAX_AGREEMENT, ModelContract
+from fvt_segmentation.core.contract import MIN_ARGMAX_AGREEMENT, ModelContract
 from fvt_training.cli import non_negative_int, positive_int
 from fvt_training.onnx_rewrites import simplify_for_cpu, strip_output_softmax
 
@@ -137,7 +137,7 @@ def check_parity(reference: Any, reference_contract: ModelContract, segmenter: A
     here too. Returns the largest absolute probability difference, the fraction of pixels
     whose argmax agrees and ``passed``.
     """
-    from fvt_segmentation.inference import preprocess_frame
+    from fvt_segmentation.core.inference import preprocess_frame
 
     worst, agree, total = 0.0, 0, 0
     for frame in frames:
@@ -170,7 +170,7 @@ class FrameCalibrationReader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """Return the next ``{input name: tensor}``, or None when the frames are used up."""
-        from fvt_segmentation.inference import preprocess_frame
+        from fvt_segmentation.core.inference import preprocess_frame
 
         frame = next(self.frames, None)
         if frame is None:
@@ -298,7 +298,7 @@ def write_contract_v2(path: Path, contract: ModelContract, uint8_input: bool,
     """
     import onnx
 
-    from fvt_segmentation.inference import load_segmenter
+    from fvt_segmentation.core.inference import load_segmenter
     from fvt_training.contract_v2 import to_contract_v2
 
     before = load_segmenter(path, providers=['cpu'], intra_op_spinning=False)
@@ -328,8 +328,8 @@ def _variant_path(out: Path, tag: str) -> Path:
 
 def _score_variants(paths: Mapping[str, Path], manifest: Any, split: str, runs: int,
                     warmup: int) -> dict[str, dict]:
-    from fvt_segmentation.contract import CATEGORIES, VOID
-    from fvt_segmentation.metrics import summarize
+    from fvt_segmentation.core.contract import CATEGORIES, VOID
+    from fvt_segmentation.core.metrics import summarize
     from fvt_training.evaluate import OnnxFileModel, confusion_over_split, preprocess_batch
     from fvt_training.latency import time_interleaved
     from fvt_training.prepared import load_pair
@@ -429,7 +429,7 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
 
     import onnx
 
-    from fvt_segmentation.inference import load_segmenter
+    from fvt_segmentation.core.inference import load_segmenter
     from fvt_training import flops
     from fvt_training.prepared import read_manifest
 
@@ -485,7 +485,7 @@ def export_run(source: str | os.PathLike, out: str | os.PathLike, *,
         raise ExportError(f'--contract must be 1 or 2; got {contract_version}')
     if uint8_input and contract_version != 2:
         raise ExportError('--uint8-input needs --contract 2')
-    from fvt_segmentation.inference import load_segmenter
+    from fvt_segmentation.core.inference import load_segmenter
     from fvt_training.evaluate import pick_samples
     from fvt_training.prepared import load_pair
     from fvt_training.run_files import EXPORT_FILE, write_json

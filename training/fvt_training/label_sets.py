@@ -1,7 +1,7 @@
 """Label sets of public segmentation models and the category each of their classes belongs to.
 
 A label set is the list of a model's output classes in channel order, each with the category
-of :data:`fvt_segmentation.contract.CATEGORIES` it counts towards (void when it has none).
+of :data:`fvt_segmentation.core.contract.CATEGORIES` it counts towards (void when it has none).
 Cityscapes sets come from the official ``cityscapesscripts`` label table, CamVid's 11 classes
 from :data:`fvt_training.prepare.CAMVID_CLASSES` (the data set preparation's table), any other
 set from a YAML file::
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.contract import CATEGORIES, VOID
+from fvt_segmentation.core.contract import CATEGORIES, VOID
 
 BUILT_IN = ('cityscapes-trainids', 'cityscapes-labelids', 'camvid11')
 CITYSCAPES_LABEL_IDS = 34

@@ -2,7 +2,7 @@
 
 A source adapter (:func:`cityscapes_source`, :func:`camvid_source`) finds the image/label
 pairs of a dataset in its own layout, assigns them to our splits and gives the table from its
-label ids to the 8 categories of :data:`fvt_segmentation.contract.CATEGORIES`.
+label ids to the 8 categories of :data:`fvt_segmentation.core.contract.CATEGORIES`.
 :func:`prepare_dataset` then decodes each pair once, maps and resizes it to every requested
 size and writes ``OUT/<W>x<H>/`` in the layout of :mod:`fvt_training.prepared`.
 
@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fvt_segmentation.contract import CATEGORIES
+from fvt_segmentation.core.contract import CATEGORIES
 from fvt_training.cli import positive_int
 from fvt_training.prepared import (
     IMAGES,

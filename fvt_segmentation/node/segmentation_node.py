@@ -1,9 +1,9 @@
 """ROS 2 node ``segmentation_node``: camera frames in, masks, overlays and statistics out.
 
-A thin shell around the rclpy-free modules: :mod:`fvt_segmentation.inference` runs the
-model, :mod:`fvt_segmentation.conversions` turns messages into arrays and back,
-:mod:`fvt_segmentation.latest_frame` holds the newest frame for the worker thread and
-:mod:`fvt_segmentation.stats` / :mod:`fvt_segmentation.diagnostics` measure and report.
+A thin shell around the rclpy-free modules: :mod:`fvt_segmentation.core.inference` runs the
+model, :mod:`fvt_segmentation.core.conversions` turns messages into arrays and back,
+:mod:`fvt_segmentation.node.latest_frame` holds the newest frame for the worker thread and
+:mod:`fvt_segmentation.core.stats` / :mod:`fvt_segmentation.node.diagnostics` measure and report.
 
 Pipeline: the subscription callback only stores the newest frame in a one-slot holder; the
 inference thread takes it, decodes and segments it and puts the result in a second one-slot
@@ -35,8 +35,8 @@ from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
 
-from fvt_segmentation.contract import ModelLoadError
-from fvt_segmentation.conversions import (
+from fvt_segmentation.core.contract import ModelLoadError
+from fvt_segmentation.core.conversions import (
     Frame,
     FrameError,
     alloc_image,
@@ -49,23 +49,23 @@ from fvt_segmentation.conversions import (
     resize_nearest,
     stamp_ns,
 )
-from fvt_segmentation.diagnostics import (
-    HealthSnapshot,
-    build_status,
-    loading_status,
-    model_values,
-)
-from fvt_segmentation.inference import (
+from fvt_segmentation.core.inference import (
     Segmentation,
     Segmenter,
     check_model_file,
     load_segmenter,
 )
-from fvt_segmentation.latest_frame import LatestSlot
-from fvt_segmentation.params import PARAMETERS, check_value
-from fvt_segmentation.resources import resolve_model_path
-from fvt_segmentation.ros_compat import add_post_set_parameters_callback, message_kwargs
-from fvt_segmentation.stats import Counters, LatencyWindow, RateMeter, summarize
+from fvt_segmentation.core.resources import resolve_model_path
+from fvt_segmentation.core.stats import Counters, LatencyWindow, RateMeter, summarize
+from fvt_segmentation.node.diagnostics import (
+    HealthSnapshot,
+    build_status,
+    loading_status,
+    model_values,
+)
+from fvt_segmentation.node.latest_frame import LatestSlot
+from fvt_segmentation.node.params import PARAMETERS, check_value
+from fvt_segmentation.node.ros_compat import add_post_set_parameters_callback, message_kwargs
 
 NODE_NAME = 'segmentation_node'
 OUTPUTS = ('mask', 'colored_mask', 'overlay', 'confidence', 'class_fractions')
@@ -85,7 +85,7 @@ PARITY_FRAMES = 4
 
 def parity_frames() -> list[np.ndarray]:
     """Frames of the bundled recording for the first-build TensorRT parity check."""
-    from fvt_segmentation.recording import sample_frames
+    from fvt_segmentation.bag.bundled_recording import sample_frames
 
     return sample_frames(PARITY_FRAMES)
 

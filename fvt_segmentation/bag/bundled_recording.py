@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 from rosbags.highlevel import AnyReader
 
-from fvt_segmentation.conversions import stamp_ns
-from fvt_segmentation.inference import Segmenter, resize_classes
-from fvt_segmentation.metrics import confusion_matrix, summarize
-from fvt_segmentation.resources import package_file
+from fvt_segmentation.core.conversions import stamp_ns
+from fvt_segmentation.core.inference import Segmenter, resize_classes
+from fvt_segmentation.core.metrics import confusion_matrix, summarize
+from fvt_segmentation.core.resources import package_file
 
 CAMERA_TOPIC = '/camera/image_raw/compressed'
 TRUTH_TOPIC = '/camera/ground_truth/compressed'
@@ -67,8 +67,9 @@ def score_on_recording(segmenter: Segmenter, bag: str | Path | None = None) -> d
     """Segment every camera frame of a recording as the node does; score against its truth.
 
     Frames are decoded to BGR as the node's compressed input path does, segmented, and the
-    class map resized (nearest) to the frame. Returns :func:`fvt_segmentation.metrics.summarize`
-    of the dataset-level confusion matrix, plus ``frames``.
+    class map resized (nearest) to the frame. Returns
+    :func:`fvt_segmentation.core.metrics.summarize` of the dataset-level confusion matrix,
+    plus ``frames``.
     """
     bag = bag or default_recording()
     frames = read_images(bag, CAMERA_TOPIC)
