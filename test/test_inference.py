@@ -18,7 +18,6 @@ from fvt_segmentation.core.inference import (
     load_segmenter,
     preprocess_frame,
     read_parity,
-    resize_classes,
     resolve_providers,
     scores_to_classes,
     write_parity,
@@ -77,14 +76,6 @@ def test_scores_to_classes_and_confidence(layout, output):
     np.testing.assert_array_equal(classes, logits[0].argmax(-1))
     np.testing.assert_array_equal(conf, np.round(probs[0].max(-1) * 255).astype(np.uint8))
     assert scores_to_classes(scores, layout, output)[1] is None
-
-
-def test_resize_classes_is_nearest_and_noop_at_same_size():
-    cm = np.array([[0, 1], [2, 3]], np.uint8)
-    big = resize_classes(cm, (4, 6))
-    assert big.shape == (4, 6) and set(np.unique(big)) == {0, 1, 2, 3}
-    assert big[0, 0] == 0 and big[3, 5] == 3
-    assert resize_classes(cm, (2, 2)) is cm
 
 
 @pytest.mark.parametrize('layout', ['NHWC', 'NCHW'])

@@ -24,8 +24,8 @@ from ros_helpers import ros_node, spin_until
 from sensor_msgs.msg import Image
 
 from fvt_segmentation.core.contract import ModelContract, Normalization
-from fvt_segmentation.core.conversions import image_to_frame
-from fvt_segmentation.core.inference import preprocess_frame, resize_classes
+from fvt_segmentation.core.conversions import image_to_frame, resize_nearest
+from fvt_segmentation.core.inference import preprocess_frame
 from fvt_segmentation.tools.dds_profiles import transport_environment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,8 +52,8 @@ def expected_mask(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     top2 = np.sort(scores, axis=2)[:, :, -2:]
     classes = np.argmax(scores, axis=2).astype(np.uint8)
     clear = ((top2[:, :, 1] - top2[:, :, 0]) > 1e-3).astype(np.uint8)
-    return (resize_classes(classes, (HEIGHT, WIDTH)),
-            resize_classes(clear, (HEIGHT, WIDTH)).astype(bool))
+    return (resize_nearest(classes, (HEIGHT, WIDTH)),
+            resize_nearest(clear, (HEIGHT, WIDTH)).astype(bool))
 
 
 def environment() -> dict[str, str]:

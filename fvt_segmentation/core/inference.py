@@ -147,13 +147,6 @@ def scores_to_classes(scores: np.ndarray, layout: str, output: str,
     return classes, confidence
 
 
-def resize_classes(class_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a class (or confidence) map to ``size`` = (height, width), nearest neighbour."""
-    if class_map.shape[:2] == tuple(size):
-        return class_map
-    return cv2.resize(class_map, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-
-
 @dataclass
 class Segmentation:
     """One frame's result at the model's output resolution, with per-stage times in ms."""

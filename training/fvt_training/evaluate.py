@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract
-from fvt_segmentation.core.inference import preprocess_frame, resize_classes, scores_to_classes
+from fvt_segmentation.core.conversions import resize_nearest
+from fvt_segmentation.core.inference import preprocess_frame, scores_to_classes
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
 from fvt_training.cli import non_negative_int, positive_int
 from fvt_training.run_files import EVAL_PREFIX, write_json
@@ -193,7 +194,7 @@ def confusion_over_split(model: KerasRunModel | OnnxFileModel, manifest: Any, sp
             for sample_id, (image, truth), score in zip(batch_ids, pairs, scores, strict=True):
                 classes, _ = scores_to_classes(score, model.contract.layout,
                                                model.contract.output)
-                classes = resize_classes(classes, truth.shape)
+                classes = resize_nearest(classes, truth.shape)
                 cm += confusion_matrix(truth, classes, num_classes)
                 if sample_id in wanted:
                     kept[sample_id] = (image, truth, classes)

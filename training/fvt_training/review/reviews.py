@@ -19,8 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fvt_segmentation.core.conversions import blend, colorize
-from fvt_segmentation.core.inference import Segmenter, resize_classes
+from fvt_segmentation.core.conversions import blend, colorize, resize_nearest
+from fvt_segmentation.core.inference import Segmenter
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
 
 PICTURES = ('photo', 'truth', 'prediction', 'overlay')
@@ -68,7 +68,7 @@ def review_image(segmenter: Segmenter, photo: np.ndarray, label: np.ndarray) -> 
     """Segment ``photo`` with the node's code, score it against ``label`` and render it."""
     contract = segmenter.contract
     result = segmenter.segment(photo, 'RGB')
-    prediction = resize_classes(result.classes, label.shape)
+    prediction = resize_nearest(result.classes, label.shape)
     cm = confusion_matrix(label, prediction, contract.num_classes)
     metrics = summarize(cm, contract.categories, contract.ignore_index)
     metrics['pixels_per_category'] = {
