@@ -10,7 +10,7 @@ import argparse
 
 import pytest
 
-from fvt_segmentation.node.segmentation_node import STAGES
+from fvt_segmentation.node.pipeline_stats import STAGES
 from fvt_segmentation.tools.bench import (
     Configuration,
     child_environment,

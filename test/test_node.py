@@ -23,7 +23,7 @@ from std_msgs.msg import Float32MultiArray, String
 from fvt_segmentation.core.contract import CATEGORIES, PALETTE, ModelContract, Normalization
 from fvt_segmentation.core.conversions import blend, image_to_frame, resize_nearest
 from fvt_segmentation.core.inference import preprocess_frame
-from fvt_segmentation.node.segmentation_node import STAGES
+from fvt_segmentation.node.pipeline_stats import STAGES
 
 MODEL_SIZE = (32, 64)
 # Pixels normalised to [-1, 1] make the tiny model's affine classifier use most classes.

@@ -36,7 +36,8 @@ import fvt_segmentation
 from fvt_segmentation.core.contract import ModelLoadError
 from fvt_segmentation.core.inference import Segmenter, load_segmenter
 from fvt_segmentation.core.resources import resolve_model_path
-from fvt_segmentation.node.segmentation_node import NODE_NAME, STAGES
+from fvt_segmentation.node.pipeline_stats import STAGES
+from fvt_segmentation.node.segmentation_node import NODE_NAME
 from fvt_segmentation.tools.bench_probes import READY, STOP, percentiles_ms, write_json
 from fvt_segmentation.tools.dds_profiles import (
     CYCLONEDDS_VARIABLE,
