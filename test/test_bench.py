@@ -10,11 +10,11 @@ import argparse
 
 import pytest
 
+from fvt_segmentation.core.sizes import parse_size
 from fvt_segmentation.node.pipeline_stats import STAGES
 from fvt_segmentation.tools.bench import (
     Configuration,
     child_environment,
-    parse_size,
     parse_transports,
     render_tables,
     summarize_run,

@@ -48,6 +48,7 @@ from fvt_segmentation.core.inference import (
     load_segmenter,
 )
 from fvt_segmentation.core.resources import resolve_model_path
+from fvt_segmentation.core.sizes import format_size
 from fvt_segmentation.node.diagnostics import (
     HealthSnapshot,
     build_status,
@@ -331,7 +332,7 @@ class SegmentationNode(Node):
         segmenter, settings = self.segmenter, self.settings
         return self.stats.snapshot(segmenter.active_provider, segmenter.name, {
             'input_topic': self.input_topic,
-            'model_input_size': 'x'.join(str(v) for v in segmenter.input_size[::-1]),
+            'model_input_size': format_size(*segmenter.input_size[::-1]),
             'mask_resolution': settings.mask_resolution,
             'max_frame_age_ms': str(settings.max_frame_age_ms),
             **model_values(segmenter),

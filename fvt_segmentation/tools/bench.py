@@ -36,6 +36,7 @@ import fvt_segmentation
 from fvt_segmentation.core.contract import ModelLoadError
 from fvt_segmentation.core.inference import Segmenter, load_segmenter
 from fvt_segmentation.core.resources import resolve_model_path
+from fvt_segmentation.core.sizes import format_size, parse_sizes
 from fvt_segmentation.node.pipeline_stats import STAGES
 from fvt_segmentation.node.segmentation_node import NODE_NAME
 from fvt_segmentation.tools.bench_probes import READY, STOP, percentiles_ms, write_json
@@ -67,19 +68,7 @@ class Configuration:
     @property
     def size(self) -> str:
         """'WIDTHxHEIGHT'."""
-        return f'{self.width}x{self.height}'
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse 'WIDTHxHEIGHT' into (width, height)."""
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'expected WIDTHxHEIGHT such as 2048x1024, got {text!r}') from None
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f'expected a positive size, got {text!r}')
-    return width, height
+        return format_size(self.width, self.height)
 
 
 def parse_transports(text: str) -> list[str]:
@@ -347,7 +336,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--model', default='',
                         help='ONNX model (default: the shipped models/default.onnx)')
     parser.add_argument('--sizes', default='1024x512,2048x1024',
-                        type=lambda text: [parse_size(s) for s in text.split(',') if s.strip()],
+                        type=lambda text: parse_sizes([text]),
                         help='comma-separated frame sizes WIDTHxHEIGHT')
     parser.add_argument('--transport', type=parse_transports, default=list(TRANSPORTS),
                         help='comma-separated: profile (shipped DDS profiles), default')

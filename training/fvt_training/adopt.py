@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract, Normalization
+from fvt_segmentation.core.sizes import SizeError, parse_size
 from fvt_training.adopt_source import (
     AdoptError,
     AdoptOptions,
@@ -42,8 +43,8 @@ from fvt_training.adopt_source import (
     inspect_source,
     shape_text,
 )
+from fvt_training.arg_types import non_negative_int, positive_int
 from fvt_training.category_head import add_category_head, map_to_categories
-from fvt_training.cli import non_negative_int, positive_int
 from fvt_training.label_sets import LabelSet, load_label_set
 
 LAYOUTS = ('NCHW', 'NHWC')
@@ -330,14 +331,12 @@ def add_adopt_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def run_adopt_command(args: argparse.Namespace) -> int:
     """Run ``fvt-train adopt`` from parsed arguments."""
-    from fvt_training.prepare import parse_sizes
-
     size = None
     if args.size is not None:
-        sizes = parse_sizes([args.size])
-        if len(sizes) != 1:
-            raise AdoptError(f'--size expects one WxH; got {args.size!r}')
-        size = sizes[0]
+        try:
+            size = parse_size(args.size)
+        except SizeError as err:
+            raise AdoptError(f'--size {err}') from None
     options = AdoptOptions(labels=args.labels, licence=args.licence,
                            input_layout=args.input_layout, color_order=args.color_order,
                            mean=args.mean, std=args.std, size=size, output=args.output)

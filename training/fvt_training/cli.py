@@ -49,22 +49,6 @@ errors count once it is loaded: none can be raised before, and looking them up t
 keeps TensorFlow and Flask unloaded until a command needs them."""
 
 
-def positive_int(text: str) -> int:
-    """Parse a command-line integer >= 1 (argparse ``type``)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer; got {text}')
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """Parse a command-line integer >= 0 (argparse ``type``)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 0; got {text}')
-    return value
-
-
 def add_config_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``fvt-train config``: print a resolved, commented configuration."""
     parser = subparsers.add_parser(

@@ -24,7 +24,7 @@ from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract
 from fvt_segmentation.core.conversions import resize_nearest
 from fvt_segmentation.core.inference import preprocess_frame, scores_to_classes
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
-from fvt_training.cli import non_negative_int, positive_int
+from fvt_training.arg_types import non_negative_int, positive_int
 from fvt_training.run_files import EVAL_PREFIX, write_json
 
 DEFAULT_PROVIDERS = ('cpu',)
@@ -73,7 +73,7 @@ class KerasRunModel:
     def describe(self) -> dict[str, Any]:
         """Return Keras' parameter count and the GFLOPs of the graph export would write."""
         from fvt_training import flops
-        from fvt_training.export import keras_to_onnx
+        from fvt_training.keras_onnx import keras_to_onnx
 
         return {'params': int(self.model.count_params()),
                 'gflops': flops.gflops(keras_to_onnx(self.model, self.input_size))}
