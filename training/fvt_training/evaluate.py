@@ -25,7 +25,7 @@ from fvt_segmentation.core.conversions import resize_nearest
 from fvt_segmentation.core.inference import preprocess_frame, scores_to_classes
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
 from fvt_training.arg_types import non_negative_int, positive_int
-from fvt_training.run_files import EVAL_PREFIX, write_json
+from fvt_training.run_files import EVAL_PREFIX, summary_text, write_json
 
 DEFAULT_PROVIDERS = ('cpu',)
 QUANTIZED_OPS = frozenset({'QuantizeLinear', 'DequantizeLinear', 'QLinearConv', 'ConvInteger',
@@ -357,8 +357,7 @@ def format_report(report: dict) -> str:
         lines.append(f'inference per image, {key.replace("_", " ")} ({report["provider"]}, '
                      f'{stats["runs"]} runs after {stats["warmup"]} warm-up): median '
                      f'{stats["median_ms"]:.2f} ms, p90 {stats["p90_ms"]:.2f} ms')
-    lines.append(f'report: {report.get("report_path", "—")}')
-    return '\n'.join(lines)
+    return summary_text(lines, report)
 
 
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -44,6 +44,7 @@ from fvt_segmentation.core.contract import MIN_ARGMAX_AGREEMENT, ModelContract
 from fvt_training.arg_types import non_negative_int, positive_int
 from fvt_training.keras_onnx import INPUT_NAME, OPSET, keras_to_onnx, rename_output
 from fvt_training.onnx_rewrites import simplify_for_cpu, strip_output_softmax
+from fvt_training.run_files import summary_text
 
 LOGITS_NAME = 'logits'
 PRODUCER = 'fvt-train'
@@ -663,8 +664,7 @@ def format_export(report: Mapping[str, Any]) -> str:
     if int8 is not None and -int8['miou_change_points'] > INT8_TARGET_MIOU_DROP * 100:
         lines.append(f'WARNING: int8 costs {-int8["miou_change_points"]:.2f} points of mIoU '
                      f'(target: at most {INT8_TARGET_MIOU_DROP * 100:.0f})')
-    lines.append(f'report: {report.get("report_path", "—")}')
-    return '\n'.join(lines)
+    return summary_text(lines, report)
 
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
