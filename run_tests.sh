@@ -9,7 +9,7 @@
 #   1.5 GB), Debian's chromium for the review app's browser test; pytest test training/tests.
 # jazzy: venv .venv-jazzy, the node package on the ros-jazzy-* wheels; pytest test. The
 #   training package has no ROS code and is tested once, in the kilted run.
-# ONNXRUNTIME=gpu (default) or cpu picks the ONNX Runtime build (scripts/onnxruntime_build.sh).
+# ONNXRUNTIME=gpu (default) or cpu picks the ONNX Runtime build (scripts/bootstrap.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,27 +18,21 @@ if [ "${1:-}" = --distro ]; then
   DISTRO=${2:-}
   shift 2 || shift
 fi
-source scripts/onnxruntime_build.sh
+source scripts/bootstrap.sh
 case "$DISTRO" in
   kilted)
     VENV=${VENV:-.venv}
-    PACKAGES=(-e ".[kilted,$ONNXRUNTIME,test]" -e "./training[$ONNXRUNTIME,test]")
+    PACKAGES=(-e ".[kilted,$ONNXRUNTIME,tools,test]" -e "./training[$ONNXRUNTIME,test]")
     TESTS=(test training/tests) ;;
   jazzy)
     VENV=${VENV:-.venv-jazzy}
-    PACKAGES=(-e ".[jazzy,$ONNXRUNTIME,test]")
+    PACKAGES=(-e ".[jazzy,$ONNXRUNTIME,tools,test]")
     TESTS=(test) ;;
   *) echo "run_tests.sh: --distro must be kilted or jazzy, got '$DISTRO'" >&2; exit 2 ;;
 esac
 
-PYTHON=${PYTHON:-python3}
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
-fi
 echo "== installing into $VENV (ROS 2 $DISTRO, onnxruntime build: $ONNXRUNTIME)"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-remove_other_onnxruntime "$VENV"
-"$VENV/bin/python" -m pip install -q -c constraints.txt "${PACKAGES[@]}"
+bootstrap_venv "$VENV" "${PACKAGES[@]}"
 
 if [ "$DISTRO" = kilted ] && ! command -v chromedriver >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -31,6 +31,13 @@ ROS_DISTROS_ON_PYPI = ('kilted', 'jazzy')
 # build. 1.19 is the first that runs with numpy 2.
 ONNXRUNTIME_EXTRAS = {'gpu': ['onnxruntime-gpu>=1.19'], 'cpu': ['onnxruntime>=1.19']}
 
+# What a car runs is fvt_segmentation.core, .node and .bag (replay, record); the 'tools' extra
+# adds what only fvt_segmentation.tools needs (the demo's GIF). The bundled recording (2.4 MB:
+# the demo's input, the first TensorRT build's parity frames) is installed unless
+# FVT_WITHOUT_RECORDING=1; without it, a new TensorRT engine is used without a parity check.
+TOOLS_EXTRA = ['pillow']
+RECORDING = [] if os.environ.get('FVT_WITHOUT_RECORDING') == '1' else share_tree('recordings')
+
 setup(
     name=package_name,
     version='0.1.0',
@@ -42,7 +49,7 @@ setup(
         ('share/' + package_name + '/config', share('config/*')),
         ('share/' + package_name + '/models',
          share('models/*.onnx', 'models/*.md', 'models/*.json')),
-        *share_tree('recordings'),
+        *RECORDING,
     ],
     install_requires=[
         'setuptools',
@@ -53,11 +60,11 @@ setup(
         # 0.11.6: Writer(version=, storage_plugin=), typed Qos profiles and Writer.abort.
         'rosbags>=0.11.6',
         'ruamel.yaml',
-        'pillow',
         'tqdm',
     ],
     extras_require={
         **ONNXRUNTIME_EXTRAS,
+        'tools': TOOLS_EXTRA,
         **{distro: [f'ros-{distro}-{name}' for name in ROS_PACKAGES]
            for distro in ROS_DISTROS_ON_PYPI},
         'test': ['pytest', 'pyyaml', 'onnx', 'ruff', 'colcon-common-extensions'],
@@ -69,11 +76,11 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'segmentation_node = fvt_segmentation.segmentation_node:main',
-            'replay = fvt_segmentation.replay:main',
-            'record = fvt_segmentation.record:main',
-            'demo = fvt_segmentation.demo:main',
-            'bench = fvt_segmentation.bench:main',
+            'segmentation_node = fvt_segmentation.node.segmentation_node:main',
+            'replay = fvt_segmentation.bag.replay:main',
+            'record = fvt_segmentation.bag.record:main',
+            'demo = fvt_segmentation.tools.demo:main',
+            'bench = fvt_segmentation.tools.bench:main',
         ],
     },
 )

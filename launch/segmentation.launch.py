@@ -19,7 +19,7 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from fvt_segmentation.transport import transport_environment
+from fvt_segmentation.tools.dds_profiles import transport_environment
 
 PACKAGE = 'fvt_segmentation'
 EXECUTABLE = 'segmentation_node'

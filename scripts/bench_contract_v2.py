@@ -20,9 +20,9 @@ import tempfile
 
 import numpy as np
 
-from fvt_segmentation.inference import Segmenter, load_segmenter
-from fvt_segmentation.recording import sample_frames
-from fvt_segmentation.resources import resolve_model_path
+from fvt_segmentation.bag.bundled_recording import sample_frames
+from fvt_segmentation.core.inference import Segmenter, load_segmenter
+from fvt_segmentation.core.resources import resolve_model_path
 
 STAGES = ('preprocess', 'inference', 'postprocess')
 
@@ -31,7 +31,7 @@ def write_v2(source: Path, out: Path, uint8_input: bool) -> Path:
     """Write a version 2 copy of ``source`` (see :mod:`fvt_training.contract_v2`)."""
     import onnx
 
-    from fvt_segmentation.contract import parse_contract
+    from fvt_segmentation.core.contract import parse_contract
     from fvt_training.contract_v2 import to_contract_v2
 
     model = onnx.load(str(source))

@@ -22,8 +22,8 @@ from rclpy.context import Context
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from fvt_segmentation.contract import PALETTE
-from fvt_segmentation.conversions import (
+from fvt_segmentation.core.contract import PALETTE
+from fvt_segmentation.core.conversions import (
     alloc_image,
     blend,
     class_fractions,

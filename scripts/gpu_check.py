@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from fvt_segmentation.inference import Segmenter, argmax_agreement, load_segmenter
-from fvt_segmentation.recording import sample_frames
-from fvt_segmentation.resources import resolve_model_path
+from fvt_segmentation.bag.bundled_recording import sample_frames
+from fvt_segmentation.core.inference import Segmenter, argmax_agreement, load_segmenter
+from fvt_segmentation.core.resources import resolve_model_path
 
 
 def latency_ms(segmenter: Segmenter, frames: list[np.ndarray], runs: int) -> float:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO / 'test'))
 
 from onnx_models import build_model  # noqa: E402
 
-from fvt_segmentation.bench import parse_size  # noqa: E402
+from fvt_segmentation.core.sizes import parse_size  # noqa: E402
 
 CONV_FLOPS_PER_PIXEL = 2 * 32 * 32 * 9  # multiply-adds of one 3x3 32->32 convolution, x2
 

@@ -27,8 +27,8 @@ import cv2
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from fvt_segmentation.recording import CAMERA_TOPIC, TRUTH_TOPIC
-from fvt_segmentation.rosbag_io import finish_bag
+from fvt_segmentation.bag.bundled_recording import CAMERA_TOPIC, TRUTH_TOPIC
+from fvt_segmentation.bag.rosbag_io import finish_bag
 from fvt_training.prepared import DataError, image_path, label_path, read_manifest
 
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'

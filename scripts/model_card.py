@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 import sys
 
-from fvt_segmentation.inference import load_segmenter
-from fvt_segmentation.recording import default_recording, score_on_recording
+from fvt_segmentation.bag.bundled_recording import default_recording, score_on_recording
+from fvt_segmentation.core.inference import load_segmenter
 
 
 def main(argv: list[str] | None = None) -> int:

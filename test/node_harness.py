@@ -23,8 +23,8 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from fvt_segmentation import conversions
-from fvt_segmentation.segmentation_node import SegmentationNode
+from fvt_segmentation.core import conversions
+from fvt_segmentation.node.segmentation_node import SegmentationNode
 
 TIMEOUT = 15.0
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fvt_segmentation.contract import ModelContract, Normalization
+from fvt_segmentation.core.contract import ModelContract, Normalization
 
 RNG_SEED = 7
 
@@ -111,7 +111,7 @@ def build_model(path: Path, size: tuple[int, int] = (32, 64), layout: str = 'NHW
 def to_v2(v1_path: Path, out: Path, uint8_input: bool = False,
           confidence: bool = True) -> Path:
     """Write a contract version 2 copy of a version 1 file, as ``fvt-train export`` does."""
-    from fvt_segmentation.contract import parse_contract
+    from fvt_segmentation.core.contract import parse_contract
     from fvt_training.contract_v2 import to_contract_v2
 
     model = onnx.load(str(v1_path))

@@ -195,8 +195,8 @@ SOURCES = {
 def official_mapping(labels: str) -> dict[int, int]:
     """Class index -> category id, built straight from the official tables."""
     if labels == 'camvid11':
-        from fvt_segmentation.contract import CATEGORIES
-        from fvt_training.prepare import CAMVID_CLASSES
+        from fvt_segmentation.core.contract import CATEGORIES
+        from fvt_training.label_sets import CAMVID_CLASSES
 
         return {i: CATEGORIES.index(c) for i, (_, c) in enumerate(CAMVID_CLASSES[:11])}
     from cityscapesscripts.helpers.labels import labels as table

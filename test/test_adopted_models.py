@@ -16,8 +16,8 @@ from public_models import SOURCES, patchwork
 import pytest
 from sensor_msgs.msg import Image
 
-from fvt_segmentation.contract import PALETTE
-from fvt_segmentation.conversions import blend, image_to_frame
+from fvt_segmentation.core.contract import PALETTE
+from fvt_segmentation.core.conversions import blend, image_to_frame
 
 adopt = pytest.importorskip('fvt_training.adopt', reason='adopting needs the training package')
 

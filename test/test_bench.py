@@ -10,16 +10,16 @@ import argparse
 
 import pytest
 
-from fvt_segmentation.bench import (
+from fvt_segmentation.core.sizes import parse_size
+from fvt_segmentation.node.pipeline_stats import STAGES
+from fvt_segmentation.tools.bench import (
     Configuration,
     child_environment,
-    parse_size,
     parse_transports,
     render_tables,
     summarize_run,
 )
-from fvt_segmentation.segmentation_node import STAGES
-from fvt_segmentation.transport import CYCLONEDDS_VARIABLE, FASTDDS_VARIABLES
+from fvt_segmentation.tools.dds_profiles import CYCLONEDDS_VARIABLE, FASTDDS_VARIABLES
 
 MS = 1_000_000  # ns
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from fvt_segmentation.contract import (
+from fvt_segmentation.core.contract import (
     CATEGORIES,
     PALETTE,
     REQUIRED_KEYS,

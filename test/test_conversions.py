@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from fvt_segmentation.contract import PALETTE
-from fvt_segmentation.conversions import (
+from fvt_segmentation.core.contract import PALETTE
+from fvt_segmentation.core.conversions import (
     ENCODINGS,
     FrameError,
     alloc_image,
@@ -23,7 +23,6 @@ from fvt_segmentation.conversions import (
     image_to_frame,
     resize_nearest,
 )
-from fvt_segmentation.inference import resize_classes
 
 RNG = np.random.default_rng(3)
 MAX = 10_000
@@ -165,7 +164,7 @@ def test_colorize_matches_colouring_the_resized_class_map() -> None:
     np.testing.assert_array_equal(colorize(classes, palette), palette[classes])
     for size in [(8, 12), (9, 5), (4, 6)]:
         np.testing.assert_array_equal(colorize(classes, palette, size),
-                                      palette[resize_classes(classes, size)])
+                                      palette[resize_nearest(classes, size)])
 
 
 def test_blend_weights_frame_and_mask() -> None:
@@ -197,10 +196,10 @@ def test_outputs_are_computed_straight_into_the_message(encoding: str) -> None:
     assert np.shares_memory(pixels, np.frombuffer(msg.data, np.uint8))
     if encoding == 'mono8':
         assert msg.step == 12 and resize_nearest(classes, (8, 12), out=pixels) is pixels
-        expected = resize_classes(classes, (8, 12))
+        expected = resize_nearest(classes, (8, 12))
     else:
         assert msg.step == 36 and colorize(classes, palette, out=pixels) is pixels
-        expected = palette[resize_classes(classes, (8, 12))]
+        expected = palette[resize_nearest(classes, (8, 12))]
     np.testing.assert_array_equal(image_to_frame(msg, MAX).pixels, expected)
 
 
@@ -213,3 +212,11 @@ def test_same_size_outputs_are_copied_into_the_message() -> None:
     target = np.zeros_like(rgb)
     assert blend(rgb, rgb, 0.3, out=target) is target
     np.testing.assert_array_equal(target, rgb)
+
+
+def test_resize_nearest_is_nearest_and_noop_at_same_size():
+    cm = np.array([[0, 1], [2, 3]], np.uint8)
+    big = resize_nearest(cm, (4, 6))
+    assert big.shape == (4, 6) and set(np.unique(big)) == {0, 1, 2, 3}
+    assert big[0, 0] == 0 and big[3, 5] == 3
+    assert resize_nearest(cm, (2, 2)) is cm

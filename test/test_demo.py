@@ -8,12 +8,12 @@ import sys
 from onnx_models import build_model
 from rosbags.rosbag2 import Reader
 
-from fvt_segmentation.contract import ModelContract, Normalization
+from fvt_segmentation.core.contract import ModelContract, Normalization
 
 
 def run_demo(tmp_path, *args):
     env = dict(os.environ, PYTHONUNBUFFERED='1')
-    return subprocess.run([sys.executable, '-m', 'fvt_segmentation.demo', '--out',
+    return subprocess.run([sys.executable, '-m', 'fvt_segmentation.tools.demo', '--out',
                            str(tmp_path / 'out'), '--rate', '5', '--providers', 'cpu', *args],
                           capture_output=True, text=True, timeout=180, env=env)
 
@@ -59,8 +59,9 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(tmp_path):
 
     model = build_model(tmp_path / 'm.onnx', size=(96, 128))
     out = tmp_path / 'out'
-    proc = subprocess.Popen([sys.executable, '-m', 'fvt_segmentation.demo', '--out', str(out),
-                             '--rate', '2', '--providers', 'cpu', '--model', str(model)],
+    proc = subprocess.Popen([sys.executable, '-m', 'fvt_segmentation.tools.demo',
+                             '--out', str(out), '--rate', '2', '--providers', 'cpu',
+                             '--model', str(model)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while len(list((out / 'overlays').glob('*.png'))) < 3 and time.monotonic() < deadline:

@@ -27,10 +27,11 @@ def setup_arguments(monkeypatch: pytest.MonkeyPatch) -> dict:
     return captured
 
 
-def imported_modules() -> set[str]:
-    """Every module the package's files import, by full name (``rosbags.rosbag2``)."""
+def imported_modules(*subpackages: str) -> set[str]:
+    """Every module the files of these subpackages import, by full name (``rosbags.rosbag2``)."""
     modules = set()
-    for path in (REPO / 'fvt_segmentation').glob('*.py'):
+    paths = (p for sub in subpackages for p in (REPO / 'fvt_segmentation' / sub).rglob('*.py'))
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 modules.update(alias.name for alias in node.names)
@@ -62,18 +63,27 @@ def names(requirements: list[str]) -> set[str]:
     return {canonicalize_name(Requirement(r).name) for r in requirements}
 
 
+def distributions(modules: set[str]) -> set[str]:
+    """The non-ROS distributions that provide ``modules``."""
+    top_level = metadata.packages_distributions()
+    found = set()
+    for module in modules:
+        owners = installed_by(module, top_level)
+        # ROS 2 comes from apt (package.xml) or from the wheels of the distro extras; a module
+        # not installed is an optional import (rosidl_runtime_py, with apt ROS only).
+        if not any(owner.startswith('ros-') for owner in owners):
+            found |= owners
+    return found
+
+
 def test_every_import_is_declared_and_every_declaration_imported(monkeypatch) -> None:
     arguments = setup_arguments(monkeypatch)
     extras = arguments['extras_require']
     required = names(arguments['install_requires']) - {'setuptools'}  # setup.py's own import
     onnxruntime_builds = names(extras['gpu']) | names(extras['cpu'])
-    top_level = metadata.packages_distributions()
-    imported = set()
-    for module in imported_modules():
-        owners = installed_by(module, top_level)
-        # ROS 2 comes from apt (package.xml) or from the wheels of the distro extras; a module
-        # not installed is an optional import (rosidl_runtime_py, with apt ROS only).
-        if not any(owner.startswith('ros-') for owner in owners):
-            imported |= owners
+    # What a car installs (core, node, bag) needs exactly install_requires; tools add 'tools'.
+    imported = distributions(imported_modules('core', 'node', 'bag'))
     assert imported - onnxruntime_builds == required
     assert imported & onnxruntime_builds  # one of the two builds, whichever is installed
+    tools = distributions(imported_modules('tools')) - onnxruntime_builds - required
+    assert tools == names(extras['tools'])

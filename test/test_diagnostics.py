@@ -7,14 +7,14 @@ from dataclasses import replace
 from diagnostic_msgs.msg import DiagnosticStatus
 import pytest
 
-from fvt_segmentation.diagnostics import (
+from fvt_segmentation.core.inference import load_segmenter
+from fvt_segmentation.core.stats import LatencySummary
+from fvt_segmentation.node.diagnostics import (
     HealthSnapshot,
     build_status,
     loading_status,
     model_values,
 )
-from fvt_segmentation.inference import load_segmenter
-from fvt_segmentation.stats import LatencySummary
 
 HEALTHY = HealthSnapshot(
     input_rate=30.0, output_rate=29.5, inference=LatencySummary(12.0, 20.5, 100),

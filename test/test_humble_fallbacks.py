@@ -28,8 +28,8 @@ import sensor_msgs.msg
 from sensor_msgs.msg import Image
 import std_msgs.msg
 
-from fvt_segmentation.conversions import resize_nearest
-from fvt_segmentation.ros_compat import (
+from fvt_segmentation.core.conversions import resize_nearest
+from fvt_segmentation.node.ros_compat import (
     CHECK_FIELDS_FALLBACK,
     POST_SET_FALLBACK,
     publisher_count,

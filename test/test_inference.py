@@ -6,19 +6,23 @@ from onnx_models import default_weights, expected_scores, to_v2
 import onnxruntime as ort
 import pytest
 
-from fvt_segmentation.contract import ContractError, ModelContract, ModelLoadError, Normalization
-from fvt_segmentation.inference import (
+from fvt_segmentation.core.contract import (
+    ContractError,
+    ModelContract,
+    ModelLoadError,
+    Normalization,
+)
+from fvt_segmentation.core.inference import (
     MIN_ARGMAX_AGREEMENT,
     argmax_agreement,
     load_segmenter,
     preprocess_frame,
     read_parity,
-    resize_classes,
     resolve_providers,
     scores_to_classes,
     write_parity,
 )
-from fvt_segmentation.providers import CPU, CUDA, TENSORRT, provider_library_error
+from fvt_segmentation.core.providers import CPU, CUDA, TENSORRT, provider_library_error
 
 RNG = np.random.default_rng(0)
 
@@ -72,14 +76,6 @@ def test_scores_to_classes_and_confidence(layout, output):
     np.testing.assert_array_equal(classes, logits[0].argmax(-1))
     np.testing.assert_array_equal(conf, np.round(probs[0].max(-1) * 255).astype(np.uint8))
     assert scores_to_classes(scores, layout, output)[1] is None
-
-
-def test_resize_classes_is_nearest_and_noop_at_same_size():
-    cm = np.array([[0, 1], [2, 3]], np.uint8)
-    big = resize_classes(cm, (4, 6))
-    assert big.shape == (4, 6) and set(np.unique(big)) == {0, 1, 2, 3}
-    assert big[0, 0] == 0 and big[3, 5] == 3
-    assert resize_classes(cm, (2, 2)) is cm
 
 
 @pytest.mark.parametrize('layout', ['NHWC', 'NCHW'])

@@ -53,12 +53,12 @@ def check_install(prefix: Path) -> None:
     assert node.is_file() and os.access(node, os.X_OK)
     assert 'segmentation_node' in node.read_text()
     assert 'segmentation.launch.py' in (REPO / 'launch/two_cameras.launch.py').read_text()
-    assert (site_packages(prefix) / PACKAGE / 'segmentation_node.py').is_file()
+    assert (site_packages(prefix) / PACKAGE / 'node' / 'segmentation_node.py').is_file()
 
     env = dict(os.environ, AMENT_PREFIX_PATH=str(prefix),
                PYTHONPATH=str(site_packages(prefix)))
     # resources.py finds the installed share directory through the ament index.
-    probe = ('import fvt_segmentation, fvt_segmentation.resources as r; '
+    probe = ('import fvt_segmentation, fvt_segmentation.core.resources as r; '
              'print(fvt_segmentation.__file__); print(r.resolve_model_path("")); '
              'print(r.package_file("config/segmentation.rviz"))')
     lines = subprocess.run([sys.executable, '-c', probe], env=env, cwd=prefix,

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from fvt_segmentation.contract import CATEGORIES
-from fvt_segmentation.metrics import (
+from fvt_segmentation.core.contract import CATEGORIES
+from fvt_segmentation.core.metrics import (
     confusion_matrix,
     per_class_dice,
     per_class_iou,

@@ -20,10 +20,10 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray, String
 
-from fvt_segmentation.contract import CATEGORIES, PALETTE, ModelContract, Normalization
-from fvt_segmentation.conversions import blend, image_to_frame
-from fvt_segmentation.inference import preprocess_frame, resize_classes
-from fvt_segmentation.segmentation_node import STAGES
+from fvt_segmentation.core.contract import CATEGORIES, PALETTE, ModelContract, Normalization
+from fvt_segmentation.core.conversions import blend, image_to_frame, resize_nearest
+from fvt_segmentation.core.inference import preprocess_frame
+from fvt_segmentation.node.pipeline_stats import STAGES
 
 MODEL_SIZE = (32, 64)
 # Pixels normalised to [-1, 1] make the tiny model's affine classifier use most classes.
@@ -71,8 +71,8 @@ def expected(frame: np.ndarray, order: str) -> tuple[np.ndarray, np.ndarray]:
 def assert_classes(mask: np.ndarray, frame: np.ndarray, order: str) -> None:
     classes, clear = expected(frame, order)
     size = mask.shape[:2]
-    want = resize_classes(classes, size)
-    where = resize_classes(clear.astype(np.uint8), size).astype(bool)
+    want = resize_nearest(classes, size)
+    where = resize_nearest(clear.astype(np.uint8), size).astype(bool)
     assert where.mean() > 0.95
     np.testing.assert_array_equal(mask[where], want[where])
     assert len(np.unique(want)) >= 2  # the frame really exercises several classes

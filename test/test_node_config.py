@@ -9,8 +9,8 @@ from onnx_models import build_model
 import pytest
 import yaml
 
-from fvt_segmentation.params import PARAMETERS, check_value
-from fvt_segmentation.segmentation_node import SegmentationNode
+from fvt_segmentation.node.params import PARAMETERS, check_value
+from fvt_segmentation.node.segmentation_node import SegmentationNode
 
 CONFIG = Path(__file__).resolve().parents[1] / 'config' / 'segmentation.yaml'
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 
-from fvt_segmentation.contract import REQUIRED_KEYS
+from fvt_segmentation.core.contract import REQUIRED_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def node_command(*params: str) -> list[str]:
-    args = [sys.executable, '-m', 'fvt_segmentation.segmentation_node', '--ros-args',
+    args = [sys.executable, '-m', 'fvt_segmentation.node.segmentation_node', '--ros-args',
             '-p', 'providers:=[cpu]']
     for param in params:
         args += ['-p', param]

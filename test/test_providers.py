@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from fvt_segmentation.providers import (
+from fvt_segmentation.core.providers import (
     CPU,
     CUDA,
     GPU_INTRA_OP_THREADS,

@@ -6,8 +6,7 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import Reader
 import yaml
 
-from fvt_segmentation.conversions import stamp_ns
-from fvt_segmentation.recording import (
+from fvt_segmentation.bag.bundled_recording import (
     CAMERA_TOPIC,
     TRUTH_TOPIC,
     default_recording,
@@ -15,6 +14,7 @@ from fvt_segmentation.recording import (
     read_truth,
     sample_frames,
 )
+from fvt_segmentation.core.conversions import stamp_ns
 
 
 def test_recording_has_camera_frames_and_truth_with_matching_stamps():

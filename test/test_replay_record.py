@@ -22,9 +22,9 @@ from ruamel.yaml import YAML
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from fvt_segmentation.record import BagRecorder
-from fvt_segmentation.replay import BagPlayer, BagPublisher
-from fvt_segmentation.rosbag_io import finish_bag
+from fvt_segmentation.bag.record import BagRecorder
+from fvt_segmentation.bag.replay import BagPlayer, BagPublisher
+from fvt_segmentation.bag.rosbag_io import finish_bag
 
 REPO = Path(__file__).resolve().parents[1]
 STORE = get_typestore(Stores.LATEST)
@@ -180,7 +180,7 @@ def _child_env() -> dict[str, str]:
 
 def test_replay_command_waits_for_subscribers_then_plays(tmp_path):
     bag = write_bag(tmp_path / 'bag', 8, StoragePlugin.MCAP)
-    cmd = [sys.executable, '-m', 'fvt_segmentation.replay', str(bag), '--topics', '/note',
+    cmd = [sys.executable, '-m', 'fvt_segmentation.bag.replay', str(bag), '--topics', '/note',
            '/camera/image_raw', '--remap', '/note:=/replayed_note', '--rate', '5',
            '--wait-for-subscribers', '1', '--wait-timeout', '20', '--no-progress']
     with ros_node('replay_cli_sink') as (node, executor):
@@ -203,7 +203,7 @@ def test_replay_command_waits_for_subscribers_then_plays(tmp_path):
 def test_replay_command_gives_up_without_subscribers(tmp_path):
     bag = write_bag(tmp_path / 'bag', 9, StoragePlugin.SQLITE3)
     result = subprocess.run(
-        [sys.executable, '-m', 'fvt_segmentation.replay', str(bag), '--topics', '/note',
+        [sys.executable, '-m', 'fvt_segmentation.bag.replay', str(bag), '--topics', '/note',
          '--remap', '/note:=/nobody_listens', '--wait-for-subscribers', '1',
          '--wait-timeout', '0.5', '--no-progress'],
         cwd=REPO, env=_child_env(), capture_output=True, text=True, timeout=30)
@@ -262,7 +262,7 @@ def test_recorder_writes_what_was_published(tmp_path):
 
 def test_record_command_closes_a_complete_bag_on_ctrl_c(tmp_path):
     out = tmp_path / 'cli_bag'
-    cmd = [sys.executable, '-m', 'fvt_segmentation.record', '/cli/note', '-o', str(out),
+    cmd = [sys.executable, '-m', 'fvt_segmentation.bag.record', '/cli/note', '-o', str(out),
            '--storage', 'mcap', '--bag-version', '9', '--type',
            '/cli/note:=std_msgs/msg/String']
     with ros_node('record_cli_source') as (node, executor):
@@ -293,7 +293,7 @@ def test_record_command_closes_a_complete_bag_on_ctrl_c(tmp_path):
 def test_record_command_leaves_nothing_when_the_topic_never_appears(tmp_path):
     out = tmp_path / 'never'
     result = subprocess.run(
-        [sys.executable, '-m', 'fvt_segmentation.record', '/never/published', '-o', str(out),
+        [sys.executable, '-m', 'fvt_segmentation.bag.record', '/never/published', '-o', str(out),
          '--discovery-timeout', '0.5'],
         cwd=REPO, env=_child_env(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 1

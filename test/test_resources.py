@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fvt_segmentation.resources import package_file, resolve_model_path, share_directories
+from fvt_segmentation.core.resources import package_file, resolve_model_path, share_directories
 
 REPO = Path(__file__).resolve().parents[1]
 

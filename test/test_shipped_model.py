@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from fvt_segmentation.contract import CATEGORIES, PALETTE
-from fvt_segmentation.inference import load_segmenter
-from fvt_segmentation.recording import score_on_recording
-from fvt_segmentation.resources import package_file, resolve_model_path
+from fvt_segmentation.bag.bundled_recording import score_on_recording
+from fvt_segmentation.core.contract import CATEGORIES, PALETTE
+from fvt_segmentation.core.inference import load_segmenter
+from fvt_segmentation.core.resources import package_file, resolve_model_path
 
 CARD = json.loads(package_file('models/default.card.json').read_text())
 VARIANTS = CARD['recording']['variants']

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from fvt_segmentation.latest_frame import LatestSlot
-from fvt_segmentation.stats import Counters, LatencyWindow, RateMeter, summarize
+from fvt_segmentation.core.stats import Counters, LatencyWindow, RateMeter, summarize
+from fvt_segmentation.node.latest_frame import LatestSlot
 
 
 def test_rate_of_a_steady_stream() -> None:

@@ -18,14 +18,14 @@ import pytest
 from ros_helpers import ros_node, spin_until
 from sensor_msgs.msg import Image
 
-from fvt_segmentation.frame_source import frame_digest, image_qos, synthetic_frame
-from fvt_segmentation.transport import (
+from fvt_segmentation.tools.dds_profiles import (
     CYCLONEDDS_VARIABLE,
     FASTDDS2_VARIABLE,
     FASTDDS3_VARIABLE,
     resolve_config_dir,
     transport_environment,
 )
+from fvt_segmentation.tools.frame_source import frame_digest, image_qos, synthetic_frame
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / 'config'
@@ -54,7 +54,7 @@ def test_shell_exports_apply_in_a_shell():
     env = {k: v for k, v in os.environ.items()
            if k not in (FASTDDS2_VARIABLE, FASTDDS3_VARIABLE, CYCLONEDDS_VARIABLE)}
     env['ROS_DISTRO'] = 'jazzy'
-    script = (f'eval "$({sys.executable} -m fvt_segmentation.transport)"; echo '
+    script = (f'eval "$({sys.executable} -m fvt_segmentation.tools.dds_profiles)"; echo '
               f'"${FASTDDS2_VARIABLE}|${CYCLONEDDS_VARIABLE}|${{{FASTDDS3_VARIABLE}:-unset}}"')
     result = subprocess.run(['bash', '-c', script], env=env, cwd=REPO, capture_output=True,
                             text=True, timeout=30)
@@ -132,7 +132,7 @@ def test_full_resolution_best_effort_frames_all_arrive_across_processes():
         node.create_subscription(Image, '/transport_probe', on_image,
                                  image_qos(reliable=False, depth=count))
         publisher = subprocess.Popen(
-            [sys.executable, '-m', 'fvt_segmentation.frame_source', '--topic',
+            [sys.executable, '-m', 'fvt_segmentation.tools.frame_source', '--topic',
              '/transport_probe', '--count', str(count), '--width', str(width), '--height',
              str(height), '--rate', '10', '--qos', 'best_effort', '--timeout', '30'],
             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,6 +1,6 @@
 """Full-resolution frames from another process reach the node through the shipped profile.
 
-The camera (``python -m fvt_segmentation.frame_source``) and the segmentation node each run
+The camera (``python -m fvt_segmentation.tools.frame_source``) and the segmentation node each run
 in a process of their own with :func:`transport_environment`, as the launch file starts
 them; the camera sends best-effort 2048x1024 rgb8 frames slowly enough that the node is
 never busy, and every frame must come back as its own full-resolution mask.
@@ -23,10 +23,10 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import ros_node, spin_until
 from sensor_msgs.msg import Image
 
-from fvt_segmentation.contract import ModelContract, Normalization
-from fvt_segmentation.conversions import image_to_frame
-from fvt_segmentation.inference import preprocess_frame, resize_classes
-from fvt_segmentation.transport import transport_environment
+from fvt_segmentation.core.contract import ModelContract, Normalization
+from fvt_segmentation.core.conversions import image_to_frame, resize_nearest
+from fvt_segmentation.core.inference import preprocess_frame
+from fvt_segmentation.tools.dds_profiles import transport_environment
 
 REPO = Path(__file__).resolve().parents[1]
 COUNT, WIDTH, HEIGHT, RATE_HZ = 8, 2048, 1024, 3.0
@@ -52,8 +52,8 @@ def expected_mask(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     top2 = np.sort(scores, axis=2)[:, :, -2:]
     classes = np.argmax(scores, axis=2).astype(np.uint8)
     clear = ((top2[:, :, 1] - top2[:, :, 0]) > 1e-3).astype(np.uint8)
-    return (resize_classes(classes, (HEIGHT, WIDTH)),
-            resize_classes(clear, (HEIGHT, WIDTH)).astype(bool))
+    return (resize_nearest(classes, (HEIGHT, WIDTH)),
+            resize_nearest(clear, (HEIGHT, WIDTH)).astype(bool))
 
 
 def environment() -> dict[str, str]:
@@ -80,7 +80,7 @@ def test_every_full_resolution_frame_gets_its_mask_across_processes(tmp_path: Pa
             status.update({kv.key: kv.value for kv in entry.values})
 
     node = subprocess.Popen(
-        [sys.executable, '-m', 'fvt_segmentation.segmentation_node', '--ros-args',
+        [sys.executable, '-m', 'fvt_segmentation.node.segmentation_node', '--ros-args',
          '-p', 'providers:=[cpu]', '-p', f'model_path:={model}', '-r', f'image:={IMAGE_TOPIC}',
          '-p', 'diagnostics_period:=0.2'],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -94,9 +94,9 @@ def test_every_full_resolution_frame_gets_its_mask_across_processes(tmp_path: Pa
             assert spin_until(executor, lambda: subscription.get_publisher_count() > 0
                               and 'frames_received' in status, timeout=30), 'node not up'
             camera = subprocess.Popen(
-                [sys.executable, '-m', 'fvt_segmentation.frame_source', '--topic', IMAGE_TOPIC,
-                 '--images', *files, '--count', str(COUNT), '--rate', str(RATE_HZ),
-                 '--qos', 'best_effort', '--timeout', '30'],
+                [sys.executable, '-m', 'fvt_segmentation.tools.frame_source',
+                 '--topic', IMAGE_TOPIC, '--images', *files, '--count', str(COUNT),
+                 '--rate', str(RATE_HZ), '--qos', 'best_effort', '--timeout', '30'],
                 env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             spin_until(executor, lambda: camera.poll() is not None, timeout=60)
             spin_until(executor, lambda: len(masks) >= COUNT

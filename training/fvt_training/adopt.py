@@ -5,7 +5,7 @@ set: :mod:`fvt_training.adopt_source`), and anything it cannot tell (layout, col
 normalisation, size) must come from a flag: an ambiguity is refused with a message naming
 the flag to add. Then a small head is appended to the source graph
 (:mod:`fvt_training.category_head`), so the file outputs the probabilities of the 8
-categories of :mod:`fvt_segmentation.contract` (for each, the sum of its classes'
+categories of :mod:`fvt_segmentation.core.contract` (for each, the sum of its classes'
 probabilities; classes without a category count as void) and the node, the review app,
 ``evaluate`` and ``replay`` run it unchanged. An argmax-only model gets a class-id lookup
 instead; it states no uncertainty, so its ``~/confidence`` is 255 everywhere.
@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.contract import CATEGORIES, VOID, ModelContract, Normalization
+from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract, Normalization
+from fvt_segmentation.core.sizes import SizeError, parse_size
 from fvt_training.adopt_source import (
     AdoptError,
     AdoptOptions,
@@ -42,8 +43,8 @@ from fvt_training.adopt_source import (
     inspect_source,
     shape_text,
 )
+from fvt_training.arg_types import non_negative_int, positive_int
 from fvt_training.category_head import add_category_head, map_to_categories
-from fvt_training.cli import non_negative_int, positive_int
 from fvt_training.label_sets import LabelSet, load_label_set
 
 LAYOUTS = ('NCHW', 'NHWC')
@@ -149,7 +150,7 @@ def adopt(source: str | os.PathLike, out: str | os.PathLike,
     """
     import onnx
 
-    from fvt_segmentation.inference import load_segmenter
+    from fvt_segmentation.core.inference import load_segmenter
     from fvt_training.export import attach_contract, save_atomic
 
     source, out = Path(source), Path(out)
@@ -244,7 +245,7 @@ def check_adopted(adopted: str | os.PathLike, source: str | os.PathLike,
     """
     import onnx
 
-    from fvt_segmentation.metrics import summarize
+    from fvt_segmentation.core.metrics import summarize
     from fvt_training.evaluate import OnnxFileModel, confusion_over_split, preprocess_batch
     from fvt_training.latency import time_interleaved
     from fvt_training.prepared import load_pair, read_manifest
@@ -330,14 +331,12 @@ def add_adopt_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def run_adopt_command(args: argparse.Namespace) -> int:
     """Run ``fvt-train adopt`` from parsed arguments."""
-    from fvt_training.prepare import parse_sizes
-
     size = None
     if args.size is not None:
-        sizes = parse_sizes([args.size])
-        if len(sizes) != 1:
-            raise AdoptError(f'--size expects one WxH; got {args.size!r}')
-        size = sizes[0]
+        try:
+            size = parse_size(args.size)
+        except SizeError as err:
+            raise AdoptError(f'--size {err}') from None
     options = AdoptOptions(labels=args.labels, licence=args.licence,
                            input_layout=args.input_layout, color_order=args.color_order,
                            mean=args.mean, std=args.std, size=size, output=args.output)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.contract import ModelContract
+from fvt_segmentation.core.contract import ModelContract
 from fvt_training.label_sets import LabelSet, sets_with
 
 SUM_TOLERANCE = 1e-3
@@ -204,7 +204,7 @@ def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: La
     import onnx
     from onnx import helper
 
-    from fvt_segmentation.inference import preprocess_frame
+    from fvt_segmentation.core.inference import preprocess_frame
 
     graph = proto.graph
     inputs = graph_inputs(graph)

@@ -13,7 +13,7 @@ from pathlib import Path
 import albumentations as A  # noqa: N812 - the library's own convention
 import cv2
 
-from fvt_segmentation.contract import VOID
+from fvt_segmentation.core.contract import VOID
 from fvt_training.prepared import DataError
 
 PIPELINE_SUFFIXES = {'.json': 'json', '.yaml': 'yaml', '.yml': 'yaml'}

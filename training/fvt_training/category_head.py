@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.contract import CATEGORIES
+from fvt_segmentation.core.contract import CATEGORIES
 from fvt_training.adopt_source import Inspection, graph_inputs
 from fvt_training.label_sets import LabelSet
 

@@ -36,7 +36,7 @@ USER_ERRORS = {
     'fvt_training.prepared': ('DataError',),
     'fvt_training.run_files': ('RunError',),
     'fvt_training.models': ('ModelConfigError', 'EncoderWeightsUnavailableError'),
-    'fvt_segmentation.contract': ('ModelLoadError',),
+    'fvt_segmentation.core.contract': ('ModelLoadError',),
     'fvt_training.evaluate': ('EvaluationError',),
     'fvt_training.export': ('ExportError',),
     'fvt_training.compare': ('CompareError',),
@@ -47,22 +47,6 @@ USER_ERRORS = {
 """Errors whose message is the whole story for a user (no traceback), by module. A module's
 errors count once it is loaded: none can be raised before, and looking them up this way
 keeps TensorFlow and Flask unloaded until a command needs them."""
-
-
-def positive_int(text: str) -> int:
-    """Parse a command-line integer >= 1 (argparse ``type``)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer; got {text}')
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """Parse a command-line integer >= 0 (argparse ``type``)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 0; got {text}')
-    return value
 
 
 def add_config_parser(subparsers: argparse._SubParsersAction) -> None:

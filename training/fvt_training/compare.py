@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from fvt_segmentation.contract import CATEGORIES, VOID
+from fvt_segmentation.core.contract import CATEGORIES, VOID
 from fvt_training.prepared import read_manifest
 from fvt_training.run_files import (
     CONFIG_FILE,
@@ -203,7 +203,7 @@ def read_model_file(path: Path) -> dict:
     """Return a row for an exported ``.onnx`` file from its contract and the reports beside it."""
     import onnx
 
-    from fvt_segmentation.contract import parse_contract
+    from fvt_segmentation.core.contract import parse_contract
 
     proto = onnx.load(str(path), load_external_data=False)
     prov = parse_contract({p.key: p.value for p in proto.metadata_props}, str(path)).provenance

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from fvt_segmentation.contract import CATEGORIES
+from fvt_segmentation.core.contract import CATEGORIES
 from fvt_training.prepared import write_bytes_atomic
 
 ARCHITECTURES = ('unet_like', 'light_fpn', 'unet', 'fpn', 'linknet', 'pspnet')

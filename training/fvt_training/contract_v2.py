@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.contract import CONTRACT_V2, ModelContract
+from fvt_segmentation.core.contract import CONTRACT_V2, ModelContract
 
 CLASSES_NAME = 'class_ids'
 CONFIDENCE_NAME = 'confidence'

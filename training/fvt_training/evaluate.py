@@ -1,9 +1,9 @@
 """``fvt-train evaluate``: score a Keras run or an exported ONNX file on a prepared split.
 
 Both kinds of model go through the same path: frames are preprocessed by the node's own
-:func:`~fvt_segmentation.inference.preprocess_frame` (a Keras run with the contract its export
+:func:`~fvt_segmentation.core.inference.preprocess_frame` (a Keras run with the contract its export
 would carry), scores become class maps with the node's post-processing, and every score comes
-from one dataset-level confusion matrix (:mod:`fvt_segmentation.metrics`). The report holds
+from one dataset-level confusion matrix (:mod:`fvt_segmentation.core.metrics`). The report holds
 per-category IoU, mIoU (void ignored) and the 8-class mean, Dice, pixel accuracy, parameters,
 GFLOPs and inference time; figures are a confusion matrix and image | truth | prediction
 panels.
@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.contract import CATEGORIES, VOID, ModelContract
-from fvt_segmentation.inference import preprocess_frame, resize_classes, scores_to_classes
-from fvt_segmentation.metrics import confusion_matrix, summarize
-from fvt_training.cli import non_negative_int, positive_int
-from fvt_training.run_files import EVAL_PREFIX, write_json
+from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract
+from fvt_segmentation.core.conversions import resize_nearest
+from fvt_segmentation.core.inference import preprocess_frame, scores_to_classes
+from fvt_segmentation.core.metrics import confusion_matrix, summarize
+from fvt_training.arg_types import non_negative_int, positive_int
+from fvt_training.run_files import EVAL_PREFIX, summary_text, write_json
 
 DEFAULT_PROVIDERS = ('cpu',)
 QUANTIZED_OPS = frozenset({'QuantizeLinear', 'DequantizeLinear', 'QLinearConv', 'ConvInteger',
@@ -72,7 +73,7 @@ class KerasRunModel:
     def describe(self) -> dict[str, Any]:
         """Return Keras' parameter count and the GFLOPs of the graph export would write."""
         from fvt_training import flops
-        from fvt_training.export import keras_to_onnx
+        from fvt_training.keras_onnx import keras_to_onnx
 
         return {'params': int(self.model.count_params()),
                 'gflops': flops.gflops(keras_to_onnx(self.model, self.input_size))}
@@ -90,7 +91,7 @@ class OnnxFileModel:
 
     def __init__(self, path: str | os.PathLike,
                  providers: Sequence[str] = DEFAULT_PROVIDERS) -> None:
-        from fvt_segmentation.inference import load_segmenter
+        from fvt_segmentation.core.inference import load_segmenter
 
         self.source = Path(path)
         # Several sessions share this process (export times float32 and int8 in turns);
@@ -193,7 +194,7 @@ def confusion_over_split(model: KerasRunModel | OnnxFileModel, manifest: Any, sp
             for sample_id, (image, truth), score in zip(batch_ids, pairs, scores, strict=True):
                 classes, _ = scores_to_classes(score, model.contract.layout,
                                                model.contract.output)
-                classes = resize_classes(classes, truth.shape)
+                classes = resize_nearest(classes, truth.shape)
                 cm += confusion_matrix(truth, classes, num_classes)
                 if sample_id in wanted:
                     kept[sample_id] = (image, truth, classes)
@@ -356,8 +357,7 @@ def format_report(report: dict) -> str:
         lines.append(f'inference per image, {key.replace("_", " ")} ({report["provider"]}, '
                      f'{stats["runs"]} runs after {stats["warmup"]} warm-up): median '
                      f'{stats["median_ms"]:.2f} ms, p90 {stats["p90_ms"]:.2f} ms')
-    lines.append(f'report: {report.get("report_path", "—")}')
-    return '\n'.join(lines)
+    return summary_text(lines, report)
 
 
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

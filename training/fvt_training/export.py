@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 import os
 from pathlib import Path
@@ -40,13 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.contract import MIN_ARGMAX_AGREEMENT, ModelContract
-from fvt_training.cli import non_negative_int, positive_int
+from fvt_segmentation.core.contract import MIN_ARGMAX_AGREEMENT, ModelContract
+from fvt_training.arg_types import non_negative_int, positive_int
+from fvt_training.keras_onnx import INPUT_NAME, OPSET, keras_to_onnx, rename_output
 from fvt_training.onnx_rewrites import simplify_for_cpu, strip_output_softmax
+from fvt_training.run_files import summary_text
 
-OPSET = 17
-INPUT_NAME = 'image'
-OUTPUT_NAME = 'probabilities'
 LOGITS_NAME = 'logits'
 PRODUCER = 'fvt-train'
 MAX_ABS_DIFF = 1e-3
@@ -56,35 +55,6 @@ INT8_TARGET_MIOU_DROP = 0.01
 
 class ExportError(RuntimeError):
     """An export that failed a check; the message holds the measured numbers."""
-
-
-def keras_to_onnx(model: Any, input_size: Sequence[int], opset: int = OPSET) -> Any:
-    """Convert a Keras model to an ONNX ``ModelProto`` (float32 NHWC input, dynamic batch).
-
-    The input is named ``image`` and the output ``probabilities`` (renamed ``logits`` when
-    :func:`export_run` drops the final softmax).
-    """
-    import logging
-
-    import tensorflow as tf
-    import tf2onnx
-
-    tf2onnx.logging.set_level(logging.ERROR)
-    height, width = (int(v) for v in input_size)
-    signature = (tf.TensorSpec((None, height, width, 3), tf.float32, name=INPUT_NAME),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
-    _rename_output(proto, OUTPUT_NAME)
-    return proto
-
-
-def _rename_output(proto: Any, name: str) -> None:
-    old = proto.graph.output[0].name
-    if old == name:
-        return
-    for node in proto.graph.node:
-        node.output[:] = [name if o == old else o for o in node.output]
-        node.input[:] = [name if i == old else i for i in node.input]
-    proto.graph.output[0].name = name
 
 
 def attach_contract(proto: Any, contract: ModelContract, doc: str | None = None) -> None:
@@ -137,7 +107,7 @@ def check_parity(reference: Any, reference_contract: ModelContract, segmenter: A
     here too. Returns the largest absolute probability difference, the fraction of pixels
     whose argmax agrees and ``passed``.
     """
-    from fvt_segmentation.inference import preprocess_frame
+    from fvt_segmentation.core.inference import preprocess_frame
 
     worst, agree, total = 0.0, 0, 0
     for frame in frames:
@@ -170,7 +140,7 @@ class FrameCalibrationReader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """Return the next ``{input name: tensor}``, or None when the frames are used up."""
-        from fvt_segmentation.inference import preprocess_frame
+        from fvt_segmentation.core.inference import preprocess_frame
 
         frame = next(self.frames, None)
         if frame is None:
@@ -298,7 +268,7 @@ def write_contract_v2(path: Path, contract: ModelContract, uint8_input: bool,
     """
     import onnx
 
-    from fvt_segmentation.inference import load_segmenter
+    from fvt_segmentation.core.inference import load_segmenter
     from fvt_training.contract_v2 import to_contract_v2
 
     before = load_segmenter(path, providers=['cpu'], intra_op_spinning=False)
@@ -328,8 +298,8 @@ def _variant_path(out: Path, tag: str) -> Path:
 
 def _score_variants(paths: Mapping[str, Path], manifest: Any, split: str, runs: int,
                     warmup: int) -> dict[str, dict]:
-    from fvt_segmentation.contract import CATEGORIES, VOID
-    from fvt_segmentation.metrics import summarize
+    from fvt_segmentation.core.contract import CATEGORIES, VOID
+    from fvt_segmentation.core.metrics import summarize
     from fvt_training.evaluate import OnnxFileModel, confusion_over_split, preprocess_batch
     from fvt_training.latency import time_interleaved
     from fvt_training.prepared import load_pair
@@ -429,7 +399,7 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
 
     import onnx
 
-    from fvt_segmentation.inference import load_segmenter
+    from fvt_segmentation.core.inference import load_segmenter
     from fvt_training import flops
     from fvt_training.prepared import read_manifest
 
@@ -466,6 +436,30 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
         output=contract.output, make_contract=make_contract, run_dir=None)
 
 
+@dataclass(frozen=True)
+class VariantOptions:
+    """Which files besides the float32 one an export writes, and how it scores them."""
+
+    fp16: bool = False
+    int8: bool = False
+    int8_format: str = 'qdq'
+    int8_trt: bool = False
+    calibration_frames: int = 32
+    contract_version: int = 1
+    uint8_input: bool = False
+    timing_runs: int = 30
+    timing_warmup: int = 5
+
+
+@dataclass
+class _Variants:
+    """The files written so far, by tag: path, contract and the settings they were made with."""
+
+    paths: dict[str, Path]
+    contracts: dict[str, ModelContract]
+    settings: dict[str, dict] = field(default_factory=dict)
+
+
 def export_run(source: str | os.PathLike, out: str | os.PathLike, *,
                data: str | os.PathLike | None = None, weights: str = 'best',
                fp16: bool = False, int8: bool = False, int8_format: str = 'qdq',
@@ -474,43 +468,75 @@ def export_run(source: str | os.PathLike, out: str | os.PathLike, *,
                uint8_input: bool = False) -> dict[str, Any]:
     """Export a run folder, or re-export an ``.onnx`` file, to ``out`` (and variants).
 
-    ``int8_trt`` adds ``OUT-stem.int8trt.onnx`` (:func:`int8_trt_settings`).
-    ``contract_version`` 2 writes every file with the class ids and confidence computed in
-    the graph (and, with ``uint8_input``, the normalisation too): see
-    :mod:`fvt_training.contract_v2`; each must give the version 1 classes exactly.
-    Returns the report written beside ``out``. Raises :class:`ExportError` when the float32
-    file fails the parity check (the file is then left as ``<out>.failed``).
+    The steps: open the source, rewrite its graph (:func:`rewrite_graph`), write the float32
+    file once it passes the parity check (:func:`write_float32`), write the variants
+    asked for (:func:`write_variants`), score every file and write the report
+    (:func:`write_report`). ``int8_trt`` adds ``OUT-stem.int8trt.onnx``
+    (:func:`int8_trt_settings`). ``contract_version`` 2 writes every file with the
+    class ids and confidence computed in the graph (and, with ``uint8_input``, the
+    normalisation too): see :mod:`fvt_training.contract_v2`; each must give the version 1
+    classes exactly. Returns the report written beside ``out``. Raises :class:`ExportError`
+    when the float32 file fails the parity check (the file is then left as
+    ``<out>.failed``).
     """
-    if contract_version not in (1, 2):
-        raise ExportError(f'--contract must be 1 or 2; got {contract_version}')
-    if uint8_input and contract_version != 2:
-        raise ExportError('--uint8-input needs --contract 2')
-    from fvt_segmentation.inference import load_segmenter
     from fvt_training.evaluate import pick_samples
     from fvt_training.prepared import load_pair
-    from fvt_training.run_files import EXPORT_FILE, write_json
 
+    options = VariantOptions(
+        fp16=fp16, int8=int8, int8_format=int8_format, int8_trt=int8_trt,
+        calibration_frames=calibration_frames, contract_version=contract_version,
+        uint8_input=uint8_input, timing_runs=timing_runs, timing_warmup=timing_warmup)
+    if options.contract_version not in (1, 2):
+        raise ExportError(f'--contract must be 1 or 2; got {options.contract_version}')
+    if options.uint8_input and options.contract_version != 2:
+        raise ExportError('--uint8-input needs --contract 2')
     source, out = Path(source), Path(out)
     if out.suffix != '.onnx':
         raise ExportError(f'--out must name an .onnx file; got {out}')
     src = (onnx_source(source, data) if source.suffix == '.onnx'
            else keras_source(source, weights, data))
-    manifest, proto = src.manifest, src.proto
+    rewrites, output = rewrite_graph(src.proto, src.output)
+    contract = src.make_contract({'precision': 'float32'}, output)
+    attach_contract(src.proto, contract)
+    frames = [load_pair(src.manifest, src.val_split, i)[0]
+              for i in pick_samples(src.manifest.ids(src.val_split), parity_frames)]
+    parity = write_float32(src, contract, out, frames)
+    variants = write_variants(src, out, contract, output, frames, options)
+    scores = _score_variants(variants.paths, src.manifest, src.val_split,
+                             options.timing_runs, options.timing_warmup)
+    for tag, entry in variants.settings.items():
+        scores[tag]['settings'] = entry
+    return write_report(src, source, out, contract, weights, {
+        'opset': OPSET, 'graph_rewrites': rewrites, 'output': output, 'parity': parity,
+        'variants': scores})
+
+
+def rewrite_graph(proto: Any, output: str) -> tuple[dict[str, int], str]:
+    """Apply the CPU rewrites and drop a final softmax, in place; return counts and output.
+
+    The output becomes ``logits`` when the softmax was dropped, else stays ``output``.
+    """
     rewrites = simplify_for_cpu(proto)
     dropped = strip_output_softmax(proto)
-    output = 'logits' if dropped else src.output
     if dropped:
-        _rename_output(proto, LOGITS_NAME)
+        rename_output(proto, LOGITS_NAME)
     rewrites['softmax_dropped'] = int(dropped)
     print('graph rewrites: ' + ', '.join(f'{k} {v}' for k, v in rewrites.items()))
-    contract = src.make_contract({'precision': 'float32'}, output)
-    attach_contract(proto, contract)
+    return rewrites, 'logits' if dropped else output
+
+
+def write_float32(src: ExportSource, contract: ModelContract, out: Path,
+                  frames: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Write ``src.proto`` to ``out`` if it reads back right and matches its reference.
+
+    Returns the parity record; a file that fails is left as ``<out>.failed`` and
+    :class:`ExportError` says by how much.
+    """
+    from fvt_segmentation.core.inference import load_segmenter
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f'.tmp-{os.getpid()}-{out.name}')
-    save_atomic(proto, tmp)
-    frames = [load_pair(manifest, src.val_split, i)[0]
-              for i in pick_samples(manifest.ids(src.val_split), parity_frames)]
+    save_atomic(src.proto, tmp)
     reference = 'Keras' if src.run_dir is not None else src.path.name
     try:
         segmenter = load_segmenter(tmp, providers=['cpu'])
@@ -532,69 +558,83 @@ def export_run(source: str | os.PathLike, out: str | os.PathLike, *,
     print(f'wrote {out}: parity with {reference} on {len(frames)} {src.val_split} frames, '
           f'max abs diff {parity["max_abs_diff"]:.2e}, argmax agreement '
           f'{parity["argmax_agreement"]:.4%}')
+    return parity
 
-    paths = {'float32': out}
-    contracts = {'float32': contract}
-    settings: dict[str, dict] = {}
-    if int8:
-        ids = pick_samples(manifest.ids(src.train_split), calibration_frames)
-        reader = FrameCalibrationReader(
-            (load_pair(manifest, src.train_split, i)[0] for i in ids), contract, src.input_size)
-        settings['int8'] = {**int8_settings(int8_format), 'calibration_frames': len(ids),
-                            'calibration_split': src.train_split}
-        paths['int8'] = _variant_path(out, 'int8')
-        contracts['int8'] = src.make_contract(
-            {'precision': 'int8', 'quantization': settings['int8']}, output)
-        print(f'quantizing to int8 ({int8_format}), calibrated on {len(ids)} '
-              f'{src.train_split} frames')
-        quantize_int8(out, paths['int8'], reader, contracts['int8'], settings['int8'])
-    if int8_trt:
-        ids = pick_samples(manifest.ids(src.train_split), calibration_frames)
-        reader = FrameCalibrationReader(
-            (load_pair(manifest, src.train_split, i)[0] for i in ids), contract, src.input_size)
-        settings['int8trt'] = {**int8_trt_settings(), 'calibration_frames': len(ids),
-                               'calibration_split': src.train_split}
-        paths['int8trt'] = _variant_path(out, 'int8trt')
-        contracts['int8trt'] = replace(src.make_contract(
-            {'precision': 'int8', 'quantization': settings['int8trt']}, output),
-            quantization='int8_symmetric_qdq')
-        print(f'quantizing to symmetric int8 for TensorRT, calibrated on {len(ids)} '
-              f'{src.train_split} frames')
-        quantize_int8(out, paths['int8trt'], reader, contracts['int8trt'],
-                      settings['int8trt'])
-    if fp16:
-        paths['float16'] = _variant_path(out, 'fp16')
-        contracts['float16'] = src.make_contract({'precision': 'float16'}, output)
-        convert_fp16(out, paths['float16'], contracts['float16'])
-        settings['float16'] = {'keep_io_types': True}
-    if contract_version == 2:
-        for tag, path in paths.items():
-            contracts[tag] = write_contract_v2(path, contracts[tag], uint8_input, frames)
+
+def _quantize_variant(src: ExportSource, out: Path, output: str, variants: _Variants,
+                      tag: str, settings: dict[str, Any], frame_count: int,
+                      description: str) -> None:
+    """Write the int8 file ``tag`` with ``settings``, calibrated on training frames."""
+    from fvt_training.evaluate import pick_samples
+    from fvt_training.prepared import load_pair
+
+    manifest = src.manifest
+    ids = pick_samples(manifest.ids(src.train_split), frame_count)
+    reader = FrameCalibrationReader((load_pair(manifest, src.train_split, i)[0] for i in ids),
+                                    variants.contracts['float32'], src.input_size)
+    variants.settings[tag] = {**settings, 'calibration_frames': len(ids),
+                              'calibration_split': src.train_split}
+    variants.paths[tag] = _variant_path(out, tag)
+    written = src.make_contract({'precision': 'int8', 'quantization': variants.settings[tag]},
+                                output)
+    if tag == 'int8trt':
+        written = replace(written, quantization='int8_symmetric_qdq')
+    variants.contracts[tag] = written
+    print(f'quantizing to {description}, calibrated on {len(ids)} {src.train_split} frames')
+    quantize_int8(out, variants.paths[tag], reader, written, variants.settings[tag])
+
+
+def write_variants(src: ExportSource, out: Path, contract: ModelContract, output: str,
+                   frames: Sequence[np.ndarray], options: VariantOptions) -> _Variants:
+    """Write the int8, int8trt and fp16 files ``options`` asks for beside ``out``.
+
+    With contract version 2, every file (float32 included) is then rewritten with the class
+    ids in the graph. Each file's contract is read back and must equal the one written.
+    """
+    from fvt_segmentation.core.inference import load_segmenter
+
+    variants = _Variants({'float32': out}, {'float32': contract})
+    if options.int8:
+        _quantize_variant(src, out, output, variants, 'int8',
+                          int8_settings(options.int8_format), options.calibration_frames,
+                          f'int8 ({options.int8_format})')
+    if options.int8_trt:
+        _quantize_variant(src, out, output, variants, 'int8trt', int8_trt_settings(),
+                          options.calibration_frames, 'symmetric int8 for TensorRT')
+    if options.fp16:
+        variants.paths['float16'] = _variant_path(out, 'fp16')
+        variants.contracts['float16'] = src.make_contract({'precision': 'float16'}, output)
+        convert_fp16(out, variants.paths['float16'], variants.contracts['float16'])
+        variants.settings['float16'] = {'keep_io_types': True}
+    if options.contract_version == 2:
+        for tag, path in variants.paths.items():
+            variants.contracts[tag] = write_contract_v2(
+                path, variants.contracts[tag], options.uint8_input, frames)
         print(f'contract version 2: class ids and confidence in the graph'
-              f'{", uint8 input" if uint8_input else ""}; classes equal to version 1 on '
-              f'{len(frames)} {src.val_split} frames')
-    for tag, path in paths.items():
+              f'{", uint8 input" if options.uint8_input else ""}; classes equal to version 1 '
+              f'on {len(frames)} {src.val_split} frames')
+    for tag, path in variants.paths.items():
         loaded = load_segmenter(path, providers=['cpu']).contract
-        if loaded.to_metadata() != contracts[tag].to_metadata():
+        if loaded.to_metadata() != variants.contracts[tag].to_metadata():
             raise ExportError(f'{path}: the contract read back differs from the one written')
+    return variants
 
-    variants = _score_variants(paths, manifest, src.val_split, timing_runs, timing_warmup)
-    for tag, entry in settings.items():
-        variants[tag]['settings'] = entry
+
+def write_report(src: ExportSource, source: Path, out: Path, contract: ModelContract,
+                 weights: str, results: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``OUT-stem.export.json`` (and the run's ``export.json``); return the report."""
+    from fvt_training.run_files import EXPORT_FILE, write_json
+
     provenance = contract.provenance
     report = {
         'source': str(source),
         'run': provenance.get('run', src.name),
         'run_dir': None if src.run_dir is None else str(src.run_dir),
         'weights': provenance.get('weights', weights),
-        'data': str(manifest.folder),
+        'data': str(src.manifest.folder),
         'input_size': list(src.input_size),
         **src.size,
-        'opset': OPSET,
-        'graph_rewrites': rewrites,
-        'output': output,
-        'parity': parity,
-        'variants': variants,
+        **results,
         'created': provenance['created'],
     }
     if 'reexported_from' in provenance:
@@ -624,8 +664,7 @@ def format_export(report: Mapping[str, Any]) -> str:
     if int8 is not None and -int8['miou_change_points'] > INT8_TARGET_MIOU_DROP * 100:
         lines.append(f'WARNING: int8 costs {-int8["miou_change_points"]:.2f} points of mIoU '
                      f'(target: at most {INT8_TARGET_MIOU_DROP * 100:.0f})')
-    lines.append(f'report: {report.get("report_path", "—")}')
-    return '\n'.join(lines)
+    return summary_text(lines, report)
 
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

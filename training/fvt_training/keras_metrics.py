@@ -2,14 +2,14 @@
 
 It accumulates one confusion matrix over every batch of an epoch (Keras resets it at each
 epoch and before validation) and reports the mean IoU over the non-void categories with
-void ground truth ignored, exactly as ``fvt_segmentation.metrics.summarize(cm)['miou']``.
+void ground truth ignored, exactly as ``fvt_segmentation.core.metrics.summarize(cm)['miou']``.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from fvt_segmentation.contract import CATEGORIES, VOID
+from fvt_segmentation.core.contract import CATEGORIES, VOID
 
 
 class StreamingMeanIoU(tf.keras.metrics.Metric):

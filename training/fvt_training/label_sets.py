@@ -1,9 +1,9 @@
 """Label sets of public segmentation models and the category each of their classes belongs to.
 
 A label set is the list of a model's output classes in channel order, each with the category
-of :data:`fvt_segmentation.contract.CATEGORIES` it counts towards (void when it has none).
+of :data:`fvt_segmentation.core.contract.CATEGORIES` it counts towards (void when it has none).
 Cityscapes sets come from the official ``cityscapesscripts`` label table, CamVid's 11 classes
-from :data:`fvt_training.prepare.CAMVID_CLASSES` (the data set preparation's table), any other
+from :data:`CAMVID_CLASSES` (the table the data set preparation maps with), any other
 set from a YAML file::
 
     classes:                      # one entry per output channel, in channel order
@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.contract import CATEGORIES, VOID
+from fvt_segmentation.core.contract import CATEGORIES, VOID
+
+CAMVID_CLASSES: tuple[tuple[str, str], ...] = (
+    ('Sky', 'sky'), ('Building', 'construction'), ('Pole', 'object'), ('Road', 'flat'),
+    ('Pavement', 'flat'), ('Tree', 'nature'), ('SignSymbol', 'object'),
+    ('Fence', 'construction'), ('Car', 'vehicle'), ('Pedestrian', 'human'),
+    ('Bicyclist', 'human'), ('Unlabelled', 'void'),
+)
+"""CamVid's 12 label ids (index = id in the label PNGs) and the category each belongs to."""
 
 BUILT_IN = ('cityscapes-trainids', 'cityscapes-labelids', 'camvid11')
 CITYSCAPES_LABEL_IDS = 34
@@ -104,12 +112,10 @@ def cityscapes_label_ids() -> LabelSet:
 
 def camvid11() -> LabelSet:
     """Return CamVid's 11 classes (SegNet order, no 'Unlabelled'), as ``prepare`` maps them."""
-    from fvt_training.prepare import CAMVID_CLASSES
-
     named = [(n, c) for n, c in CAMVID_CLASSES if c != CATEGORIES[VOID]]
     return LabelSet('camvid11', tuple(n for n, _ in named),
                     tuple(CATEGORIES.index(c) for _, c in named),
-                    'fvt_training.prepare.CAMVID_CLASSES')
+                    'fvt_training.label_sets.CAMVID_CLASSES')
 
 
 def from_yaml(path: str | os.PathLike) -> LabelSet:

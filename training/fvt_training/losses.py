@@ -8,7 +8,7 @@ Losses compose: ``CategoricalCrossentropy() + 2.0 * DiceLoss()``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -108,44 +108,53 @@ class SumLoss(SegmentationLoss):
         return tf.add_n([factor * loss.call(y_true, y_pred) for factor, loss in self.terms])
 
 
-class CategoricalCrossentropy(SegmentationLoss):
-    """Pixel-mean categorical cross-entropy, optionally class-weighted."""
+class WeightedLoss(SegmentationLoss):
+    """A loss class around a plain function of ``(y_true, y_pred, class_weights, **options)``.
 
-    def __init__(self, class_weights: Sequence[float] | None = None, name: str = 'cce') -> None:
+    Subclasses set :attr:`function` and their default name; the options (e.g. ``smooth``)
+    are passed on as keyword arguments.
+    """
+
+    function: Callable[..., tf.Tensor]
+
+    def __init__(self, class_weights: Sequence[float] | None, name: str,
+                 **options: float) -> None:
         super().__init__(name)
         self.class_weights = None if class_weights is None else list(class_weights)
+        self.options = options
 
     def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        """Return :func:`categorical_crossentropy`."""
-        return categorical_crossentropy(y_true, y_pred, self.class_weights)
+        """Return :attr:`function` of the batch with this loss' weights and options."""
+        return self.function(y_true, y_pred, self.class_weights, **self.options)
 
 
-class DiceLoss(SegmentationLoss):
+class CategoricalCrossentropy(WeightedLoss):
+    """Pixel-mean categorical cross-entropy, optionally class-weighted."""
+
+    function = staticmethod(categorical_crossentropy)
+
+    def __init__(self, class_weights: Sequence[float] | None = None, name: str = 'cce') -> None:
+        super().__init__(class_weights, name)
+
+
+class DiceLoss(WeightedLoss):
     """Dice loss; with ``class_weights`` it is the class-weighted Dice."""
+
+    function = staticmethod(dice_loss)
 
     def __init__(self, class_weights: Sequence[float] | None = None, smooth: float = SMOOTH,
                  name: str = 'dice') -> None:
-        super().__init__(name)
-        self.class_weights = None if class_weights is None else list(class_weights)
-        self.smooth = smooth
-
-    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        """Return :func:`dice_loss`."""
-        return dice_loss(y_true, y_pred, self.class_weights, self.smooth)
+        super().__init__(class_weights, name, smooth=smooth)
 
 
-class JaccardLoss(SegmentationLoss):
+class JaccardLoss(WeightedLoss):
     """Soft Jaccard (IoU) loss."""
+
+    function = staticmethod(jaccard_loss)
 
     def __init__(self, class_weights: Sequence[float] | None = None, smooth: float = SMOOTH,
                  name: str = 'jaccard') -> None:
-        super().__init__(name)
-        self.class_weights = None if class_weights is None else list(class_weights)
-        self.smooth = smooth
-
-    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        """Return :func:`jaccard_loss`."""
-        return jaccard_loss(y_true, y_pred, self.class_weights, self.smooth)
+        super().__init__(class_weights, name, smooth=smooth)
 
 
 class FocalLoss(SegmentationLoss):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from fvt_segmentation.contract import CATEGORIES, Normalization
+from fvt_segmentation.core.contract import CATEGORIES, Normalization
 from fvt_training import efficientnet_lite
 
 keras = tf.keras

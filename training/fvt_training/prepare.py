@@ -2,7 +2,7 @@
 
 A source adapter (:func:`cityscapes_source`, :func:`camvid_source`) finds the image/label
 pairs of a dataset in its own layout, assigns them to our splits and gives the table from its
-label ids to the 8 categories of :data:`fvt_segmentation.contract.CATEGORIES`.
+label ids to the 8 categories of :data:`fvt_segmentation.core.contract.CATEGORIES`.
 :func:`prepare_dataset` then decodes each pair once, maps and resizes it to every requested
 size and writes ``OUT/<W>x<H>/`` in the layout of :mod:`fvt_training.prepared`.
 
@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 import hashlib
 import os
 from pathlib import Path
-import re
 import sys
 import time
 
@@ -29,8 +28,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fvt_segmentation.contract import CATEGORIES
-from fvt_training.cli import positive_int
+from fvt_segmentation.core.contract import CATEGORIES
+from fvt_segmentation.core.sizes import SizeError, parse_sizes
+from fvt_training.arg_types import positive_int
+from fvt_training.label_sets import CAMVID_CLASSES, cityscapes_labels
 from fvt_training.prepared import (
     IMAGES,
     LABELS,
@@ -52,14 +53,6 @@ UNKNOWN_LABEL = 255
 """Entry of a label table for ids the dataset does not define (an error when found)."""
 
 MAX_LISTED_PROBLEMS = 20
-
-CAMVID_CLASSES: tuple[tuple[str, str], ...] = (
-    ('Sky', 'sky'), ('Building', 'construction'), ('Pole', 'object'), ('Road', 'flat'),
-    ('Pavement', 'flat'), ('Tree', 'nature'), ('SignSymbol', 'object'),
-    ('Fence', 'construction'), ('Car', 'vehicle'), ('Pedestrian', 'human'),
-    ('Bicyclist', 'human'), ('Unlabelled', 'void'),
-)
-"""CamVid's 12 label ids (index = id in the label PNGs) and the category each belongs to."""
 
 CAMVID_IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 CITYSCAPES_IMAGE_SUFFIX = '_leftImg8bit.png'
@@ -130,8 +123,6 @@ def cityscapes_label_table() -> np.ndarray:
     appears in the uint8 ``labelIds`` files. Ids the list does not define stay
     :data:`UNKNOWN_LABEL`.
     """
-    from fvt_training.label_sets import cityscapes_labels
-
     table = np.full(256, UNKNOWN_LABEL, dtype=np.uint8)
     for label in cityscapes_labels():
         if 0 <= label.id < 256:
@@ -470,28 +461,14 @@ def prepare_dataset(source: Source, out: str | os.PathLike[str],
     return [read_manifest(job.folder) for job in jobs]
 
 
-def parse_sizes(values: Iterable[str]) -> list[tuple[int, int]]:
-    """Parse ``--size`` values (``WxH``, repeatable or comma-separated) into unique sizes."""
-    sizes: list[tuple[int, int]] = []
-    for value in values:
-        for item in value.split(','):
-            match = re.fullmatch(r'\s*(\d+)\s*[xX]\s*(\d+)\s*', item)
-            if not match or 0 in (int(match[1]), int(match[2])):
-                raise DataError(f'--size expects WxH with positive integers, e.g. 512x256 or '
-                                f'512x256,256x128; got {item!r}')
-            size = (int(match[1]), int(match[2]))
-            if size not in sizes:
-                sizes.append(size)
-    if not sizes:
-        raise DataError('--size expects at least one WxH, e.g. 512x256')
-    return sizes
-
-
 def main_prepare(args: argparse.Namespace) -> int:
     """Run ``fvt-train prepare <dataset>`` from parsed arguments; return the exit code."""
     started = time.monotonic()
     try:
-        sizes = parse_sizes(args.size)
+        try:
+            sizes = parse_sizes(args.size)
+        except SizeError as err:
+            raise DataError(f'--size {err}') from None
         if args.dataset == 'cityscapes':
             source = cityscapes_source(args.root, args.val_fraction, args.seed)
         else:

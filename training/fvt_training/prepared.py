@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fvt_segmentation.contract import CATEGORIES
+from fvt_segmentation.core.contract import CATEGORIES
 
 MANIFEST_NAME = 'manifest.json'
 MANIFEST_FORMAT = 1
@@ -159,7 +159,7 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
     """Read and check the manifest of a prepared folder (``OUT/<W>x<H>``).
 
     Raises :class:`DataError` naming the file when it is missing, malformed, or was prepared
-    with a category list other than :data:`fvt_segmentation.contract.CATEGORIES`.
+    with a category list other than :data:`fvt_segmentation.core.contract.CATEGORIES`.
     """
     folder = Path(folder)
     path = folder / MANIFEST_NAME

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fvt_segmentation.contract import ModelContract
+from fvt_segmentation.core.contract import ModelContract
 from fvt_training import efficientnet_lite
 from fvt_training.models import model_normalization
 from fvt_training.prepared import DataError, read_manifest

@@ -6,6 +6,7 @@ import TensorFlow.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import json
 import os
 from pathlib import Path
@@ -52,3 +53,8 @@ def write_json(path: str | os.PathLike, payload: Any, sort_keys: bool = False) -
     """Write ``payload`` as indented JSON through a temporary file and a rename."""
     text = json.dumps(payload, indent=2, sort_keys=sort_keys) + '\n'
     write_bytes_atomic(Path(path), text.encode('utf-8'))
+
+
+def summary_text(lines: list[str], report: Mapping[str, Any]) -> str:
+    """Join a command's summary lines, ending with where its JSON report was written."""
+    return '\n'.join([*lines, f'report: {report.get("report_path", "—")}'])

@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from fvt_segmentation.contract import CATEGORIES, VOID
-from fvt_segmentation.metrics import confusion_matrix, summarize
+from fvt_segmentation.core.contract import CATEGORIES, VOID
+from fvt_segmentation.core.metrics import confusion_matrix, summarize
 from fvt_training import data
 from fvt_training.config import load_config, write_config
 from fvt_training.keras_metrics import StreamingMeanIoU

@@ -31,8 +31,8 @@ import time
 
 import numpy as np
 
-from fvt_segmentation.inference import load_segmenter, preprocess_frame, scores_to_classes
-from fvt_segmentation.recording import CAMERA_TOPIC, default_recording, read_images
+from fvt_segmentation.bag.bundled_recording import CAMERA_TOPIC, default_recording, read_images
+from fvt_segmentation.core.inference import load_segmenter, preprocess_frame, scores_to_classes
 from fvt_training.config import load_config
 from fvt_training.models import build_model, model_normalization
 from fvt_training.run_contract import run_contract
@@ -56,8 +56,9 @@ def _time(step, frames: list[np.ndarray], rounds: int) -> np.ndarray:
 def _node_end_to_end(model: Path, size: tuple[int, int], duration: float, rate: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / 'bench.json'
-        subprocess.run([sys.executable, '-m', 'fvt_segmentation.bench', '--model', str(model),
-                        '--sizes', f'{size[1]}x{size[0]}', '--transport', 'profile',
+        subprocess.run([sys.executable, '-m', 'fvt_segmentation.tools.bench',
+                        '--model', str(model), '--sizes', f'{size[1]}x{size[0]}',
+                        '--transport', 'profile',
                         '--duration', str(duration), '--rate', str(rate), '--json', str(out)],
                        check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())['rows'][0]

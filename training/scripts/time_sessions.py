@@ -20,7 +20,7 @@ import tempfile
 import numpy as np
 import onnxruntime as ort
 
-from fvt_segmentation.inference import load_segmenter
+from fvt_segmentation.core.inference import load_segmenter
 from fvt_training.latency import time_calls, time_interleaved
 
 

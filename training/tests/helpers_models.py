@@ -18,8 +18,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from prepared_fixture import write_prepared
 
-from fvt_segmentation.contract import CATEGORIES, ModelContract
-from fvt_segmentation.metrics import summarize
+from fvt_segmentation.core.contract import CATEGORIES, ModelContract
+from fvt_segmentation.core.metrics import summarize
 from fvt_training.config import load_config, write_config
 from fvt_training.run_files import BEST_WEIGHTS, CONFIG_FILE, METRICS_FILE, STATE_FILE
 

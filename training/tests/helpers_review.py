@@ -14,7 +14,7 @@ import sys
 import numpy as np
 from prepared_fixture import write_prepared
 
-from fvt_segmentation.contract import CATEGORIES, VOID, ModelContract, Normalization
+from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract, Normalization
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'test'))
 

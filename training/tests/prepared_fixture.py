@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fvt_segmentation.contract import CATEGORIES, PALETTE, VOID
+from fvt_segmentation.core.contract import CATEGORIES, PALETTE, VOID
 from fvt_training.prepared import (
     IMAGES,
     LABELS,

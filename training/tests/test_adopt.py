@@ -22,14 +22,13 @@ from public_models import (
 )
 import pytest
 
-from fvt_segmentation.contract import CATEGORIES, PALETTE
-from fvt_segmentation.inference import load_segmenter
+from fvt_segmentation.core.contract import CATEGORIES, PALETTE
+from fvt_segmentation.core.inference import load_segmenter
 from fvt_training import label_sets
 from fvt_training.adopt import AdoptError, AdoptOptions, adopt, check_adopted
 from fvt_training.cli import main
 from fvt_training.evaluate import evaluate
-from fvt_training.label_sets import LabelSetError
-from fvt_training.prepare import CAMVID_CLASSES
+from fvt_training.label_sets import CAMVID_CLASSES, LabelSetError
 
 LICENCE = 'stand-in weights for tests, no restrictions'
 

@@ -126,7 +126,7 @@ def test_an_exported_model_file_is_a_row_of_its_own(runs, tmp_path):
     from helpers_models import make_class_coded_model
     import onnx
 
-    from fvt_segmentation.contract import ModelContract
+    from fvt_segmentation.core.contract import ModelContract
     from fvt_training.export import attach_contract
 
     path = make_class_coded_model(tmp_path / 'shipped.onnx', (32, 32))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tf_keras
 
-from fvt_segmentation.contract import Normalization
+from fvt_segmentation.core.contract import Normalization
 from fvt_training import data
 
 EXPECTED_LABEL = categories()[::2, ::2]  # the 64x32 frames prepared at 32x16

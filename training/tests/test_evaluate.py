@@ -6,7 +6,7 @@ import numpy as np
 from prepared_fixture import make_prepared
 import pytest
 
-from fvt_segmentation.contract import PALETTE
+from fvt_segmentation.core.contract import PALETTE
 from fvt_training.cli import main
 from fvt_training.evaluate import evaluate, pick_samples, sample_panel
 

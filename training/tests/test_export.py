@@ -6,8 +6,8 @@ import onnx
 from prepared_fixture import make_prepared
 import pytest
 
-from fvt_segmentation.contract import CATEGORIES, PALETTE
-from fvt_segmentation.inference import load_segmenter
+from fvt_segmentation.core.contract import CATEGORIES, PALETTE
+from fvt_segmentation.core.inference import load_segmenter
 from fvt_training import export
 from fvt_training.cli import main
 from fvt_training.data import load_pair

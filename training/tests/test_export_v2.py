@@ -9,8 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 from prepared_fixture import make_prepared
 import pytest
 
-from fvt_segmentation.contract import ModelContract, Normalization
-from fvt_segmentation.inference import argmax_agreement, load_segmenter
+from fvt_segmentation.core.contract import ModelContract, Normalization
+from fvt_segmentation.core.inference import argmax_agreement, load_segmenter
 from fvt_training import export
 from fvt_training.cli import main
 

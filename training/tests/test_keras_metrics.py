@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fvt_segmentation.contract import CATEGORIES
-from fvt_segmentation.metrics import confusion_matrix, summarize
+from fvt_segmentation.core.contract import CATEGORIES
+from fvt_segmentation.core.metrics import confusion_matrix, summarize
 from fvt_training.keras_metrics import StreamingMeanIoU
 
 

@@ -3,7 +3,7 @@ import socket
 import numpy as np
 import pytest
 
-from fvt_segmentation.contract import CATEGORIES
+from fvt_segmentation.core.contract import CATEGORIES
 from fvt_training.models import (
     BACKBONES,
     EncoderWeightsUnavailableError,

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from fvt_segmentation.contract import CATEGORIES
+from fvt_segmentation.core.contract import CATEGORIES
 from fvt_training.cli import main
 from fvt_training.prepare import UNKNOWN_LABEL, cityscapes_label_table, split_train_val
 from fvt_training.prepared import read_manifest

@@ -17,7 +17,7 @@ from helpers_review import HUMAN, VOID, build_review_model, make_review_data
 import numpy as np
 import pytest
 
-from fvt_segmentation.contract import CATEGORIES, PALETTE, ModelLoadError
+from fvt_segmentation.core.contract import CATEGORIES, PALETTE, ModelLoadError
 from fvt_training import cli
 from fvt_training.prepared import DataError
 from fvt_training.review.app import ReviewSetupError, create_app

@@ -19,7 +19,7 @@ from typing import Any
 from flask import Flask, Response, abort, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from fvt_segmentation.inference import DEFAULT_PROVIDERS, Segmenter, load_segmenter
+from fvt_segmentation.core.inference import DEFAULT_PROVIDERS, Segmenter, load_segmenter
 from fvt_training.prepared import DataError, Manifest, load_pair, read_manifest
 from fvt_training.review.reviews import (
     DEFAULT_CACHE_BYTES,
@@ -72,7 +72,7 @@ def create_app(data_dir: str | os.PathLike[str], model_path: str | os.PathLike[s
 
     ``split`` is the split the page opens on; ``providers`` is the ONNX Runtime preference
     order, as in the node's ``providers`` parameter. Raises :class:`DataError` (no or bad prepared
-    folder, unknown split), :class:`fvt_segmentation.contract.ModelLoadError` (model missing
+    folder, unknown split), :class:`fvt_segmentation.core.contract.ModelLoadError` (model missing
     or not following the contract) or :class:`ReviewSetupError` (model and data disagree).
     """
     manifest = read_manifest(data_dir)

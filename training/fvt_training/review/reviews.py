@@ -1,9 +1,9 @@
 """One reviewed image: the node's inference on a prepared photo, scored against its label.
 
-:func:`review_image` runs the photo through :class:`fvt_segmentation.inference.Segmenter`
-and colours it with :mod:`fvt_segmentation.conversions` exactly as the node does (segment at
+:func:`review_image` runs the photo through :class:`fvt_segmentation.core.inference.Segmenter`
+and colours it with :mod:`fvt_segmentation.core.conversions` exactly as the node does (segment at
 the model's size, nearest-neighbour resize to the frame, palette of the model's contract),
-then scores it with :mod:`fvt_segmentation.metrics`.
+then scores it with :mod:`fvt_segmentation.core.metrics`.
 :class:`ReviewCache` keeps finished reviews so that revisiting an image costs nothing.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fvt_segmentation.conversions import blend, colorize
-from fvt_segmentation.inference import Segmenter, resize_classes
-from fvt_segmentation.metrics import confusion_matrix, summarize
+from fvt_segmentation.core.conversions import blend, colorize, resize_nearest
+from fvt_segmentation.core.inference import Segmenter
+from fvt_segmentation.core.metrics import confusion_matrix, summarize
 
 PICTURES = ('photo', 'truth', 'prediction', 'overlay')
 """The pictures of a review, in the order the page shows them."""
@@ -68,7 +68,7 @@ def review_image(segmenter: Segmenter, photo: np.ndarray, label: np.ndarray) -> 
     """Segment ``photo`` with the node's code, score it against ``label`` and render it."""
     contract = segmenter.contract
     result = segmenter.segment(photo, 'RGB')
-    prediction = resize_classes(result.classes, label.shape)
+    prediction = resize_nearest(result.classes, label.shape)
     cm = confusion_matrix(label, prediction, contract.num_classes)
     metrics = summarize(cm, contract.categories, contract.ignore_index)
     metrics['pixels_per_category'] = {

@@ -24,8 +24,7 @@ from typing import Any
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from fvt_segmentation.cli_args import split_ros_args
-from fvt_segmentation.rosbag_io import (
+from fvt_segmentation.bag.rosbag_io import (
     HUMBLE_BAG_VERSION,
     WRITER_VERSIONS,
     finish_bag,
@@ -33,6 +32,7 @@ from fvt_segmentation.rosbag_io import (
     normalize_msgtype,
     offered_qos,
 )
+from fvt_segmentation.core.ros_args import split_ros_args
 
 LOG = logging.getLogger('record')
 STORAGES = {'sqlite3': StoragePlugin.SQLITE3, 'mcap': StoragePlugin.MCAP}

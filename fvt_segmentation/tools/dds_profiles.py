@@ -4,7 +4,7 @@ The middleware reads these variables once per process, when the first participan
 (``rclpy.init``), so they must be in the environment of every process that sends or receives
 large images before it starts: the launch file and the main job pass
 :func:`transport_environment` to the processes they start, and
-``eval "$(python3 -m fvt_segmentation.transport)"`` sets them in a shell (e.g. before
+``eval "$(python3 -m fvt_segmentation.tools.dds_profiles)"`` sets them in a shell (e.g. before
 starting a camera driver). No rclpy import here.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import shlex
 import sys
 
-from fvt_segmentation.resources import share_directories
+from fvt_segmentation.core.resources import share_directories
 
 FASTDDS_PROFILE = 'fastdds.xml'
 CYCLONEDDS_CONFIG = 'cyclonedds.xml'
@@ -104,7 +104,10 @@ def apply_transport_environment(share_or_config_dir: str | Path | None = None) -
 
 
 def main() -> int:
-    """Print ``export`` lines for a shell: ``eval "$(python3 -m fvt_segmentation.transport)"``."""
+    """Print ``export`` lines for a shell.
+
+    Use: ``eval "$(python3 -m fvt_segmentation.tools.dds_profiles)"``.
+    """
     for name, value in transport_environment().items():
         print(f'export {name}={shlex.quote(value)}')
     return 0

@@ -1,7 +1,7 @@
 """Publish camera-like ``sensor_msgs/Image`` frames at a fixed rate.
 
 Used by the transport test (a publisher in its own process), by benchmarks and for demos
-without a camera: ``python -m fvt_segmentation.frame_source --help``. Frames are either
+without a camera: ``python -m fvt_segmentation.tools.frame_source --help``. Frames are either
 synthetic (deterministic pseudo-random pixels, the same bytes in every process, so a receiver
 can check them) or given as arrays / image files.
 """
@@ -21,9 +21,9 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from fvt_segmentation.cli_args import split_ros_args
-from fvt_segmentation.matching import wait_for_subscribers
-from fvt_segmentation.params import RELIABILITIES
+from fvt_segmentation.bag.subscribers import wait_for_subscribers
+from fvt_segmentation.core.ros_args import split_ros_args
+from fvt_segmentation.node.params import RELIABILITIES
 
 ENCODING_BY_CHANNELS = {1: 'mono8', 3: 'rgb8'}
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from fvt_segmentation.contract import (
+from fvt_segmentation.core.contract import (
     CONTRACT_V2,
     MIN_ARGMAX_AGREEMENT,
     ContractError,
@@ -28,7 +28,7 @@ from fvt_segmentation.contract import (
     ModelLoadError,
     parse_contract,
 )
-from fvt_segmentation.providers import (
+from fvt_segmentation.core.providers import (
     CPU,
     CUDA,
     GPU_PROVIDERS,
@@ -145,13 +145,6 @@ def scores_to_classes(scores: np.ndarray, layout: str, output: str,
         top = 1.0 / np.sum(np.exp(scores - np.expand_dims(top, axis)), axis=axis)
     confidence = np.clip(top * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return classes, confidence
-
-
-def resize_classes(class_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a class (or confidence) map to ``size`` = (height, width), nearest neighbour."""
-    if class_map.shape[:2] == tuple(size):
-        return class_map
-    return cv2.resize(class_map, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
 
 
 @dataclass
@@ -521,12 +514,12 @@ def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEF
     provider that is not running, and why). The file is first opened on the CPU: that
     validates the contract and is the reference of the parity check. A GPU session is then
     created and warmed up (a TensorRT engine builds in ``trt_cache_dir``, one folder per
-    model hash, precision and shape, see :mod:`fvt_segmentation.providers`). A new TensorRT
+    model hash, precision and shape, see :mod:`fvt_segmentation.core.providers`). A new TensorRT
     engine is compared with the CPU on ``parity_frames()`` (RGB frames); below
     :data:`MIN_ARGMAX_AGREEMENT` an fp16 engine is replaced by an fp32 one and ``parity``
     says so. ``require_gpu`` is checked after the warm-up: a CPU result is then an error.
     ``progress`` gets one line before each long step. Threads: see
-    :func:`fvt_segmentation.providers.thread_settings`. Raises :class:`ModelLoadError`
+    :func:`fvt_segmentation.core.providers.thread_settings`. Raises :class:`ModelLoadError`
     (:class:`ContractError` for metadata problems) with one clear sentence naming the file.
     """
     started = time.monotonic()

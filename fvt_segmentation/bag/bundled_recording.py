@@ -13,16 +13,23 @@ import cv2
 import numpy as np
 from rosbags.highlevel import AnyReader
 
-from fvt_segmentation.conversions import stamp_ns
-from fvt_segmentation.inference import Segmenter, resize_classes
-from fvt_segmentation.metrics import confusion_matrix, summarize
-from fvt_segmentation.resources import package_file
+from fvt_segmentation.core.conversions import (
+    FrameError,
+    compressed_to_frame,
+    resize_nearest,
+    stamp_ns,
+)
+from fvt_segmentation.core.inference import Segmenter
+from fvt_segmentation.core.metrics import confusion_matrix, summarize
+from fvt_segmentation.core.resources import package_file
 
 CAMERA_TOPIC = '/camera/image_raw/compressed'
 TRUTH_TOPIC = '/camera/ground_truth/compressed'
 CAMERA_BASE_TOPIC = '/camera/image_raw'
 """What the node's ``image`` is remapped to; it subscribes to ``<base>/compressed``."""
 DEFAULT_RECORDING = 'recordings/camvid_0016E5'
+MAX_PIXELS = 1 << 31
+"""No size limit worth the name: a recording is trusted input, unlike a camera topic."""
 
 
 def default_recording() -> Path:
@@ -33,8 +40,8 @@ def default_recording() -> Path:
 def read_images(bag: str | Path, topic: str) -> dict[int, np.ndarray]:
     """Decode every ``CompressedImage`` of ``topic``, keyed by header stamp (ns).
 
-    Colour frames come back as BGR (what the node gets from ``cv2.imdecode``), masks as
-    single-channel arrays. Raises ``ValueError`` naming the bag for a missing topic or data
+    Decoded as the node decodes its compressed input: colour frames come back as BGR, masks
+    as single-channel arrays. Raises ``ValueError`` naming the bag for a missing topic or data
     that does not decode.
     """
     images: dict[int, np.ndarray] = {}
@@ -45,11 +52,12 @@ def read_images(bag: str | Path, topic: str) -> dict[int, np.ndarray]:
                              f'{sorted(c.topic for c in reader.connections)}')
         for connection, _, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, connection.msgtype)
-            image = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)
-            if image is None:
+            try:
+                frame = compressed_to_frame(msg, MAX_PIXELS)
+            except FrameError as err:
                 raise ValueError(f'{bag}: the {topic} message at {stamp_ns(msg.header)} ns '
-                                 'does not decode')
-            images[stamp_ns(msg.header)] = image
+                                 f'does not decode: {err}') from err
+            images[stamp_ns(msg.header)] = frame.pixels
     return images
 
 
@@ -67,8 +75,9 @@ def score_on_recording(segmenter: Segmenter, bag: str | Path | None = None) -> d
     """Segment every camera frame of a recording as the node does; score against its truth.
 
     Frames are decoded to BGR as the node's compressed input path does, segmented, and the
-    class map resized (nearest) to the frame. Returns :func:`fvt_segmentation.metrics.summarize`
-    of the dataset-level confusion matrix, plus ``frames``.
+    class map resized (nearest) to the frame. Returns
+    :func:`fvt_segmentation.core.metrics.summarize` of the dataset-level confusion matrix,
+    plus ``frames``.
     """
     bag = bag or default_recording()
     frames = read_images(bag, CAMERA_TOPIC)
@@ -76,7 +85,7 @@ def score_on_recording(segmenter: Segmenter, bag: str | Path | None = None) -> d
     num_classes = segmenter.contract.num_classes
     cm = np.zeros((num_classes, num_classes), np.int64)
     for stamp, frame in frames.items():
-        classes = resize_classes(segmenter.segment(frame, 'BGR').classes, frame.shape[:2])
+        classes = resize_nearest(segmenter.segment(frame, 'BGR').classes, frame.shape[:2])
         cm += confusion_matrix(truth[stamp], classes, num_classes)
     scores = summarize(cm, segmenter.contract.categories, segmenter.contract.ignore_index)
     scores['frames'] = len(frames)

@@ -1,6 +1,6 @@
 """Execution-provider decisions, as pure functions: options, engine cache keys, threads.
 
-No rclpy and no session here: :mod:`fvt_segmentation.inference` asks these functions what to
+No rclpy and no session here: :mod:`fvt_segmentation.core.inference` asks these functions what to
 do and the tests check every answer on a CPU. What each ONNX Runtime option means is in
 ONNX Runtime's TensorRT execution provider documentation; why we set it is said below.
 """
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 import tempfile
 
-from fvt_segmentation.contract import ModelLoadError
+from fvt_segmentation.core.contract import ModelLoadError
 
 TENSORRT = 'TensorrtExecutionProvider'
 CUDA = 'CUDAExecutionProvider'

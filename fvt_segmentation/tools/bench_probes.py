@@ -1,6 +1,6 @@
 """The benchmark's helper processes: a camera that publishes frames, a receiver of masks.
 
-``bench`` starts each in a process of its own (``python -m fvt_segmentation.bench_probes
+``bench`` starts each in a process of its own (``python -m fvt_segmentation.tools.bench_probes
 camera|receiver --help``): the latency worth measuring is the one between processes, and
 the DDS transport settings are read once per process. Each writes its figures as JSON.
 """
@@ -25,10 +25,10 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from fvt_segmentation.cli_args import split_ros_args
-from fvt_segmentation.conversions import stamp_ns
-from fvt_segmentation.frame_source import FramePublisher, image_message, synthetic_frame
-from fvt_segmentation.ros_compat import publisher_count
+from fvt_segmentation.core.conversions import stamp_ns
+from fvt_segmentation.core.ros_args import split_ros_args
+from fvt_segmentation.node.ros_compat import publisher_count
+from fvt_segmentation.tools.frame_source import FramePublisher, image_message, synthetic_frame
 
 CAMERA_FRAMES = 4
 """Distinct frames the camera cycles through; built once, so publishing costs what a camera

@@ -23,7 +23,7 @@ def share_directories() -> list[Path]:
     files first: an editable install copies data files into ``<sys.prefix>/share`` once, and
     those copies go stale when the checkout changes.
     """
-    source = Path(__file__).resolve().parents[1]
+    source = Path(__file__).resolve().parents[2]
     candidates = [source] if (source / 'package.xml').is_file() else []
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory

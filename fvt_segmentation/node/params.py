@@ -8,7 +8,7 @@ values and for ``ros2 param set``, so a bad value is rejected with the same reas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -130,3 +130,24 @@ def check_value(name: str, value: Any) -> str | None:
     if name == 'providers' and not [p for p in value if p.strip()]:
         return "providers must name at least one provider, e.g. ['tensorrt', 'cuda', 'cpu']"
     return None
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """The parameters that may change while running; replaced as a whole on change."""
+
+    overlay_alpha: float
+    mask_resolution: str
+    publish_colored_mask: bool
+    publish_overlay: bool
+    publish_confidence: bool
+    publish_class_fractions: bool
+    max_frame_age_ms: int
+
+    def enabled(self, output: str) -> bool:
+        """Whether the parameter toggle of ``output`` allows it (the mask has none)."""
+        return output == 'mask' or bool(getattr(self, f'publish_{output}'))
+
+
+RUNTIME_NAMES = frozenset(f.name for f in fields(RuntimeSettings))
+"""The names of the parameters :class:`RuntimeSettings` holds."""

@@ -21,8 +21,8 @@ from typing import Any
 
 from rosbags.rosbag2 import Reader, ReaderError
 
-from fvt_segmentation.cli_args import split_ros_args
-from fvt_segmentation.rosbag_io import message_class, normalize_msgtype
+from fvt_segmentation.bag.rosbag_io import message_class, normalize_msgtype
+from fvt_segmentation.core.ros_args import split_ros_args
 
 LOG = logging.getLogger('replay')
 
@@ -211,7 +211,7 @@ class BagPublisher:
 
     def wait_for_subscribers(self, count: int, timeout: float) -> list[str]:
         """Wait until each topic has ``count`` subscribers; return the topics still missing."""
-        from fvt_segmentation.matching import wait_for_subscribers
+        from fvt_segmentation.bag.subscribers import wait_for_subscribers
 
         return wait_for_subscribers(self.publishers.values(), count, timeout)
 

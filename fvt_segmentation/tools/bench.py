@@ -4,7 +4,7 @@
           [--duration 60] [--rate 30] [--json OUT]
 
 For every frame size and transport, three processes run in a DDS domain of their own: the
-node (``python -m fvt_segmentation.segmentation_node``), a camera publishing rgb8 frames at
+node (``python -m fvt_segmentation.node.segmentation_node``), a camera publishing rgb8 frames at
 ``--rate`` Hz and a receiver subscribed to ``~/mask`` only (the node computes no other
 output) and to ``/diagnostics``. ``profile`` gives all three the shipped DDS profiles
 (:func:`transport.transport_environment`), ``default`` the middleware defaults. Bare model
@@ -33,17 +33,19 @@ import numpy as np
 from tqdm import tqdm
 
 import fvt_segmentation
-from fvt_segmentation.bench_probes import READY, STOP, percentiles_ms, write_json
-from fvt_segmentation.contract import ModelLoadError
-from fvt_segmentation.frame_source import synthetic_frame
-from fvt_segmentation.inference import Segmenter, load_segmenter
-from fvt_segmentation.resources import resolve_model_path
-from fvt_segmentation.segmentation_node import NODE_NAME, STAGES
-from fvt_segmentation.transport import (
+from fvt_segmentation.core.contract import ModelLoadError
+from fvt_segmentation.core.inference import Segmenter, load_segmenter
+from fvt_segmentation.core.resources import resolve_model_path
+from fvt_segmentation.core.sizes import format_size, parse_sizes
+from fvt_segmentation.node.pipeline_stats import STAGES
+from fvt_segmentation.node.segmentation_node import NODE_NAME
+from fvt_segmentation.tools.bench_probes import READY, STOP, percentiles_ms, write_json
+from fvt_segmentation.tools.dds_profiles import (
     CYCLONEDDS_VARIABLE,
     FASTDDS_VARIABLES,
     transport_environment,
 )
+from fvt_segmentation.tools.frame_source import synthetic_frame
 
 TRANSPORTS = ('profile', 'default')
 IMAGE_TOPIC = '/bench/image'
@@ -66,19 +68,7 @@ class Configuration:
     @property
     def size(self) -> str:
         """'WIDTHxHEIGHT'."""
-        return f'{self.width}x{self.height}'
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse 'WIDTHxHEIGHT' into (width, height)."""
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'expected WIDTHxHEIGHT such as 2048x1024, got {text!r}') from None
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f'expected a positive size, got {text!r}')
-    return width, height
+        return format_size(self.width, self.height)
 
 
 def parse_transports(text: str) -> list[str]:
@@ -152,7 +142,7 @@ def run_configuration(config: Configuration, args: argparse.Namespace,
     tag = f'{config.size}_{config.transport}'
     node_log = workdir / f'node_{tag}.log'
     camera_json, receiver_json = workdir / f'camera_{tag}.json', workdir / f'rx_{tag}.json'
-    node_cmd = [python, '-m', 'fvt_segmentation.segmentation_node', '--ros-args',
+    node_cmd = [python, '-m', 'fvt_segmentation.node.segmentation_node', '--ros-args',
                 '-r', f'image:={IMAGE_TOPIC}', '-p', f'model_path:={args.model}',
                 '-p', f'providers:=[{",".join(args.providers)}]',
                 '-p', f'intra_op_threads:={args.intra_op_threads}']
@@ -164,13 +154,13 @@ def run_configuration(config: Configuration, args: argparse.Namespace,
             node = subprocess.Popen(node_cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
             processes.append(node)
             receiver = subprocess.Popen(
-                [python, '-m', 'fvt_segmentation.bench_probes', 'receiver', '--mask-topic',
+                [python, '-m', 'fvt_segmentation.tools.bench_probes', 'receiver', '--mask-topic',
                  MASK_TOPIC, '--out', str(receiver_json), '--timeout', str(STARTUP_TIMEOUT_S)],
                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             processes.append(receiver)
             _wait_ready(receiver, node, node_log)
             camera = subprocess.Popen(
-                [python, '-m', 'fvt_segmentation.bench_probes', 'camera', '--topic',
+                [python, '-m', 'fvt_segmentation.tools.bench_probes', 'camera', '--topic',
                  IMAGE_TOPIC, '--width', str(config.width), '--height', str(config.height),
                  '--rate', str(args.rate), '--duration', str(args.duration), '--out',
                  str(camera_json)], env=env)
@@ -346,7 +336,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--model', default='',
                         help='ONNX model (default: the shipped models/default.onnx)')
     parser.add_argument('--sizes', default='1024x512,2048x1024',
-                        type=lambda text: [parse_size(s) for s in text.split(',') if s.strip()],
+                        type=lambda text: parse_sizes([text]),
                         help='comma-separated frame sizes WIDTHxHEIGHT')
     parser.add_argument('--transport', type=parse_transports, default=list(TRANSPORTS),
                         help='comma-separated: profile (shipped DDS profiles), default')

@@ -32,19 +32,19 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from tqdm import tqdm
 
-from fvt_segmentation.conversions import stamp_ns
-from fvt_segmentation.metrics import confusion_matrix, summarize
-from fvt_segmentation.record import BagRecorder
-from fvt_segmentation.recording import (
+from fvt_segmentation.bag.bundled_recording import (
     CAMERA_BASE_TOPIC,
     CAMERA_TOPIC,
     default_recording,
     read_truth,
 )
-from fvt_segmentation.replay import BagPlayer, BagPublisher
-from fvt_segmentation.resources import resolve_model_path
-from fvt_segmentation.segmentation_node import NODE_NAME as NODE
-from fvt_segmentation.transport import apply_transport_environment
+from fvt_segmentation.bag.record import BagRecorder
+from fvt_segmentation.bag.replay import BagPlayer, BagPublisher
+from fvt_segmentation.core.conversions import stamp_ns
+from fvt_segmentation.core.metrics import confusion_matrix, summarize
+from fvt_segmentation.core.resources import resolve_model_path
+from fvt_segmentation.node.segmentation_node import NODE_NAME as NODE
+from fvt_segmentation.tools.dds_profiles import apply_transport_environment
 
 READY_TIMEOUT_S = 120.0
 
@@ -87,7 +87,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _node_command(model: Path, providers: list[str]) -> list[str]:
     provider_list = '[' + ','.join(providers) + ']'
-    return [sys.executable, '-m', 'fvt_segmentation.segmentation_node', '--ros-args',
+    return [sys.executable, '-m', 'fvt_segmentation.node.segmentation_node', '--ros-args',
             '-r', f'__node:={NODE}', '-r', f'image:={CAMERA_BASE_TOPIC}',
             '-p', 'input_transport:=compressed', '-p', f'model_path:={model}',
             '-p', f'providers:={provider_list}', '-p', 'mask_resolution:=input']

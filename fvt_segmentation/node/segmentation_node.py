@@ -1,21 +1,19 @@
 """ROS 2 node ``segmentation_node``: camera frames in, masks, overlays and statistics out.
 
-A thin shell around the rclpy-free modules: :mod:`fvt_segmentation.inference` runs the
-model, :mod:`fvt_segmentation.conversions` turns messages into arrays and back,
-:mod:`fvt_segmentation.latest_frame` holds the newest frame for the worker thread and
-:mod:`fvt_segmentation.stats` / :mod:`fvt_segmentation.diagnostics` measure and report.
-
-Pipeline: the subscription callback only stores the newest frame in a one-slot holder; the
+A thin shell around the rclpy-free core (:mod:`fvt_segmentation.core`) that reads like the
+README's data flow: input, slot, inference, outputs, publish. The subscription callback only
+stores the newest frame in a one-slot holder (:mod:`fvt_segmentation.node.latest_frame`); the
 inference thread takes it, decodes and segments it and puts the result in a second one-slot
-holder; the output thread builds the outputs somebody subscribes to and publishes them while
-the next frame is being inferred. A slow stage therefore drops frames instead of building a
-backlog. See README.md for topics and parameters.
+holder; the output thread builds the outputs somebody subscribes to
+(:mod:`fvt_segmentation.node.outputs`) and publishes them while the next frame is being
+inferred. A slow stage therefore drops frames instead of building a backlog.
+:mod:`fvt_segmentation.node.pipeline_stats` counts and times and
+:mod:`fvt_segmentation.node.diagnostics` reports. See README.md for topics and parameters.
 """
 
 from __future__ import annotations
 
-import array
-from dataclasses import dataclass, replace
+from dataclasses import replace
 import sys
 import threading
 import time
@@ -33,78 +31,57 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
+from std_msgs.msg import String
 
-from fvt_segmentation.contract import ModelLoadError
-from fvt_segmentation.conversions import (
+from fvt_segmentation.core.contract import ModelLoadError
+from fvt_segmentation.core.conversions import (
     Frame,
     FrameError,
-    alloc_image,
-    blend,
-    class_fractions,
-    colorize,
     compressed_to_frame,
-    frame_to_rgb,
     image_to_frame,
-    resize_nearest,
     stamp_ns,
 )
-from fvt_segmentation.diagnostics import (
-    HealthSnapshot,
-    build_status,
-    loading_status,
-    model_values,
-)
-from fvt_segmentation.inference import (
+from fvt_segmentation.core.inference import (
     Segmentation,
     Segmenter,
     check_model_file,
     load_segmenter,
 )
-from fvt_segmentation.latest_frame import LatestSlot
-from fvt_segmentation.params import PARAMETERS, check_value
-from fvt_segmentation.resources import resolve_model_path
-from fvt_segmentation.ros_compat import add_post_set_parameters_callback, message_kwargs
-from fvt_segmentation.stats import Counters, LatencyWindow, RateMeter, summarize
+from fvt_segmentation.core.resources import resolve_model_path
+from fvt_segmentation.core.sizes import format_size
+from fvt_segmentation.node.diagnostics import (
+    HealthSnapshot,
+    build_status,
+    loading_status,
+    model_values,
+)
+from fvt_segmentation.node.latest_frame import LatestSlot
+from fvt_segmentation.node.outputs import (
+    BUILDERS,
+    MESSAGE_TYPES,
+    OUTPUTS,
+    FrameOutputs,
+    OutputStyle,
+)
+from fvt_segmentation.node.params import PARAMETERS, RUNTIME_NAMES, RuntimeSettings, check_value
+from fvt_segmentation.node.pipeline_stats import PipelineStats
+from fvt_segmentation.node.ros_compat import add_post_set_parameters_callback, message_kwargs
 
 NODE_NAME = 'segmentation_node'
-OUTPUTS = ('mask', 'colored_mask', 'overlay', 'confidence', 'class_fractions')
-"""Per-frame outputs, published as ``~/<name>``; each is computed only when subscribed."""
-STAGES = ('delivery', 'queue', 'conversion', 'preprocess', 'postprocess', 'handoff', 'outputs',
-          'publish')
-"""Per-frame stages around the inference, timed for ``/diagnostics`` (``stage_<name>_*``):
-delivery = header stamp to the subscription callback (node clock: transport, plus the
-camera's own delay and any clock offset; unstamped frames are left out), queue = waiting in
-the newest-frame slot, conversion = message to numpy view (or JPEG/PNG decode),
-preprocess/postprocess = :meth:`Segmenter.segment`'s, handoff = result ready to the output
-thread starting on it, outputs = building the subscribed outputs, publish = the
-``publish()`` calls. Inference is reported as ``inference_*``."""
 LOG_THROTTLE_S = 5.0
 PARITY_FRAMES = 4
 
 
 def parity_frames() -> list[np.ndarray]:
-    """Frames of the bundled recording for the first-build TensorRT parity check."""
-    from fvt_segmentation.recording import sample_frames
+    """Frames of the bundled recording for the first-build TensorRT parity check.
 
+    Empty when the install left the recording out (``FVT_WITHOUT_RECORDING=1``): no check.
+    """
+    from fvt_segmentation.bag.bundled_recording import default_recording, sample_frames
+
+    if not default_recording().exists():
+        return []
     return sample_frames(PARITY_FRAMES)
-
-
-@dataclass(frozen=True)
-class RuntimeSettings:
-    """The parameters that may change while running; replaced as a whole on change."""
-
-    overlay_alpha: float
-    mask_resolution: str
-    publish_colored_mask: bool
-    publish_overlay: bool
-    publish_confidence: bool
-    publish_class_fractions: bool
-    max_frame_age_ms: int
-
-    def enabled(self, output: str) -> bool:
-        """Whether the parameter toggle of ``output`` allows it (the mask has none)."""
-        return output == 'mask' or bool(getattr(self, f'publish_{output}'))
 
 
 class _Pending(NamedTuple):
@@ -140,16 +117,7 @@ class SegmentationNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        for spec in PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, spec.descriptor())
-        self.settings = self._read_settings()
-        post_set = add_post_set_parameters_callback(
-            self, self._validate_parameters, self._apply_parameters)
-        self._image_kwargs, check_fields = message_kwargs(Image)
-        # What this rclpy lacks and the node does instead (Humble); logged at startup.
-        self.fallbacks = [note for note in (post_set, check_fields) if note is not None]
-
+        self._declare_parameters()
         self._requested = list(self._param('providers'))
         self.model_path = resolve_model_path(self._param('model_path'))
         check_model_file(self.model_path, self._requested)  # a wrong path fails right here
@@ -158,43 +126,13 @@ class SegmentationNode(Node):
         self._ready = threading.Event()
         self._load_stage = 'loading model'
         self._max_pixels = int(self._param('max_input_pixels'))
-
-        self.counters = Counters()
-        self.published = Counters(OUTPUTS)
-        window = float(self._param('stats_window'))
-        self._input_rate = RateMeter(window)
-        self._output_rate = RateMeter(window)
-        self._inference_ms = LatencyWindow()
-        self._stage_ms = {name: LatencyWindow() for name in STAGES}
-        self._end_to_end_ms = LatencyWindow()
-        self._started = time.monotonic()
-        self._reported_rejections = 0
-
-        self._output_qos = _qos(self._param('output_reliability'), self._param('output_depth'))
-        self._outputs = {
-            name: self.create_publisher(
-                Float32MultiArray if name == 'class_fractions' else Image, f'~/{name}',
-                self._output_qos)
-            for name in OUTPUTS}
-        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                             reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._categories_pub = self.create_publisher(String, '~/categories', latched)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-
-        # Like image_transport: 'image' is the base name (remappable), the compressed
-        # stream lives under '<base>/compressed'.
-        self._compressed = self._param('input_transport') == 'compressed'
-        base = self.resolve_topic_name('image')
-        self.input_topic = f'{base}/compressed' if self._compressed else base
-        input_qos = _qos(self._param('input_reliability'), self._param('input_depth'))
+        self.stats = PipelineStats(float(self._param('stats_window')), OUTPUTS)
+        self.counters, self.published = self.stats.counters, self.stats.published
         self._frames: LatestSlot[_Pending] = LatestSlot()
         self._results: LatestSlot[_Result] = LatestSlot()
-        # Frames that arrive while the model loads wait in the one-slot holder (newest only).
-        self._subscription = self.create_subscription(
-            CompressedImage if self._compressed else Image, self.input_topic, self._on_frame,
-            input_qos, qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self._threads: list[threading.Thread] = []
+        self._create_outputs()
+        self._create_input()
         self._diagnostics_timer = self.create_timer(
             float(self._param('diagnostics_period')), self._publish_diagnostics)
         # The model loads (and a TensorRT engine builds) in the background: meanwhile the
@@ -207,6 +145,41 @@ class SegmentationNode(Node):
         """Block until the model is loaded (True) or loading failed or timed out (False)."""
         self._ready.wait(timeout)
         return self.segmenter is not None
+
+    # ---- setup ------------------------------------------------------------------------
+
+    def _declare_parameters(self) -> None:
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        for spec in PARAMETERS:
+            self.declare_parameter(spec.name, spec.default, spec.descriptor())
+        self.settings = RuntimeSettings(**{name: self._param(name) for name in RUNTIME_NAMES})
+        post_set = add_post_set_parameters_callback(
+            self, self._validate_parameters, self._apply_parameters)
+        self._image_kwargs, check_fields = message_kwargs(Image)
+        # What this rclpy lacks and the node does instead (Humble); logged at startup.
+        self.fallbacks = [note for note in (post_set, check_fields) if note is not None]
+
+    def _create_outputs(self) -> None:
+        self._output_qos = _qos(self._param('output_reliability'), self._param('output_depth'))
+        self._outputs = {name: self.create_publisher(type_, f'~/{name}', self._output_qos)
+                         for name, type_ in MESSAGE_TYPES.items()}
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._categories_pub = self.create_publisher(String, '~/categories', latched)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+
+    def _create_input(self) -> None:
+        # Like image_transport: 'image' is the base name (remappable), the compressed
+        # stream lives under '<base>/compressed'.
+        self._compressed = self._param('input_transport') == 'compressed'
+        base = self.resolve_topic_name('image')
+        self.input_topic = f'{base}/compressed' if self._compressed else base
+        input_qos = _qos(self._param('input_reliability'), self._param('input_depth'))
+        # Frames that arrive while the model loads wait in the one-slot holder (newest only).
+        self._subscription = self.create_subscription(
+            CompressedImage if self._compressed else Image, self.input_topic, self._on_frame,
+            input_qos, qos_overriding_options=QoSOverridingOptions.with_default_policies())
 
     def _on_progress(self, line: str) -> None:
         self._load_stage = line
@@ -230,9 +203,7 @@ class SegmentationNode(Node):
             self._ready.set()
             self.context.try_shutdown()  # main() then exits with status 1
             return
-        self._palette = segmenter.contract.palette_array()
-        self._num_classes = segmenter.contract.num_classes
-        self._fractions_layout_label = ','.join(segmenter.contract.categories)
+        self._style = OutputStyle.of(segmenter.contract, self._image_kwargs)
         self.segmenter = segmenter
         self._categories_pub.publish(String(data=segmenter.contract.categories_json()))
         self._threads = [
@@ -251,10 +222,6 @@ class SegmentationNode(Node):
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
 
-    def _read_settings(self) -> RuntimeSettings:
-        return RuntimeSettings(**{
-            name: self._param(name) for name in RuntimeSettings.__dataclass_fields__})
-
     def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         for parameter in parameters:
             reason = check_value(parameter.name, parameter.value)
@@ -263,18 +230,16 @@ class SegmentationNode(Node):
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
-        changes = {p.name: p.value for p in parameters
-                   if p.name in RuntimeSettings.__dataclass_fields__}
+        changes = {p.name: p.value for p in parameters if p.name in RUNTIME_NAMES}
         if changes:
             self.settings = replace(self.settings, **changes)
             self.get_logger().info(f'parameters changed: {changes}')
 
-    # ---- input ------------------------------------------------------------------------
+    # ---- input and slot ---------------------------------------------------------------
 
     def _on_frame(self, msg: Any) -> None:
         now = time.monotonic()
-        self.counters.add('received')
-        self._input_rate.tick(now)
+        self.stats.received(now)
         pending = _Pending(msg, now, self.get_clock().now().nanoseconds)
         if self._frames.put(pending) is not None:
             self.counters.add('dropped')
@@ -294,6 +259,8 @@ class SegmentationNode(Node):
                     f'processing failed for {_stamp_text(msg)} on {self.input_topic}: '
                     f'{type(err).__name__}: {err}', throttle_duration_sec=LOG_THROTTLE_S)
 
+    # ---- inference --------------------------------------------------------------------
+
     def _too_old(self, msg: Any, settings: RuntimeSettings) -> float | None:
         """Return the frame's age in ms if it exceeds ``max_frame_age_ms``, else None."""
         stamp = msg.header.stamp
@@ -309,11 +276,11 @@ class SegmentationNode(Node):
 
     def _infer(self, pending: _Pending) -> None:
         """Inference stage: check and decode the frame, run the model, pass the result on."""
-        self._stage_ms['queue'].add((time.monotonic() - pending.received) * 1e3)
+        self.stats.stage('queue', (time.monotonic() - pending.received) * 1e3)
         msg, settings = pending.msg, self.settings
         stamp = stamp_ns(msg.header)
         if stamp:
-            self._stage_ms['delivery'].add((pending.received_ns - stamp) / 1e6)
+            self.stats.stage('delivery', (pending.received_ns - stamp) / 1e6)
         age_ms = self._too_old(msg, settings)
         if age_ms is not None:
             self.counters.add('stale')
@@ -330,112 +297,58 @@ class SegmentationNode(Node):
             self.get_logger().error(f'rejected {_stamp_text(msg)} on {self.input_topic}: {err}',
                                     throttle_duration_sec=LOG_THROTTLE_S)
             return
-        self._stage_ms['conversion'].add((time.perf_counter() - start) * 1e3)
+        self.stats.stage('conversion', (time.perf_counter() - start) * 1e3)
         wanted = frozenset(name for name in OUTPUTS if settings.enabled(name)
                            and self._outputs[name].get_subscription_count() > 0)
         result = self.segmenter.segment(frame.pixels, frame.color_order,
                                         want_confidence='confidence' in wanted)
-        self._inference_ms.add(result.timings_ms['inference'])
-        for stage in ('preprocess', 'postprocess'):
-            self._stage_ms[stage].add(result.timings_ms[stage])
+        self.stats.segmented(result.timings_ms)
         # The output stage builds and publishes while the next frame is being inferred; if
         # it falls behind, its unpublished result is replaced (and counted as dropped).
         ready = _Result(pending, frame, result, wanted, settings, time.monotonic())
         if self._results.put(ready) is not None:
             self.counters.add('dropped')
 
-    # ---- output -----------------------------------------------------------------------
-
-    def _image(self, header: Any, size: tuple[int, int], encoding: str
-               ) -> tuple[Image, np.ndarray]:
-        # check_fields=True (where it exists) lets rclpy keep our array.array, not copy it.
-        msg = Image(**self._image_kwargs)
-        return msg, alloc_image(msg, header, size, encoding)
-
-    def _send(self, name: str, msg: Any) -> float:
-        """Publish ``msg`` on ``~/<name>``; return the time ``publish()`` took in s."""
-        start = time.perf_counter()
-        self._outputs[name].publish(msg)
-        elapsed = time.perf_counter() - start
-        self.published.add(name)
-        return elapsed
+    # ---- outputs and publish ----------------------------------------------------------
 
     def _publish(self, item: _Result) -> None:
-        """Output stage: compute the wanted outputs straight into their messages, publish."""
-        self._stage_ms['handoff'].add((time.monotonic() - item.ready) * 1e3)
+        """Output stage: build each wanted output straight into its message, publish it."""
+        self.stats.stage('handoff', (time.monotonic() - item.ready) * 1e3)
         start = time.perf_counter()
         publishing = 0.0  # seconds spent in publish(), the rest is building the outputs
-        header, frame, wanted, settings = (
-            item.pending.msg.header, item.frame, item.wanted, item.settings)
-        result = item.result
-        classes = result.classes
-        size = frame.size if settings.mask_resolution == 'input' else classes.shape[:2]
-        if 'mask' in wanted:
-            msg, pixels = self._image(header, size, 'mono8')
-            resize_nearest(classes, size, out=pixels)
-            publishing += self._send('mask', msg)
-        if 'colored_mask' in wanted or 'overlay' in wanted:
-            colored, colors = self._image(header, size, 'rgb8')
-            colorize(classes, self._palette, out=colors)
-            if 'overlay' in wanted:
-                overlay, pixels = self._image(header, size, 'rgb8')
-                blend(frame_to_rgb(frame, size), colors, settings.overlay_alpha, out=pixels)
-                publishing += self._send('overlay', overlay)
-            if 'colored_mask' in wanted:
-                publishing += self._send('colored_mask', colored)
-        if 'confidence' in wanted and result.confidence is not None:
-            msg, pixels = self._image(header, size, 'mono8')
-            resize_nearest(result.confidence, size, out=pixels)
-            publishing += self._send('confidence', msg)
-        if 'class_fractions' in wanted:
-            fractions = class_fractions(classes, self._num_classes)
-            msg = Float32MultiArray()
-            msg.layout.dim = [MultiArrayDimension(
-                label=self._fractions_layout_label, size=self._num_classes, stride=1)]
-            msg.data = array.array('f', fractions.tobytes())
-            publishing += self._send('class_fractions', msg)
-        self._stage_ms['outputs'].add((time.perf_counter() - start - publishing) * 1e3)
-        self._stage_ms['publish'].add(publishing * 1e3)
-        done = time.monotonic()
-        self.counters.add('processed')
-        self._output_rate.tick(done)
-        self._end_to_end_ms.add((done - item.pending.received) * 1e3)
+        outputs = FrameOutputs(self._style, item.pending.msg.header, item.frame, item.result,
+                               item.settings.mask_resolution, item.settings.overlay_alpha)
+        for name, build in BUILDERS.items():
+            msg = build(outputs) if name in item.wanted else None
+            if msg is not None:
+                sent = time.perf_counter()
+                self._outputs[name].publish(msg)
+                publishing += time.perf_counter() - sent
+                self.published.add(name)
+        self.stats.stage('outputs', (time.perf_counter() - start - publishing) * 1e3)
+        self.stats.stage('publish', publishing * 1e3)
+        self.stats.processed(item.pending.received, time.monotonic())
 
     # ---- diagnostics and logging ------------------------------------------------------
 
     def health(self) -> HealthSnapshot:
         """Sample rates, latencies and counters now (the model must be loaded)."""
         assert self.segmenter is not None, 'health() before the model was loaded'
-        segmenter = self.segmenter
-        now = time.monotonic()
-        counters = self.counters.snapshot()
-        new_rejections = counters['rejected'] - self._reported_rejections
-        self._reported_rejections = counters['rejected']
-        settings = self.settings
-        extra = {f'published_{name}': str(count)
-                 for name, count in self.published.snapshot().items()}
-        extra.update({
+        segmenter, settings = self.segmenter, self.settings
+        return self.stats.snapshot(segmenter.active_provider, segmenter.name, {
             'input_topic': self.input_topic,
-            'model_input_size': 'x'.join(str(v) for v in segmenter.input_size[::-1]),
+            'model_input_size': format_size(*segmenter.input_size[::-1]),
             'mask_resolution': settings.mask_resolution,
             'max_frame_age_ms': str(settings.max_frame_age_ms),
             **model_values(segmenter),
         })
-        return HealthSnapshot(
-            input_rate=self._input_rate.rate(now), output_rate=self._output_rate.rate(now),
-            inference=summarize(self._inference_ms), end_to_end=summarize(self._end_to_end_ms),
-            stages={name: summarize(window) for name, window in self._stage_ms.items()},
-            counters=counters, new_rejections=new_rejections,
-            seconds_since_input=self._input_rate.seconds_since_last(now),
-            uptime_s=now - self._started, provider=segmenter.active_provider,
-            model=segmenter.name, extra=extra)
 
     def _publish_diagnostics(self) -> None:
         name = f'{self.get_fully_qualified_name()}: segmentation'
         if self.segmenter is None:
             status = loading_status(
-                name, self._load_stage, time.monotonic() - self._started, str(self.model_path),
-                failed=self.load_error is not None)
+                name, self._load_stage, time.monotonic() - self.stats.started,
+                str(self.model_path), failed=self.load_error is not None)
         else:
             status = build_status(self.health(), name, float(self._param('expected_rate')),
                                   float(self._param('stale_timeout')))

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-from fvt_segmentation.stats import LatencySummary
+from fvt_segmentation.core.stats import LatencySummary
 
 if TYPE_CHECKING:
-    from fvt_segmentation.inference import Segmenter
+    from fvt_segmentation.core.inference import Segmenter
 
 RATE_TOLERANCE = 0.1
 """A rate more than this fraction below ``expected_rate`` is a WARN (as diagnostic_updater)."""
