@@ -22,7 +22,7 @@ mode, which misses ONNX Runtime's fast nearest-neighbour path. Both have an exac
   ``Up(Conv1x1(h3)) + ... + Conv1x1(h0)`` with the bias added once: linear (and nearest)
   interpolation mixes pixels with weights that sum to 1, which commutes with a per-pixel
   linear map and keeps a constant. The Resize and Add nodes then carry the 8 class channels
-  instead of the decoder's 96 (int8: uint8 Resize of wide maps was a fifth of the time).
+  instead of the decoder's 96 (ONNX Runtime's uint8 Resize of wide maps is slow).
 
 Nodes that do not meet those conditions are left untouched; the export's parity check against
 Keras still guards the result.
