@@ -110,9 +110,19 @@ def build_model(path: Path, size: tuple[int, int] = (32, 64), layout: str = 'NHW
 
 def to_v2(v1_path: Path, out: Path, uint8_input: bool = False,
           confidence: bool = True) -> Path:
-    """Write a contract version 2 copy of a version 1 file, as ``fvt-train export`` does."""
+    """Write a contract version 2 copy of a version 1 file, as ``fvt-train export`` does.
+
+    Skips the calling test where the training package is not installed (the Jazzy leg of CI
+    installs the node package only; the Kilted leg runs these tests).
+    """
+    import pytest
+
     from fvt_segmentation.core.contract import parse_contract
-    from fvt_training.contract_v2 import to_contract_v2
+
+    to_contract_v2 = pytest.importorskip(
+        'fvt_training.contract_v2',
+        reason='contract version 2 files are written by the training package, not installed '
+               'here (the Kilted leg of CI runs this test)').to_contract_v2
 
     model = onnx.load(str(v1_path))
     meta = {p.key: p.value for p in model.metadata_props}

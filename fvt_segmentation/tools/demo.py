@@ -189,10 +189,13 @@ class DemoClient:
                     self.data.diagnostics_at = time.monotonic()
 
     # --- main thread -----------------------------------------------------------------------
-    def wait_ready(self, proc: subprocess.Popen, timeout: float) -> None:
-        """Wait until the node is up (categories received, subscriptions matched)."""
+    def wait_ready(self, proc: subprocess.Popen, timeout: float,
+                   stop: threading.Event) -> None:
+        """Wait until the node is up (categories received, subscriptions matched) or stop."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if stop.is_set():
+                return
             if proc.poll() is not None:
                 raise RuntimeError(f'the node exited with code {proc.returncode} at startup')
             with self.data.lock:
@@ -333,45 +336,52 @@ def main(argv: list[str] | None = None) -> int:
                                 stderr=subprocess.STDOUT, start_new_session=True)
     # Ctrl-C is ours to handle: rclpy's own handler would shut the context down under the
     # spinning executor thread (a traceback from that thread) before the cleanup below runs.
+    # And it only asks to stop: the loops below look at `stop` between steps, so no lock,
+    # bag write or rclpy call is cut in half by a KeyboardInterrupt raised inside it.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     client = None
     stop = threading.Event()
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.set()
+        stop.set()
+
+    previous_handler = signal.signal(signal.SIGINT, on_sigint)
     sent = 0
-    interrupted = False
+    error = None
     try:
         client = DemoClient(bag, args.out, truth, args.rate, args.frames)
         print('waiting for the node (model load and warm-up) ...', flush=True)
-        client.wait_ready(proc, READY_TIMEOUT_S)
-        sent = client.play(stop)
-    except KeyboardInterrupt:
-        interrupted = True
-        stop.set()
-        print('\ninterrupted: stopping and keeping what was written', file=sys.stderr)
+        client.wait_ready(proc, READY_TIMEOUT_S, stop)
+        if not stop.is_set():
+            sent = client.play(stop)
+        if interrupted.is_set():
+            print('\ninterrupted: stopping and keeping what was written', file=sys.stderr)
     except RuntimeError as err:
-        print(f'error: {err}; node log {log_path}:', file=sys.stderr)
-        print(log_path.read_text()[-3000:], file=sys.stderr)
-        _stop_node(proc)
-        rclpy.try_shutdown()
-        return 1
+        error = err
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
         sent = sent or (len(client.data.published_at) if client else 0)
         bag_out = client.close() if client else None
         code = _stop_node(proc)
         rclpy.try_shutdown()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous_handler)
+    if error is not None:
+        print(f'error: {error}; node log {log_path}:', file=sys.stderr)
+        print(log_path.read_text()[-3000:], file=sys.stderr)
+        return 1
     frames = sorted((args.out / 'overlays').glob('frame_*.png'))
     gif = args.out / 'overlay.gif'
     if not args.no_gif and _write_gif(frames, gif, args.rate):
         print(f'wrote {gif} ({len(frames)} frames)')
     lines, figures = summary_lines(client.data, sent, model, bag)
     figures.update({'mask_bag': str(bag_out), 'overlays': str(args.out / 'overlays'),
-                    'node_exit_code': code, 'interrupted': interrupted})
+                    'node_exit_code': code, 'interrupted': interrupted.is_set()})
     (args.out / 'summary.json').write_text(json.dumps(figures, indent=1) + '\n')
     print('\n'.join(['', '== summary', *lines,
                      f'outputs     {args.out}/overlays/*.png, {gif.name}, masks_bag/ '
                      f'(rosbag2), summary.json, node.log']))
-    return 130 if interrupted else 0
+    return 130 if interrupted.is_set() else 0
 
 
 if __name__ == '__main__':
