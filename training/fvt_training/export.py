@@ -43,7 +43,7 @@ import numpy as np
 from fvt_segmentation.core.contract import MIN_ARGMAX_AGREEMENT, ModelContract
 from fvt_training.arg_types import non_negative_int, positive_int
 from fvt_training.keras_onnx import INPUT_NAME, OPSET, keras_to_onnx, rename_output
-from fvt_training.onnx_rewrites import simplify_for_cpu, strip_output_softmax
+from fvt_training.onnx_rewrites import output_source, simplify_for_cpu, strip_output_softmax
 from fvt_training.run_files import summary_text
 
 LOGITS_NAME = 'logits'
@@ -178,12 +178,7 @@ def output_resize(graph: Any) -> str | None:
     dequantization of the full-size map, so int8 keeps this node (light_fpn's x4 upsampling
     of the class scores) in float.
     """
-    if len(graph.output) != 1:
-        return None
-    producers = {out: node for node in graph.node for out in node.output}
-    node = producers.get(graph.output[0].name)
-    while node is not None and node.op_type in ('Transpose', 'Identity'):
-        node = producers.get(node.input[0])
+    node, _ = output_source(graph)
     return node.name if node is not None and node.op_type == 'Resize' else None
 
 

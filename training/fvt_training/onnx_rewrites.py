@@ -264,6 +264,23 @@ def simplify_for_cpu(proto: Any) -> dict[str, int]:
     return counts
 
 
+def output_source(graph: Any) -> tuple[Any | None, list[Any]]:
+    """Return the node whose result is the single graph output, behind layout-only nodes.
+
+    Walks back from the output through ``Transpose`` and ``Identity`` nodes (returned too, in
+    that order); the source is None for a graph with several outputs or none produced by a
+    node.
+    """
+    if len(graph.output) != 1:
+        return None, []
+    producers = {out: node for node in graph.node for out in node.output}
+    node, layout = producers.get(graph.output[0].name), []
+    while node is not None and node.op_type in ('Transpose', 'Identity'):
+        layout.append(node)
+        node = producers.get(node.input[0])
+    return node, layout
+
+
 def strip_output_softmax(proto: Any) -> bool:
     """Drop a final ``Softmax`` so that the model outputs logits; True if one was dropped.
 
@@ -275,14 +292,9 @@ def strip_output_softmax(proto: Any) -> bool:
     single graph output qualifies.
     """
     graph = proto.graph
-    if len(graph.output) != 1:
+    node, layout = output_source(graph)
+    if any(_uses(graph, n.input[0]) != 1 for n in layout):
         return False
-    producers = {out: node for node in graph.node for out in node.output}
-    node = producers.get(graph.output[0].name)
-    while node is not None and node.op_type in ('Transpose', 'Identity'):
-        if _uses(graph, node.input[0]) != 1:
-            return False
-        node = producers.get(node.input[0])
     if node is None or node.op_type != 'Softmax' or _uses(graph, node.output[0]) > 1:
         return False
     source, result = node.input[0], node.output[0]
