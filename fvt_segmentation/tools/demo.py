@@ -259,7 +259,12 @@ class DemoClient:
         return sent
 
     def close(self) -> Path:
-        """Finish the mask bag and stop spinning."""
+        """Finish the mask bag (once it holds every mask counted, or after 2 s); stop spinning."""
+        # The bag has its own subscription: the last mask may have been counted by _on_mask
+        # while its copy still waits in the recorder's queue (seen on a loaded machine).
+        deadline = time.monotonic() + 2.0
+        while self.recorder.message_count < self.data.masks and time.monotonic() < deadline:
+            time.sleep(0.02)
         bag = self.recorder.close()
         self.executor.shutdown(timeout_sec=2.0)
         self.player.close()
@@ -375,12 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_gif and _write_gif(frames, gif, args.rate):
         print(f'wrote {gif} ({len(frames)} frames)')
     lines, figures = summary_lines(client.data, sent, model, bag)
-    figures.update({'mask_bag': str(bag_out), 'overlays': str(args.out / 'overlays'),
+    recorded = client.recorder.message_count
+    figures.update({'mask_bag': str(bag_out), 'masks_recorded': recorded,
+                    'overlays': str(args.out / 'overlays'),
                     'node_exit_code': code, 'interrupted': interrupted.is_set()})
     (args.out / 'summary.json').write_text(json.dumps(figures, indent=1) + '\n')
     print('\n'.join(['', '== summary', *lines,
                      f'outputs     {args.out}/overlays/*.png, {gif.name}, masks_bag/ '
-                     f'(rosbag2), summary.json, node.log']))
+                     f'(rosbag2, {recorded} masks), summary.json, node.log']))
     return 130 if interrupted.is_set() else 0
 
 

@@ -5,7 +5,9 @@
 
 Shows why ``fvt_training.latency.time_interleaved`` needs sessions that do not spin: a
 spinning session's threads steal the cores from the next session's run. ``--profile`` adds
-ONNX Runtime's per-operator times of each file (its own profiler, alone, not spinning).
+ONNX Runtime's per-operator times of each file (its own profiler, alone, not spinning), and
+its convolutions split by kind: depthwise, 1x1 (pointwise) and the rest, which gain very
+differently from int8.
 """
 
 from __future__ import annotations
@@ -14,17 +16,49 @@ import argparse
 from collections import Counter
 import json
 from pathlib import Path
+import re
 import sys
 import tempfile
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from fvt_segmentation.core.inference import load_segmenter
 from fvt_training.latency import time_calls, time_interleaved
 
 
-def _operator_ms(path: Path, x: np.ndarray, runs: int) -> Counter:
+def conv_kinds(path: Path) -> dict[str, str]:
+    """Map each convolution's node name, output and fused activation output to its kind."""
+    graph = onnx.load(str(path)).graph
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    kinds: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type != 'Conv':
+            continue
+        weight = node.input[1]
+        if weight not in shapes and weight in producers:  # QDQ: the weight's DequantizeLinear
+            weight = producers[weight].input[0]
+        out_channels, in_per_group, *kernel = shapes[weight]
+        group = next((a.i for a in node.attribute if a.name == 'group'), 1)
+        kind = ('depthwise' if group > 1 and in_per_group == 1 else
+                'pointwise' if kernel == [1, 1] else f'{"x".join(map(str, kernel))} conv')
+        kinds[node.name] = kinds[node.output[0]] = kind
+    # ONNX Runtime folds a following BatchNormalization and fuses the activation, naming the
+    # fused node after the activation's output.
+    for node in graph.node:
+        if node.op_type in ('BatchNormalization', 'Relu', 'Clip') and node.input[0] in kinds:
+            kinds[node.output[0]] = kinds[node.input[0]]
+    return kinds
+
+
+def _kind(name: str, kinds: dict[str, str]) -> str | None:
+    base = re.sub(r'(_nchwc|_token_\d+)+$', '', name)
+    return kinds.get(base)
+
+
+def _operator_ms(path: Path, x: np.ndarray, runs: int) -> tuple[Counter, Counter]:
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.add_session_config_entry('session.intra_op.allow_spinning', '0')
@@ -35,11 +69,17 @@ def _operator_ms(path: Path, x: np.ndarray, runs: int) -> Counter:
         for _ in range(runs):
             session.run(None, {name: x})
         events = json.loads(Path(session.end_profiling()).read_text())
+    kinds = conv_kinds(path)
     per_op: Counter = Counter()
+    per_conv: Counter = Counter()
     for event in events:
         if event.get('cat') == 'Node' and event['name'].endswith('_kernel_time'):
-            per_op[event['args'].get('op_name')] += event['dur'] / 1e3 / runs
-    return per_op
+            op = event['args'].get('op_name')
+            ms = event['dur'] / 1e3 / runs
+            per_op[op] += ms
+            if op in ('Conv', 'QLinearConv'):
+                per_conv[_kind(event['name'][:-len('_kernel_time')], kinds) or 'unmatched'] += ms
+    return per_op, per_conv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         del models, calls
     if args.profile:
         for path in paths.values():
-            per_op = _operator_ms(path, x, args.runs)
+            per_op, per_conv = _operator_ms(path, x, args.runs)
             total = sum(per_op.values())
             print(f'\n{path.name}: {total:.2f} ms in operators')
-            for op, ms in per_op.most_common(6):
+            for op, ms in per_op.most_common(8):
                 print(f'  {op:22s} {ms:6.2f} ms  {100 * ms / total:5.1f} %')
+            print('  convolutions by kind: ' + ', '.join(
+                f'{kind} {ms:.2f} ms' for kind, ms in per_conv.most_common()))
     return 0
 
 
