@@ -267,8 +267,12 @@ class DemoClient:
             time.sleep(0.02)
         bag = self.recorder.close()
         self.executor.shutdown(timeout_sec=2.0)
+        self.spinner.join(timeout=2.0)
         self.player.close()
-        self.node.destroy_node()
+        # Destroying the node under a spin thread that is still waiting on it can leave that
+        # thread looping; the process exit frees it instead.
+        if not self.spinner.is_alive():
+            self.node.destroy_node()
         return bag
 
 
