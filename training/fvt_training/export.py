@@ -188,7 +188,8 @@ def quantize_int8(float_path: Path, out_path: Path, reader: FrameCalibrationRead
 
     ``settings`` come from :func:`int8_settings`: the graph format, per-channel weights,
     reduce_range and the operator types left in float; activations are uint8 and weights
-    int8, calibrated with MinMax on ``reader``'s frames after ``quant_pre_process``.
+    int8, calibrated with MinMax on ``reader``'s frames after ``quant_pre_process``. An
+    optional ``float_nodes`` lists node names to leave in float too (probes use it).
     """
     import onnx
     from onnxruntime.quantization import (
@@ -213,6 +214,12 @@ def quantize_int8(float_path: Path, out_path: Path, reader: FrameCalibrationRead
         float_nodes = [n.name for n in graph.graph.node if n.op_type in settings['float_ops']]
         if settings.get('float_output_resize') and output_resize(graph.graph):
             float_nodes.append(output_resize(graph.graph))
+        named = set(settings.get('float_nodes', ()))
+        missing = named - {n.name for n in graph.graph.node}
+        if missing:
+            raise ExportError(f'{float_path}: float_nodes names nodes the graph lacks: '
+                              f'{sorted(missing)}')
+        float_nodes.extend(sorted(named))
         quantize_static(
             str(pre), str(quantized), _Reader(),
             quant_format=(QuantFormat.QDQ if settings['format'] == 'qdq'
@@ -291,8 +298,13 @@ def _variant_path(out: Path, tag: str) -> Path:
     return out.with_name(f'{out.stem}.{tag}.onnx')
 
 
-def _score_variants(paths: Mapping[str, Path], manifest: Any, split: str, runs: int,
-                    warmup: int) -> dict[str, dict]:
+def score_variants(paths: Mapping[str, Path], manifest: Any, split: str, runs: int,
+                   warmup: int) -> dict[str, dict]:
+    """Score each file (tag ``float32`` the reference) on ``split`` and time them in turns.
+
+    Returns, per tag: mIoU and per-category IoU, file size, provider and latency, and for
+    every tag but ``float32`` the mIoU change in points and the speed-up against it.
+    """
     from fvt_segmentation.core.contract import CATEGORIES, VOID
     from fvt_segmentation.core.metrics import summarize
     from fvt_training.evaluate import OnnxFileModel, confusion_over_split, preprocess_batch
@@ -497,8 +509,8 @@ def export_run(source: str | os.PathLike, out: str | os.PathLike, *,
               for i in pick_samples(src.manifest.ids(src.val_split), parity_frames)]
     parity = write_float32(src, contract, out, frames)
     variants = write_variants(src, out, contract, output, frames, options)
-    scores = _score_variants(variants.paths, src.manifest, src.val_split,
-                             options.timing_runs, options.timing_warmup)
+    scores = score_variants(variants.paths, src.manifest, src.val_split,
+                            options.timing_runs, options.timing_warmup)
     for tag, entry in variants.settings.items():
         scores[tag]['settings'] = entry
     return write_report(src, source, out, contract, weights, {
