@@ -39,8 +39,8 @@ def latency_ms(segmenter: Segmenter, frames: list[np.ndarray], runs: int) -> flo
     return statistics.median(times)
 
 
-def derived_files(source: Path, folder: Path, frames: list[np.ndarray]) -> dict[str, Path]:
-    """Make the int8 (TensorRT) and contract v2 copies, if the training package is here."""
+def derived_files(cpu: Segmenter, folder: Path, frames: list[np.ndarray]) -> dict[str, Path]:
+    """Make int8 (TensorRT) and contract v2 copies of ``cpu``'s file (needs fvt_training)."""
     try:
         import onnx
 
@@ -54,7 +54,7 @@ def derived_files(source: Path, folder: Path, frames: list[np.ndarray]) -> dict[
     except ImportError as err:
         print(f'(no int8 and v2 rows: the training package is not importable: {err})')
         return {}
-    cpu = load_segmenter(source, providers=['cpu'])
+    source = cpu.model_path
     int8 = folder / 'int8trt.onnx'
     contract = replace(cpu.contract, quantization='int8_symmetric_qdq')
     quantize_int8(source, int8, FrameCalibrationReader(iter(frames), cpu.contract,
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [('cpu fp32', reference, 0.0, None)]
     gpu_ran = False
     with tempfile.TemporaryDirectory(prefix='fvt-gpu-check-') as tmp:
-        files = derived_files(source, Path(tmp), frames)
+        files = derived_files(reference, Path(tmp), frames)
         cases = [('tensorrt fp32', source, ['tensorrt'], False),
                  ('tensorrt fp16', source, ['tensorrt'], True)]
         if 'int8' in files:

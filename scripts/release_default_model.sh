@@ -55,11 +55,10 @@ if [[ $SOURCE != *.onnx ]]; then
     if [[ $other == *.onnx ]]; then
       fvt-train export "$other" --out "$other" --int8 --data "${OTHER_DATA:?set OTHER_DATA \
 to the prepared folder the .onnx row was trained on}"
-      fvt-train evaluate "$other" --data "$EVAL_DATA" --split val --timing-runs 0 --samples 0
     else
       fvt-train export "$other" --out "$other/model.onnx" --int8
-      fvt-train evaluate "$other" --data "$EVAL_DATA" --split val --timing-runs 0 --samples 0
     fi
+    fvt-train evaluate "$other" --data "$EVAL_DATA" --split val --timing-runs 0 --samples 0
   done
   fvt-train compare "$SOURCE" "$@" --sort val_miou --desc --out "${COMPARISON:-models/comparison.md}"
 fi

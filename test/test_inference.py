@@ -244,3 +244,17 @@ def test_io_binding_gives_the_same_results_in_fresh_arrays(model_factory, tmp_pa
     np.testing.assert_array_equal(bound.infer(bound.preprocess(images[1])),
                                   plain.infer(plain.preprocess(images[1])))
 
+
+
+@pytest.mark.parametrize('layout', ['NHWC', 'NCHW'])
+@pytest.mark.parametrize('output', ['probabilities', 'logits'])
+def test_version_2_without_a_confidence_output_derives_it_from_its_scores(
+        model_factory, tmp_path, layout, output):
+    v1 = model_factory(layout=layout, output=output)
+    v2 = load_segmenter(to_v2(v1, tmp_path / 'v2.onnx', confidence=False), providers=['cpu'])
+    v1 = load_segmenter(v1, providers=['cpu'])
+    assert v2.confidence_name is None and v2.classes_name is not None
+    image = frame()
+    want, got = v1.segment(image, want_confidence=True), v2.segment(image, want_confidence=True)
+    np.testing.assert_array_equal(got.classes, want.classes)
+    np.testing.assert_array_equal(got.confidence, want.confidence)

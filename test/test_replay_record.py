@@ -260,6 +260,24 @@ def test_recorder_writes_what_was_published(tmp_path):
         (IMAGE, 2000 + i, _pixels(i).tobytes()) for i in range(COUNT)]
 
 
+def test_recorder_writes_the_messages_handed_to_it_until_closed(tmp_path):
+    out = tmp_path / 'handed'
+    with ros_node('recorder_write_test') as (node, _):
+        recorder = BagRecorder(node, out)
+        recorder.declare_topic('rec/image', 'sensor_msgs/Image')
+        with pytest.raises(ValueError, match='recorded already'):
+            recorder.declare_topic('/rec/image', IMAGE)
+        for i in range(COUNT):
+            msg = Image(height=6, width=8, encoding='rgb8', step=24, data=_pixels(i).tobytes())
+            msg.header.stamp.sec = 3000 + i
+            assert recorder.write('/rec/image', msg)
+        recorder.close()
+        assert not recorder.write('/rec/image', msg)  # closed: nothing more is written
+    assert recorder.message_count == COUNT
+    assert [(t, m.header.stamp.sec, bytes(m.data)) for t, m in _read_bag(out)['/rec/image']] == [
+        (IMAGE, 3000 + i, _pixels(i).tobytes()) for i in range(COUNT)]
+
+
 def test_record_command_closes_a_complete_bag_on_ctrl_c(tmp_path):
     out = tmp_path / 'cli_bag'
     cmd = [sys.executable, '-m', 'fvt_segmentation.bag.record', '/cli/note', '-o', str(out),

@@ -78,6 +78,7 @@ class BagRecorder:
         self._typestore = get_typestore(Stores.LATEST)
         self._lock = threading.Lock()
         self._subscriptions: list[Any] = []
+        self._connections: dict[str, Any] = {}  # topics written through write()
         writer_version = 8 if bag_version == HUMBLE_BAG_VERSION else bag_version
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix='bag-writer')
         self._writer = Writer(self.partial / self.output.name, version=writer_version,
@@ -145,15 +146,40 @@ class BagRecorder:
                              else ReliabilityPolicy.BEST_EFFORT),
                 durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
                             else DurabilityPolicy.VOLATILE))
-        with self._lock:
-            connection = self._on_io(
-                self._writer.add_connection, topic, msgtype, typestore=self._typestore,
-                offered_qos_profiles=[offered_qos(p) for p in offered])
-            self.types[topic] = msgtype
-            self.counts[topic] = 0
+        connection = self._connect(topic, msgtype, [offered_qos(p) for p in offered])
         self._subscriptions.append(self.node.create_subscription(
             cls, topic, lambda data: self._write(topic, connection, data), qos, raw=True))
         return msgtype
+
+    def declare_topic(self, topic: str, msgtype: str) -> None:
+        """Add ``topic`` without subscribing: the caller hands its messages to :meth:`write`.
+
+        For a node that subscribes to the topic anyway and must record exactly the messages
+        its own callback saw (a second subscription may lag behind it).
+        """
+        topic = _absolute(topic)
+        if topic in self.types:
+            raise ValueError(f'{topic} is recorded already')
+        msgtype = normalize_msgtype(msgtype)
+        if msgtype not in self._typestore.types:
+            raise ValueError(f'{topic}: type {msgtype} is unknown to the rosbags typestore')
+        self._connections[topic] = self._connect(topic, msgtype, [])
+
+    def write(self, topic: str, message: Any) -> bool:
+        """Write a message of a :meth:`declare_topic` topic; False once the bag is closed."""
+        from rclpy.serialization import serialize_message
+
+        return self._write(_absolute(topic), self._connections[_absolute(topic)],
+                           serialize_message(message))
+
+    def _connect(self, topic: str, msgtype: str, qos_profiles: list[Any]) -> Any:
+        with self._lock:
+            connection = self._on_io(
+                self._writer.add_connection, topic, msgtype, typestore=self._typestore,
+                offered_qos_profiles=qos_profiles)
+            self.types[topic] = msgtype
+            self.counts[topic] = 0
+        return connection
 
     def _offered_qos(self, topic: str, timeout: float) -> list[Any]:
         deadline = time.monotonic() + timeout
@@ -163,16 +189,17 @@ class BagRecorder:
                 return offered
             time.sleep(0.05)
 
-    def _write(self, topic: str, connection: Any, data: bytes) -> None:
+    def _write(self, topic: str, connection: Any, data: bytes) -> bool:
         stamp = self.node.get_clock().now().nanoseconds
         with self._lock:
             if self._closed:
-                return
+                return False
             self._on_io(self._writer.write, connection, stamp, data)
             self.counts[topic] += 1
             total = sum(self.counts.values())
         if self.on_message is not None:
             self.on_message(topic, total)
+        return True
 
     def _stop(self, end_writer: Callable[[], None]) -> bool:
         """Unsubscribe, end the writer with ``end_writer``; False if stopped already."""

@@ -112,13 +112,12 @@ def preprocess_frame(frame: np.ndarray, frame_order: str, size: tuple[int, int],
         frame = frame[:, :, :3]
     if frame_order != contract.color_order:
         frame = frame[:, :, ::-1]
-    if contract.input_type == 'uint8':
-        pixels = frame.transpose(2, 0, 1) if contract.layout == 'NCHW' else frame
-        return np.ascontiguousarray(pixels[np.newaxis])
-    gain, offset = contract.normalization.as_affine()
-    tensor = frame.astype(np.float32)
-    tensor *= gain
-    tensor += offset
+    tensor = frame
+    if contract.input_type != 'uint8':
+        gain, offset = contract.normalization.as_affine()
+        tensor = frame.astype(np.float32)
+        tensor *= gain
+        tensor += offset
     if contract.layout == 'NCHW':
         tensor = tensor.transpose(2, 0, 1)
     return np.ascontiguousarray(tensor[np.newaxis])
@@ -136,15 +135,23 @@ def scores_to_classes(scores: np.ndarray, layout: str, output: str,
         scores = scores[0]
     if scores.ndim != 3:
         raise ValueError(f'expected scores of rank 3 or 4, got shape {scores.shape}')
-    axis = 2 if layout == 'NHWC' else 0
-    classes = np.argmax(scores, axis=axis).astype(np.uint8)
+    classes = np.argmax(scores, axis=2 if layout == 'NHWC' else 0).astype(np.uint8)
     if not want_confidence:
         return classes, None
+    return classes, scores_to_confidence(scores, layout, output)
+
+
+def scores_to_confidence(scores: np.ndarray, layout: str, output: str) -> np.ndarray:
+    """Return the top probability of one image's scores as HxW uint8 (0..255).
+
+    ``scores`` is ``[H, W, C]`` (NHWC) or ``[C, H, W]`` (NCHW); for logits the probability
+    comes from a numerically stable softmax.
+    """
+    axis = 2 if layout == 'NHWC' else 0
     top = np.max(scores, axis=axis)
     if output == 'logits':
         top = 1.0 / np.sum(np.exp(scores - np.expand_dims(top, axis)), axis=axis)
-    confidence = np.clip(top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return classes, confidence
+    return np.clip(top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -165,11 +172,10 @@ class Segmenter:
     """
 
     def __init__(self, session: ort.InferenceSession, contract: ModelContract,
-                 model_path: Path, requested_providers: Sequence[str] = (),
-                 fallback_reason: str = '') -> None:
+                 model_path: Path) -> None:
         self.session = session
-        self.requested_providers = list(requested_providers)
-        self.fallback_reason = fallback_reason
+        self.requested_providers: list[str] = []
+        self.fallback_reason = ''
         self.contract = contract
         self.model_path = model_path
         self.precision = 'fp32'
@@ -184,6 +190,8 @@ class Segmenter:
         self.scores_name: str | None = names.get('scores')
         self.classes_name: str | None = names.get('classes')
         self.confidence_name: str | None = names.get('confidence')
+        # Where a version 2 file's confidence comes from: its own output, else its scores.
+        self._confidence_source = self.confidence_name or self.scores_name
         self._bindings: dict[tuple[str, ...], ort.IOBinding] = {}
         self._bound: dict[str, ort.OrtValue] = {}
         self._binding_device = ''
@@ -274,17 +282,18 @@ class Segmenter:
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         # A version 2 file computes the uint8 class ids (and confidence) itself: only those
         # come back from the provider, never the float scores.
-        want_confidence = want_confidence and bool(self.confidence_name or self.scores_name)
+        want_confidence = want_confidence and self._confidence_source is not None
         names = [self.classes_name]
         if want_confidence:
-            names.append(self.confidence_name or self.scores_name)
+            names.append(self._confidence_source)
         outputs = self._run(names, tensor)
         classes = outputs[0].reshape(outputs[0].shape[-2:])  # [1, H, W] or [1, 1, H, W]
         if not want_confidence:
             return classes, None
         if self.confidence_name is not None:
             return classes, outputs[1].reshape(classes.shape)
-        return classes, self.postprocess(outputs[1], True)[1]
+        return classes, scores_to_confidence(outputs[1][0], self.contract.layout,
+                                             self.contract.output)
 
     def segment(self, frame: np.ndarray, frame_order: str = 'RGB',
                 want_confidence: bool = False) -> Segmentation:

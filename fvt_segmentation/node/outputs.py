@@ -36,7 +36,9 @@ class OutputStyle:
     """What the outputs need besides the frame; fixed once the model is loaded."""
 
     palette: np.ndarray
-    categories: tuple[str, ...]
+    num_classes: int
+    fractions_label: str
+    """The ``class_fractions`` layout label: the category names, comma-separated."""
     image_kwargs: dict[str, bool]
     """Keyword arguments for ``Image()``: ``check_fields=True`` where rclpy takes it, so that
     it keeps the array the output was computed into instead of copying it."""
@@ -44,7 +46,8 @@ class OutputStyle:
     @classmethod
     def of(cls, contract: ModelContract, image_kwargs: dict[str, bool]) -> OutputStyle:
         """Return the style of ``contract``'s palette and categories."""
-        return cls(contract.palette_array(), tuple(contract.categories), image_kwargs)
+        return cls(contract.palette_array(), len(contract.categories),
+                   ','.join(contract.categories), image_kwargs)
 
 
 @dataclass
@@ -108,10 +111,10 @@ def confidence(out: FrameOutputs) -> Image | None:
 
 def fractions(out: FrameOutputs) -> Float32MultiArray:
     """``~/class_fractions``: fraction of pixels per category on the model-resolution map."""
-    count = len(out.style.categories)
+    count = out.style.num_classes
     msg = Float32MultiArray()
-    msg.layout.dim = [MultiArrayDimension(
-        label=','.join(out.style.categories), size=count, stride=1)]
+    msg.layout.dim = [MultiArrayDimension(label=out.style.fractions_label, size=count,
+                                          stride=1)]
     msg.data = array.array('f', class_fractions(out.result.classes, count).tobytes())
     return msg
 

@@ -47,6 +47,7 @@ from fvt_segmentation.node.segmentation_node import NODE_NAME as NODE
 from fvt_segmentation.tools.dds_profiles import apply_transport_environment
 
 READY_TIMEOUT_S = 120.0
+MASK_TOPIC = f'/{NODE}/mask'
 
 
 @dataclass
@@ -136,14 +137,15 @@ class DemoClient:
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                              reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.node.create_subscription(Image, f'/{NODE}/mask', self._on_mask, reliable)
+        self.node.create_subscription(Image, MASK_TOPIC, self._on_mask, reliable)
         self.node.create_subscription(Image, f'/{NODE}/overlay', self._on_overlay, reliable)
         self.node.create_subscription(String, f'/{NODE}/categories', self._on_categories,
                                       latched)
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
                                       reliable)
+        # The mask callback writes the bag itself, so the bag holds exactly the masks counted.
         self.recorder = BagRecorder(self.node, out / 'masks_bag')
-        self.recorder.add_topic(f'/{NODE}/mask', 'sensor_msgs/msg/Image', qos=reliable)
+        self.recorder.declare_topic(MASK_TOPIC, 'sensor_msgs/msg/Image')
         self.executor = MultiThreadedExecutor(num_threads=3)
         self.executor.add_node(self.node)
         self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
@@ -152,6 +154,8 @@ class DemoClient:
     # --- callbacks (executor threads) ------------------------------------------------------
     def _on_mask(self, msg: Any) -> None:
         now = time.monotonic()
+        if not self.recorder.write(MASK_TOPIC, msg):
+            return  # after close: too late for the summary too
         stamp = stamp_ns(msg.header)
         mask = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, :msg.width]
         with self.data.lock:
@@ -259,12 +263,7 @@ class DemoClient:
         return sent
 
     def close(self) -> Path:
-        """Finish the mask bag (once it holds every mask counted, or after 2 s); stop spinning."""
-        # The bag has its own subscription: the last mask may have been counted by _on_mask
-        # while its copy still waits in the recorder's queue (seen on a loaded machine).
-        deadline = time.monotonic() + 2.0
-        while self.recorder.message_count < self.data.masks and time.monotonic() < deadline:
-            time.sleep(0.02)
+        """Finish the mask bag and stop spinning."""
         bag = self.recorder.close()
         self.executor.shutdown(timeout_sec=2.0)
         self.spinner.join(timeout=2.0)

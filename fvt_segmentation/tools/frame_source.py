@@ -96,9 +96,10 @@ class FramePublisher:
 
     def wait_for_subscribers(self, count: int = 1, timeout: float = 10.0,
                              settle: float = 0.5) -> bool:
-        """Wait for ``count`` matched subscriptions (see :func:`matching.wait_for_subscribers`).
+        """Wait for ``count`` matched subscriptions of this source's publisher.
 
-        Returns False when they did not all match within ``timeout`` seconds.
+        See :func:`fvt_segmentation.bag.subscribers.wait_for_subscribers`. Returns False
+        when they did not all match within ``timeout`` seconds.
         """
         return not wait_for_subscribers([self.publisher], count, timeout, settle)
 
