@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Turn a finished run into the shipped default model and the figures of its model card:
 #   scripts/release_default_model.sh runs/lite0_fpn_480 [other rows of the table...]
-#   DATA=data/camvid/256x192 scripts/release_default_model.sh models/default.onnx
+#   DATA=data/camvid/256x192 scripts/release_default_model.sh FLOAT32_V1.onnx
 # Other rows are run folders or exported float32 .onnx files (the earlier default, whose run
 # folder is gone); every row is exported again here (float32 + int8, each pair timed in turns
 # on this machine) and evaluated on EVAL_DATA (default: the shipped run's prepared data; set it
 # to CamVid at its own 480x360 so that models of every input size are scored on the same
 # labels). The second form re-exports a float32 file of an earlier export (its run folder is not
-# needed): today's graph rewrites, parity against that file, a new int8 variant.
+# needed): today's graph rewrites, parity against that file, a new int8 variant. It takes a
+# contract version 1 file; the shipped default is version 2, so rebuild it from its run folder.
 # Ships models/default.onnx, and models/default.int8.onnx only if int8 meets the targets (costs
 # at most 1 point of val mIoU and is at least INT8_MIN_SPEEDUP, default 2.0, times faster than
 # float32 on this CPU). Then writes models/default.eval_val.json (+ models/default.eval_val/:

@@ -7,7 +7,8 @@ For every frame size and transport, three processes run in a DDS domain of their
 node (``python -m fvt_segmentation.node.segmentation_node``), a camera publishing rgb8 frames at
 ``--rate`` Hz and a receiver subscribed to ``~/mask`` only (the node computes no other
 output) and to ``/diagnostics``. ``profile`` gives all three the shipped DDS profiles
-(:func:`transport.transport_environment`), ``default`` the middleware defaults. Bare model
+(:func:`fvt_segmentation.tools.dds_profiles.transport_environment`), ``default`` the
+middleware defaults. Bare model
 inference is timed in this process (``Segmenter.infer`` on a preprocessed tensor) right
 before and after each configuration, so that the node overhead (end to end minus bare
 inference) is measured against the machine's load of the moment. Prints two markdown tables.
