@@ -23,24 +23,9 @@ import numpy as np
 from fvt_segmentation.bag.bundled_recording import sample_frames
 from fvt_segmentation.core.inference import Segmenter, load_segmenter
 from fvt_segmentation.core.resources import resolve_model_path
+from fvt_training.contract_v2 import write_v2_copy
 
 STAGES = ('preprocess', 'inference', 'postprocess')
-
-
-def write_v2(source: Path, out: Path, uint8_input: bool) -> Path:
-    """Write a version 2 copy of ``source`` (see :mod:`fvt_training.contract_v2`)."""
-    import onnx
-
-    from fvt_segmentation.core.contract import parse_contract
-    from fvt_training.contract_v2 import to_contract_v2
-
-    model = onnx.load(str(source))
-    meta = {p.key: p.value for p in model.metadata_props}
-    contract = to_contract_v2(model, parse_contract(meta, str(source)), uint8_input)
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, contract.to_metadata())
-    onnx.save(model, str(out))
-    return out
 
 
 def time_in_turns(segmenters: dict[str, Segmenter], frames: list[np.ndarray], runs: int,
@@ -69,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     source = resolve_model_path(args.model)
     frames = sample_frames(8)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {'v1': source,
-                 'v2': write_v2(source, Path(tmp) / 'v2.onnx', False),
-                 'v2 uint8 input': write_v2(source, Path(tmp) / 'v2u8.onnx', True)}
+        paths = {'v1': source, 'v2': Path(tmp) / 'v2.onnx',
+                 'v2 uint8 input': Path(tmp) / 'v2u8.onnx'}
+        write_v2_copy(source, paths['v2'])
+        write_v2_copy(source, paths['v2 uint8 input'], uint8_input=True)
         segmenters = {tag: load_segmenter(path, providers=['cpu'], intra_op_spinning=False,
                                           intra_op_threads=args.threads)
                       for tag, path in paths.items()}

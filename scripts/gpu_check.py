@@ -42,15 +42,8 @@ def latency_ms(segmenter: Segmenter, frames: list[np.ndarray], runs: int) -> flo
 def derived_files(cpu: Segmenter, folder: Path, frames: list[np.ndarray]) -> dict[str, Path]:
     """Make int8 (TensorRT) and contract v2 copies of ``cpu``'s file (needs fvt_training)."""
     try:
-        import onnx
-
-        from fvt_training.contract_v2 import to_contract_v2
-        from fvt_training.export import (
-            FrameCalibrationReader,
-            attach_contract,
-            int8_trt_settings,
-            quantize_int8,
-        )
+        from fvt_training.contract_v2 import write_v2_copy
+        from fvt_training.export import FrameCalibrationReader, int8_trt_settings, quantize_int8
     except ImportError as err:
         print(f'(no int8 and v2 rows: the training package is not importable: {err})')
         return {}
@@ -61,9 +54,7 @@ def derived_files(cpu: Segmenter, folder: Path, frames: list[np.ndarray]) -> dic
                                                        cpu.input_size),
                   contract, int8_trt_settings())
     v2 = folder / 'v2.onnx'
-    proto = onnx.load(str(source))
-    attach_contract(proto, to_contract_v2(proto, cpu.contract), doc=proto.doc_string)
-    onnx.save(proto, str(v2))
+    write_v2_copy(source, v2)
     return {'int8': int8, 'v2': v2}
 
 

@@ -22,9 +22,8 @@ source's output mapped in numpy.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
-import hashlib
 import os
 from pathlib import Path
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract, Normalization
+from fvt_segmentation.core.providers import file_sha256
 from fvt_segmentation.core.sizes import SizeError, parse_size
 from fvt_training.adopt_source import (
     AdoptError,
@@ -64,15 +64,6 @@ def parse_triple(text: str) -> tuple[float, float, float]:
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f'expected three numbers A,B,C; got {text!r}')
     return values  # type: ignore[return-value]
-
-
-def sha256_of(path: Path) -> str:
-    """Return the SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open('rb') as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _normalization(options: AdoptOptions, source: str) -> Normalization:
@@ -127,18 +118,20 @@ def adopted_doc_string(contract: ModelContract, label_set: LabelSet) -> str:
 
 def _parity(segmenter: Any, frames: Sequence[np.ndarray], source_outputs: Sequence[np.ndarray],
             inspection: Inspection, label_set: LabelSet) -> dict[str, Any]:
-    worst, agree, total = 0.0, 0, 0
-    for frame, raw in zip(frames, source_outputs, strict=True):
-        expected = map_to_categories(raw, inspection.output, inspection.class_axis, label_set)
-        got = segmenter.infer(segmenter.preprocess(frame, 'RGB'))
-        if got.shape != expected.shape:
-            raise AdoptError(f'{segmenter.model_path}: the adopted output has shape {got.shape}; '
-                             f'the mapped source output has {expected.shape}')
-        worst = max(worst, float(np.abs(got - expected).max()))
-        agree += int((got.argmax(inspection.class_axis)
-                      == expected.argmax(inspection.class_axis)).sum())
-        total += got.size // got.shape[inspection.class_axis]
-    return {'frames': len(frames), 'max_abs_diff': worst, 'argmax_agreement': agree / total}
+    from fvt_training.export import score_agreement
+
+    def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for frame, raw in zip(frames, source_outputs, strict=True):
+            expected = map_to_categories(raw, inspection.output, inspection.class_axis,
+                                         label_set)
+            got = segmenter.infer(segmenter.preprocess(frame, 'RGB'))
+            if got.shape != expected.shape:
+                raise AdoptError(f'{segmenter.model_path}: the adopted output has shape '
+                                 f'{got.shape}; the mapped source output has {expected.shape}')
+            yield got, expected
+
+    worst, agreement = score_agreement(pairs(), inspection.class_axis)
+    return {'frames': len(frames), 'max_abs_diff': worst, 'argmax_agreement': agreement}
 
 
 def adopt(source: str | os.PathLike, out: str | os.PathLike,
@@ -175,7 +168,7 @@ def adopt(source: str | os.PathLike, out: str | os.PathLike,
         raise AdoptError(f'{source}: not an ONNX model ({str(err)[:200]})') from None
     feed = ModelContract(color_order=options.color_order, normalization=normalization)
     inspection, frames, raw = inspect_source(proto, str(source), options, label_set, feed)
-    digest = sha256_of(source)
+    digest = file_sha256(source)
     contract = adopted_contract(inspection, normalization, options.color_order, label_set,
                                 source, digest, options.licence.strip())
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from fvt_segmentation.core.contract import ModelContract
 from fvt_training.label_sets import LabelSet, sets_with
+from fvt_training.onnx_rewrites import default_opset, output_source
 
 SUM_TOLERANCE = 1e-3
 # Ops an argmax's result may pass through before it becomes the graph output.
@@ -92,10 +93,6 @@ def shape_text(shape: Sequence[Any] | None) -> str:
     return '[' + ', '.join('?' if d is None else str(d) for d in shape) + ']'
 
 
-def _opset(proto: Any) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')), 0)
-
-
 def graph_inputs(graph: Any) -> list[Any]:
     """Return the real inputs of an ONNX graph (older exports list weights as inputs too)."""
     initializers = {i.name for i in graph.initializer}
@@ -146,12 +143,9 @@ def fix_input_size(proto: Any, layout: str, size: tuple[int, int]) -> None:
         dims[axis].dim_value = value
 
 
-def _argmax_source(graph: Any, name: str) -> tuple[str, int] | None:
-    """Return (scores tensor, axis) of the ArgMax that ``name`` comes from, if it does."""
-    producers = {out: node for node in graph.node for out in node.output}
-    node = producers.get(name)
-    while node is not None and node.op_type in ID_PASS_THROUGH:
-        node = producers.get(node.input[0])
+def _argmax_source(graph: Any) -> tuple[str, int] | None:
+    """Return (scores tensor, axis) of the ArgMax the single graph output comes from, if any."""
+    node, _ = output_source(graph, ID_PASS_THROUGH)
     if node is None or node.op_type != 'ArgMax':
         return None
     axis = next((a.i for a in node.attribute if a.name == 'axis'), 0)
@@ -232,7 +226,7 @@ def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: La
 
     probe = copy.deepcopy(proto)
     fix_input_size(probe, layout, size)
-    argmax = _argmax_source(graph, output.name)
+    argmax = _argmax_source(graph)
     if argmax is not None:
         probe.graph.output.append(helper.make_empty_tensor_value_info(argmax[0]))
     print(f'probing {Path(source).name} at {size[1]}x{size[0]} on the CPU', file=sys.stderr)
@@ -258,7 +252,7 @@ def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: La
         found = _check_ids(results, scores, class_axis, label_set, f'{source}: {what}')
         return (Inspection(image.name, shape, layout, size, size_from, output.name,
                            out_shape, str(first.dtype), 'class-ids', class_axis, found,
-                           _opset(proto)), frames, results)
+                           default_opset(proto)), frames, results)
 
     if len(out_shape) != 4 or out_shape[class_axis] == 1:
         raise AdoptError(f'{source}: no class dimension: {what}; expected scores '
@@ -277,7 +271,7 @@ def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: La
                          f'probe frames: they are {detected}; pass --output {detected} or omit '
                          '--output')
     return (Inspection(image.name, shape, layout, size, size_from, output.name, out_shape,
-                       str(first.dtype), detected, class_axis, count, _opset(proto)),
+                       str(first.dtype), detected, class_axis, count, default_opset(proto)),
             frames, results)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.core.contract import CATEGORIES
-from fvt_training.adopt_source import Inspection, graph_inputs
+from fvt_training.adopt_source import Inspection
 from fvt_training.label_sets import LabelSet
 
 OUTPUT_NAME = 'category_probabilities'
@@ -45,13 +45,18 @@ def map_to_categories(output: np.ndarray, kind: str, class_axis: int,
     return np.moveaxis(probabilities @ label_set.matrix(), -1, class_axis)
 
 
-def _unique_name(graph: Any, wanted: str) -> str:
+def _names_in_use(graph: Any) -> set[str]:
     taken = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
     taken |= {i.name for i in graph.initializer}
-    taken |= {o for node in graph.node for o in node.output}
+    return taken | {o for node in graph.node for o in node.output}
+
+
+def _unique_name(taken: set[str], wanted: str) -> str:
+    """Return ``wanted`` or the first free ``wanted_1``, ``wanted_2``...; add it to ``taken``."""
     name, i = wanted, 1
     while name in taken:
         name, i = f'{wanted}_{i}', i + 1
+    taken.add(name)
     return name
 
 
@@ -69,9 +74,10 @@ def add_category_head(proto: Any, inspection: Inspection, label_set: LabelSet) -
     nodes = []
     ncats = len(CATEGORIES)
     nchw = inspection.layout == 'NCHW'
+    taken = _names_in_use(graph)
 
     def name(tag: str) -> str:
-        return _unique_name(graph, PREFIX + tag if tag != OUTPUT_NAME else tag)
+        return _unique_name(taken, PREFIX + tag if tag != OUTPUT_NAME else tag)
 
     def const(tag: str, value: np.ndarray) -> str:
         tensor = numpy_helper.from_array(value, name(tag))
@@ -122,8 +128,8 @@ def add_category_head(proto: Any, inspection: Inspection, label_set: LabelSet) -
             node('MatMul', [scores, const('class_to_category', matrix)], 'category_sum',
                  final)
     graph.node.extend(nodes)
-    batch = graph_inputs(graph)[0].type.tensor_type.shape.dim[0]
-    batch_dim: Any = batch.dim_value if batch.HasField('dim_value') else (batch.dim_param or 'N')
+    batch = inspection.input_shape[0]
+    batch_dim = 'N' if batch is None else batch
     height, width = inspection.output_size
     dims = [batch_dim, ncats, height, width] if nchw else [batch_dim, height, width, ncats]
     del graph.output[:]

@@ -24,7 +24,8 @@ from fvt_training.prepared import write_bytes_atomic
 
 ARCHITECTURES = ('unet_like', 'light_fpn', 'unet', 'fpn', 'linknet', 'pspnet')
 LR_SCHEDULES = ('plateau', 'cosine')
-MONITORS = ('val_loss', 'val_miou')
+MONITOR_MODES = {'val_loss': 'min', 'val_miou': 'max'}  # Keras' mode: is lower or higher better
+MONITORS = tuple(MONITOR_MODES)
 LOSS_NAMES = ('cce', 'dice', 'weighted_dice', 'focal', 'cce_dice', 'jaccard')
 STRATEGIES = ('default', 'mirrored', 'multiworker')
 NUM_CATEGORIES = len(CATEGORIES)

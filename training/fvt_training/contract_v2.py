@@ -17,11 +17,13 @@ See ``docs/model-contract.md``.
 from __future__ import annotations
 
 from dataclasses import replace
+import os
 from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.core.contract import CONTRACT_V2, ModelContract
+from fvt_segmentation.core.contract import CONTRACT_V2, ModelContract, parse_contract
+from fvt_training.onnx_rewrites import default_opset
 
 CLASSES_NAME = 'class_ids'
 CONFIDENCE_NAME = 'confidence'
@@ -66,8 +68,8 @@ def to_contract_v2(proto: Any, contract: ModelContract, uint8_input: bool = Fals
         graph.initializer.extend([
             numpy_helper.from_array(np.array(255.0, np.float32), 'v2_255'),
             numpy_helper.from_array(np.array(0.5, np.float32), 'v2_half')])
-        opset = next(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx'))
-        if opset >= 18:  # opset 18 moved ReduceMax's axes from an attribute to an input
+        # Opset 18 moved ReduceMax's axes from an attribute to an input.
+        if default_opset(proto) >= 18:
             graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64),
                                                              'v2_axes'))
             top = helper.make_node('ReduceMax', [probs, 'v2_axes'], ['v2_top'], keepdims=0)
@@ -86,6 +88,24 @@ def to_contract_v2(proto: Any, contract: ModelContract, uint8_input: bool = Fals
         _uint8_input(proto, contract)
     return replace(contract, version=CONTRACT_V2, outputs=outputs,
                    input_type='uint8' if uint8_input else 'float32')
+
+
+def write_v2_copy(source: str | os.PathLike, out: str | os.PathLike, uint8_input: bool = False,
+                  confidence: bool = True) -> ModelContract:
+    """Write a version 2 copy of the version 1 file ``source`` to ``out``; return its contract.
+
+    The copy's metadata is its new contract only; ``fvt-train export`` writes its own files
+    with ``export.write_contract_v2``, which also checks the classes against version 1.
+    """
+    import onnx
+
+    proto = onnx.load(os.fspath(source))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    contract = to_contract_v2(proto, parse_contract(meta, os.fspath(source)), uint8_input,
+                              confidence)
+    onnx.helper.set_model_props(proto, contract.to_metadata())
+    onnx.save(proto, os.fspath(out))
+    return contract
 
 
 def _uint8_input(proto: Any, contract: ModelContract) -> None:

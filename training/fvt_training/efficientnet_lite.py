@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-import hashlib
 import importlib
 from importlib import metadata
 import math
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from fvt_segmentation.core.providers import file_sha256
 from fvt_training.torch_checkpoint import load_state_dict
 
 keras = tf.keras
@@ -223,7 +223,7 @@ def weights_provenance(variant: str, path: str | Path | None = None) -> dict[str
         except (WeightsPackageMissingError, metadata.PackageNotFoundError):
             return source
     file = Path(path)
-    source.update(file=file.name, sha256=hashlib.sha256(file.read_bytes()).hexdigest())
+    source.update(file=file.name, sha256=file_sha256(file))
     return source
 
 

@@ -30,7 +30,7 @@ reference. Its contract and provenance carry over, plus ``reexported_from`` (fil
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 import os
@@ -98,6 +98,21 @@ def softmax(scores: np.ndarray, axis: int = -1) -> np.ndarray:
     return shifted / shifted.sum(axis=axis, keepdims=True)
 
 
+def score_agreement(pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+                    axis: int) -> tuple[float, float]:
+    """Compare ``(got, expected)`` score arrays of equal shape, classes on ``axis``.
+
+    Returns the largest absolute difference over all pairs and the fraction of positions
+    (all axes but ``axis``) whose argmax over the classes agrees.
+    """
+    worst, agree, total = 0.0, 0, 0
+    for got, expected in pairs:
+        worst = max(worst, float(np.abs(got - expected).max()))
+        agree += int((got.argmax(axis) == expected.argmax(axis)).sum())
+        total += got.size // got.shape[axis]
+    return worst, agree / total
+
+
 def check_parity(reference: Any, reference_contract: ModelContract, segmenter: Any,
                  frames: Sequence[np.ndarray]) -> dict[str, Any]:
     """Compare a reference (Keras, or the file re-exported) and ONNX Runtime on RGB frames.
@@ -109,20 +124,19 @@ def check_parity(reference: Any, reference_contract: ModelContract, segmenter: A
     """
     from fvt_segmentation.core.inference import preprocess_frame
 
-    worst, agree, total = 0.0, 0, 0
-    for frame in frames:
-        expected = np.asarray(reference.predict_on_batch(
-            preprocess_frame(frame, 'RGB', segmenter.input_size, reference_contract)))
-        got = segmenter.infer(segmenter.preprocess(frame, 'RGB'))
-        if segmenter.contract.output == 'logits':
-            got = softmax(got, axis=-1)
-        if got.shape != expected.shape:
-            raise ExportError(f'{segmenter.model_path}: ONNX output shape {got.shape} differs '
-                              f'from the reference {expected.shape}')
-        worst = max(worst, float(np.abs(got - expected).max()))
-        agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
-        total += got.shape[0] * got.shape[1] * got.shape[2]
-    agreement = agree / total
+    def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for frame in frames:
+            expected = np.asarray(reference.predict_on_batch(
+                preprocess_frame(frame, 'RGB', segmenter.input_size, reference_contract)))
+            got = segmenter.infer(segmenter.preprocess(frame, 'RGB'))
+            if segmenter.contract.output == 'logits':
+                got = softmax(got, axis=-1)
+            if got.shape != expected.shape:
+                raise ExportError(f'{segmenter.model_path}: ONNX output shape {got.shape} '
+                                  f'differs from the reference {expected.shape}')
+            yield got, expected
+
+    worst, agreement = score_agreement(pairs(), axis=-1)
     return {'frames': len(frames), 'max_abs_diff': worst, 'argmax_agreement': agreement,
             'max_abs_diff_limit': MAX_ABS_DIFF, 'argmax_agreement_limit': MIN_ARGMAX_AGREEMENT,
             'passed': worst <= MAX_ABS_DIFF and agreement >= MIN_ARGMAX_AGREEMENT}
@@ -212,8 +226,9 @@ def quantize_int8(float_path: Path, out_path: Path, reader: FrameCalibrationRead
         quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
         graph = onnx.load(str(pre))
         float_nodes = [n.name for n in graph.graph.node if n.op_type in settings['float_ops']]
-        if settings.get('float_output_resize') and output_resize(graph.graph):
-            float_nodes.append(output_resize(graph.graph))
+        resize = output_resize(graph.graph) if settings.get('float_output_resize') else None
+        if resize:
+            float_nodes.append(resize)
         named = set(settings.get('float_nodes', ()))
         missing = named - {n.name for n in graph.graph.node}
         if missing:
@@ -402,11 +417,10 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
     ``reexported_from`` naming the file (and its SHA-256) it came from. Parity and scores use
     the ``val`` split of ``data``, int8 calibration its ``train`` split.
     """
-    import hashlib
-
     import onnx
 
     from fvt_segmentation.core.inference import load_segmenter
+    from fvt_segmentation.core.providers import file_sha256
     from fvt_training import flops
     from fvt_training.prepared import read_manifest
 
@@ -428,7 +442,7 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
     proto = onnx.load(str(path))
     size = flops.describe(proto)
     size.update({k: provenance[k] for k in ('params', 'gflops') if k in provenance})
-    origin = {'file': path.name, 'sha256': hashlib.sha256(path.read_bytes()).hexdigest(),
+    origin = {'file': path.name, 'sha256': file_sha256(path),
               'created': provenance.get('created')}
 
     def make_contract(extra: Mapping[str, Any], output: str) -> ModelContract:

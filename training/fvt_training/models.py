@@ -233,6 +233,15 @@ def sm_model(architecture: str, backbone: str, input_size: Sequence[int],
     return model
 
 
+def pretrained_encoder(weights: str | None) -> str | None:
+    """Read ``model.encoder_weights`` as the builders take it.
+
+    Unset or ``'none'`` (random initialisation) gives None; ``'imagenet'`` or the path of a
+    weights file is returned as is.
+    """
+    return None if weights in (None, 'none') else weights
+
+
 def build_model(config: dict) -> keras.Model:
     """Build the network a resolved configuration describes (its ``model`` section).
 
@@ -244,8 +253,7 @@ def build_model(config: dict) -> keras.Model:
     if spec.get('input_size') is None:
         raise ModelConfigError('model.input_size must be set as [height, width] before building '
                                '(train fills it from the prepared data)')
-    weights = spec.get('encoder_weights')
-    weights = None if weights in (None, 'none') else weights
+    weights = pretrained_encoder(spec.get('encoder_weights'))
     if architecture == 'unet_like':
         filters = spec.get('filters') or (32, 64, 128, 256)
         check_input_size(architecture, spec['input_size'], filters)

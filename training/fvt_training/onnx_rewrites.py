@@ -30,11 +30,13 @@ Keras still guards the result.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
 CONV_TRANSPOSE_ATTRS = {'strides', 'dilations', 'kernel_shape', 'pads', 'auto_pad', 'group'}
+LAYOUT_OPS = ('Transpose', 'Identity')
 
 
 def _initializers(graph: Any) -> dict[str, Any]:
@@ -163,7 +165,7 @@ def _upsample_after_add(graph: Any, inits: dict[str, Any]) -> int:
 
 
 def _sum_leaves(graph: Any, name: str, producers: dict[str, Any],
-                chain: list[Any]) -> list[str] | None:
+                chain: list[Any]) -> list[str]:
     """Return the tensors an ``Add`` tree producing ``name`` sums (collecting its Adds)."""
     node = producers.get(name)
     if node is None or node.op_type != 'Add' or _uses(graph, name) != 1:
@@ -171,10 +173,7 @@ def _sum_leaves(graph: Any, name: str, producers: dict[str, Any],
     chain.append(node)
     leaves: list[str] = []
     for tensor in node.input:
-        inner = _sum_leaves(graph, tensor, producers, chain)
-        if inner is None:
-            return None
-        leaves += inner
+        leaves += _sum_leaves(graph, tensor, producers, chain)
     return leaves
 
 
@@ -189,7 +188,7 @@ def _classify_before_upsampling(graph: Any, inits: dict[str, Any]) -> int:
         producers = {out: node for node in graph.node for out in node.output}
         chain: list[Any] = []
         leaves = _sum_leaves(graph, conv.input[0], producers, chain)
-        if not chain or not leaves:
+        if not chain:
             continue
         resizes = {t: producers[t] for t in leaves if t in producers
                    and producers[t].op_type == 'Resize' and _uses(graph, t) == 1
@@ -264,21 +263,28 @@ def simplify_for_cpu(proto: Any) -> dict[str, int]:
     return counts
 
 
-def output_source(graph: Any) -> tuple[Any | None, list[Any]]:
-    """Return the node whose result is the single graph output, behind layout-only nodes.
+def default_opset(proto: Any) -> int:
+    """Return the version of the default (``ai.onnx``) operator set ``proto`` imports, or 0."""
+    return next((o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')), 0)
 
-    Walks back from the output through ``Transpose`` and ``Identity`` nodes (returned too, in
-    that order); the source is None for a graph with several outputs or none produced by a
-    node.
+
+def output_source(graph: Any, through: Collection[str] = LAYOUT_OPS
+                  ) -> tuple[Any | None, list[Any]]:
+    """Return the node whose result is the single graph output, behind pass-through nodes.
+
+    Walks back from the output through nodes whose op type is in ``through`` (default: the
+    layout-only ``Transpose`` and ``Identity``), each to its first input; those nodes are
+    returned too, in that order. The source is None for a graph with several outputs or none
+    produced by a node.
     """
     if len(graph.output) != 1:
         return None, []
     producers = {out: node for node in graph.node for out in node.output}
-    node, layout = producers.get(graph.output[0].name), []
-    while node is not None and node.op_type in ('Transpose', 'Identity'):
-        layout.append(node)
+    node, passed = producers.get(graph.output[0].name), []
+    while node is not None and node.op_type in through:
+        passed.append(node)
         node = producers.get(node.input[0])
-    return node, layout
+    return node, passed
 
 
 def strip_output_softmax(proto: Any) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from fvt_segmentation.core.contract import ModelContract
 from fvt_training import efficientnet_lite
-from fvt_training.models import model_normalization
+from fvt_training.models import model_normalization, pretrained_encoder
 from fvt_training.prepared import DataError, read_manifest
 from fvt_training.run_files import COMMAND_FILE, CONFIG_FILE, METRICS_FILE, read_json
 
@@ -74,8 +74,8 @@ def run_contract(run_dir: str | os.PathLike, config: Mapping[str, Any],
         'config_file': str(run_dir / CONFIG_FILE),
         'training_command': training_command(run_dir),
     }
-    weights = spec.get('encoder_weights')
-    if spec['architecture'] == 'light_fpn' and weights not in (None, 'none'):
+    weights = pretrained_encoder(spec.get('encoder_weights'))
+    if spec['architecture'] == 'light_fpn' and weights is not None:
         provenance['encoder_weights'] = efficientnet_lite.weights_provenance(
             spec['backbone'], None if weights == 'imagenet' else weights)
     provenance.update(extra_provenance or {})

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from fvt_segmentation.core.contract import CATEGORIES, VOID
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
 from fvt_training import data
-from fvt_training.config import load_config, write_config
+from fvt_training.config import MONITOR_MODES, load_config, write_config
 from fvt_training.keras_metrics import StreamingMeanIoU
 from fvt_training.losses import make_loss, resolve_class_weights
 from fvt_training.models import (
@@ -51,8 +51,6 @@ from fvt_training.run_files import (
     RunError,
     write_json,
 )
-
-MONITOR_MODES = {'val_loss': 'min', 'val_miou': 'max'}
 
 
 def _save_weights(model: tf.keras.Model, path: Path) -> None:
