@@ -28,13 +28,12 @@ PARAMS_FILE = 'config/segmentation.yaml'
 
 
 def _nodes(context, *args, **kwargs):
-    """Build the nodes once the arguments are known (an empty model_path is not passed)."""
+    """Build the nodes once the arguments are known (empty model_path/precision: not passed)."""
     def value(name):
         return LaunchConfiguration(name).perform(context)
 
     parameters = [value('params_file')]
-    if value('model_path'):
-        parameters.append({'model_path': value('model_path')})
+    parameters += [{name: value(name)} for name in ('model_path', 'precision') if value(name)]
     remappings = [('image', value('image_topic'))] if value('image_topic') != 'image' else []
     namespace = value('namespace')
     segmentation = Node(
@@ -58,7 +57,10 @@ def generate_launch_description():
                               description='ROS parameters file for segmentation_node'),
         DeclareLaunchArgument('model_path', default_value='',
                               description='ONNX model; empty = model_path of params_file '
-                                          '(default: the shipped models/default.onnx)'),
+                                          '(default: the shipped model)'),
+        DeclareLaunchArgument('precision', default_value='',
+                              description='auto|float32|int8: which shipped file runs; empty = '
+                                          'precision of params_file (default: auto)'),
         DeclareLaunchArgument('image_topic', default_value='image',
                               description='camera topic (sensor_msgs/Image); with '
                                           'input_transport compressed, <topic>/compressed'),

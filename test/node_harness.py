@@ -20,6 +20,7 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
@@ -98,6 +99,14 @@ class RosHarness:
             msg_type, topic, QoSProfile(depth=10, reliability=reliability))
         self.wait_for(lambda: pub.get_subscription_count() > 0, 'the node to subscribe')
         return pub
+
+    def set_params(self, **values: Any) -> list:
+        """Set the node's parameters through its parameter service; return the results."""
+        client = AsyncParameterClient(self.probe, 'segmentation_node')
+        assert client.wait_for_services(timeout_sec=10.0)
+        future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+        self.wait_for(future.done, 'set_parameters')
+        return future.result().results
 
     def wait_matched(self, *outputs: str) -> None:
         """Wait until the node's ``~/<output>`` publishers see the probe's subscriptions."""

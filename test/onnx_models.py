@@ -36,13 +36,15 @@ def build_model(path: Path, size: tuple[int, int] = (32, 64), layout: str = 'NHW
                 contract: ModelContract | None = None,
                 metadata: dict[str, str] | None = None, drop_keys: tuple[str, ...] = (),
                 slow_repeats: int = 0, dynamic_batch: bool = True,
-                opset: int = 17) -> Path:
+                opset: int = 17, fails_at_run: bool = False) -> Path:
     """Write a tiny segmentation model to ``path`` and return ``path``.
 
     ``metadata`` entries override the contract's; ``drop_keys`` removes keys (for contract
     error tests). ``slow_repeats`` > 0 adds that many 3x3 convolutions of 32 channels on a
     side branch whose result is multiplied by zero and added, which makes inference slow
     without changing the scores (ONNX Runtime cannot fold it away: it depends on the input).
+    ``fails_at_run`` adds a Gather of the input with an index past its width: the file loads
+    and follows the contract, and every run fails (as a car's GPU that cannot allocate).
     """
     contract = contract or ModelContract(layout=layout, output=output,
                                          normalization=Normalization())
@@ -81,6 +83,16 @@ def build_model(path: Path, size: tuple[int, int] = (32, 64), layout: str = 'NHW
             helper.make_node('Add', [scores, 'slow_zero'], ['scores_slow']),
         ]
         scores = 'scores_slow'
+    if fails_at_run:
+        inits += [numpy_helper.from_array(np.array([w + 100], np.int64), 'PAST_END'),
+                  numpy_helper.from_array(np.zeros(1, np.float32), 'NOTHING')]
+        nodes += [
+            helper.make_node('Gather', ['image', 'PAST_END'], ['gathered'], axis=2),
+            helper.make_node('ReduceMean', ['gathered'], ['gathered_mean'], keepdims=0),
+            helper.make_node('Mul', ['gathered_mean', 'NOTHING'], ['gathered_zero']),
+            helper.make_node('Add', [scores, 'gathered_zero'], ['scores_gathered']),
+        ]
+        scores = 'scores_gathered'
     if contract.output == 'probabilities':
         nodes.append(helper.make_node('Softmax', [scores], ['probs'], axis=-1))
         scores = 'probs'

@@ -55,6 +55,10 @@ def test_healthy_stream_is_ok_with_all_figures() -> None:
      'input rate 12.0 Hz below expected 30.0 Hz; output rate 12.0 Hz'),
     ({'output_rate': 27.5}, DiagnosticStatus.OK, 'segmenting at 27.5 Hz'),  # within 10 %
     ({'new_rejections': 3}, DiagnosticStatus.WARN, '3 bad input frame(s) rejected'),
+    ({'new_failures': 4, 'new_processed': 0, 'last_failure': 'Fail: Gather index 9'},
+     DiagnosticStatus.ERROR, 'every frame fails (4 since the last status): Fail: Gather index'),
+    ({'new_failures': 1, 'new_processed': 29, 'last_failure': 'Fail: x'},
+     DiagnosticStatus.WARN, '1 frame(s) failed: Fail: x'),
     ({'seconds_since_input': 2.5}, DiagnosticStatus.ERROR, 'no input frame for 2.5 s'),
     ({'seconds_since_input': None, 'uptime_s': 1.0}, DiagnosticStatus.OK,
      'waiting for the first frame'),
@@ -97,9 +101,10 @@ def test_loading_status_is_warn_with_the_stage_then_error_on_failure() -> None:
     assert values(loading) == {'provider': 'loading', 'model': '/m/default.onnx',
                                'loading_s': '12.40'}
     failed = loading_status('/seg: segmentation', 'loading model', 1.0, '/m/x.onnx',
-                            failed=True)
+                            error='/m/x.onnx: the model loads but fails on its first run')
     assert failed.level == DiagnosticStatus.ERROR
-    assert failed.message == 'model failed to load (loading model)'
+    assert failed.message == ('model failed to load: /m/x.onnx: the model loads but fails on '
+                              'its first run')
 
 
 def test_model_values_say_what_the_loader_resolved(tiny_model, tmp_path) -> None:

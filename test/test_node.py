@@ -14,8 +14,6 @@ import numpy as np
 from onnx_models import build_model, default_weights, expected_scores, to_v2
 import pytest
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.parameter import Parameter
-from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray, String
@@ -300,22 +298,14 @@ def test_slow_model_drops_frames_instead_of_building_a_backlog(
     assert grown < 100e6
 
 
-def set_params(ros: RosHarness, **values) -> list:
-    client = AsyncParameterClient(ros.probe, 'segmentation_node')
-    assert client.wait_for_services(timeout_sec=10.0)
-    future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
-    ros.wait_for(future.done, 'set_parameters')
-    return future.result().results
-
-
 def test_runtime_parameters_are_validated_and_applied(ros: RosHarness,
                                                       model: Path) -> None:
     node = ros.start_node(model)
     subscribe_outputs(ros, 'mask', 'overlay')
     pub = ros.publisher('/image')
-    [result] = set_params(ros, overlay_alpha=1.0)
+    [result] = ros.set_params(overlay_alpha=1.0)
     assert result.successful
-    [result] = set_params(ros, mask_resolution='model')
+    [result] = ros.set_params(mask_resolution='model')
     assert result.successful and node.settings.mask_resolution == 'model'
     pixels = frame_pixels(4)
     pub.publish(image_msg(pixels, 'rgb8', 5))
@@ -331,7 +321,7 @@ def test_runtime_parameters_are_validated_and_applied(ros: RosHarness,
             ('max_frame_age_ms', -1, 'out of range'),
             ('model_path', '/tmp/other.onnx', 'read-only'),
             ('input_reliability', 'reliable', 'read-only')]:
-        [result] = set_params(ros, **{name: value})
+        [result] = ros.set_params(**{name: value})
         assert not result.successful, name
         assert reason in result.reason, result.reason
     assert node.settings.overlay_alpha == 1.0 and node.settings.mask_resolution == 'model'
@@ -344,7 +334,7 @@ def test_outputs_without_subscribers_are_not_computed(ros: RosHarness,
                                                       model: Path) -> None:
     node = ros.start_node(model)
     subscribe_outputs(ros, 'mask', 'overlay')
-    [result] = set_params(ros, publish_overlay=False)
+    [result] = ros.set_params(publish_overlay=False)
     assert result.successful
     pub = ros.publisher('/image')
     for i in range(3):
@@ -367,7 +357,7 @@ def test_old_frames_are_skipped(ros: RosHarness, model: Path) -> None:
     ros.wait_for(lambda: node.counters.snapshot()['stale'] == 1, 'the stale frame')
     pub.publish(image_msg(frame_pixels(0), 'rgb8', node.get_clock().now().nanoseconds, 'new'))
     assert ros.wait_count('mask', 1)[0].header.frame_id == 'new'
-    [result] = set_params(ros, max_frame_age_ms=0)
+    [result] = ros.set_params(max_frame_age_ms=0)
     assert result.successful
     pub.publish(image_msg(frame_pixels(0), 'rgb8', now_ns - 10_000_000_000, 'old'))
     assert ros.wait_count('mask', 2)[1].header.frame_id == 'old'
@@ -423,7 +413,7 @@ def test_model_loads_in_the_background_diagnostics_warn_then_ok(ros: RosHarness,
     status = latest_status(ros)
     assert status['level'] == DiagnosticStatus.WARN, status
     assert status['message'].startswith('loading model') and status['provider'] == 'loading'
-    [result] = set_params(ros, overlay_alpha=0.25)  # parameter services answer meanwhile
+    [result] = ros.set_params(overlay_alpha=0.25)  # parameter services answer meanwhile
     assert result.successful and node.segmenter is None, 'the model loaded too fast to tell'
     assert node.wait_ready(120.0)
     ros.wait_for(lambda: latest_status(ros)['level'] == DiagnosticStatus.OK, 'an OK status')

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from node_harness import RosHarness, image_msg
 import numpy as np
 import pytest
@@ -91,3 +92,39 @@ def test_process_segments_and_stops_cleanly_on_sigint(tiny_model: Path) -> None:
     assert process.returncode == 0, output
     assert 'ready: model tiny' in output and 'input: /camera/image_raw' in output
     assert 'Traceback' not in output
+
+
+def test_model_that_fails_on_its_first_run_is_one_fatal_line_and_an_exit(
+        model_factory) -> None:
+    path = model_factory(fails_at_run=True)
+    done = subprocess.run(node_command(f'model_path:={path}'), capture_output=True, text=True,
+                          timeout=60, env=environment())
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert 'Traceback' not in output
+    [fatal] = [line for line in output.splitlines() if '[FATAL]' in line]
+    assert f'{path}: the model loads but fails on its first run' in fatal
+    assert 'Gather' in fatal
+
+
+def test_load_retries_try_again_then_error_on_diagnostics_and_exit(model_factory) -> None:
+    path = model_factory(fails_at_run=True)
+    ros = RosHarness()
+    try:
+        ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
+        done = subprocess.run(
+            node_command(f'model_path:={path}', 'load_retries:=1', 'diagnostics_period:=0.2'),
+            capture_output=True, text=True, timeout=60, env=environment())
+        statuses = [(m.status[0].level, m.status[0].message)
+                    for m in ros.received['diagnostics']]
+    finally:
+        ros.close()
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    retry = [line for line in output.splitlines() if 'try 1 of 2' in line]
+    assert len(retry) == 1 and '[ERROR]' in retry[0] and 'trying again in 2 s' in retry[0]
+    assert 'try 2 of 2' not in output
+    assert len([line for line in output.splitlines() if '[FATAL]' in line]) == 1
+    level, message = statuses[-1]
+    assert level == DiagnosticStatus.ERROR, statuses
+    assert message.startswith('model failed to load: ') and 'fails on its first run' in message

@@ -314,12 +314,23 @@ class Segmenter:
             'postprocess': (t3 - t2) * 1e3})
 
     def warm_up(self, runs: int = 2) -> float:
-        """Run a black frame through the model; return the last run's time in ms."""
+        """Run a black frame through the model; return the last run's time in ms.
+
+        Raises :class:`ModelLoadError` when the model loads but cannot run (an operator that
+        fails on real data, a device that cannot allocate): a load that ends here is a
+        failed load, never a node that waits for ever.
+        """
         frame = np.zeros((*self.input_size, 3), np.uint8)
         elapsed = 0.0
         for _ in range(max(1, runs)):
             t0 = time.perf_counter()
-            self.segment(frame, want_confidence=True)
+            try:
+                self.segment(frame, want_confidence=True)
+            except Exception as err:  # onnxruntime raises several unrelated exception types
+                text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ''
+                raise ModelLoadError(
+                    f'{self.model_path}: the model loads but fails on its first run on '
+                    f'{self.active_provider} ({type(err).__name__}: {text})') from err
             elapsed = (time.perf_counter() - t0) * 1e3
         return elapsed
 
@@ -421,7 +432,7 @@ def _open_session(path: Path, providers: list[str], options: list[dict[str, str]
     return session, reason[:300]
 
 
-def _gpu_plan(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
+def gpu_plan(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
     """Return the non-CPU providers worth asking ONNX Runtime for, and why the others not."""
     available = set(ort.get_available_providers())
     candidates: list[str] = []
@@ -535,7 +546,7 @@ def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEF
     progress = progress or (lambda _line: None)
     path = Path(model_path).expanduser()
     wanted = check_model_file(path, providers)
-    candidates, reasons = _gpu_plan(wanted)
+    candidates, reasons = gpu_plan(wanted)
     if not candidates and CPU not in wanted:
         raise ModelLoadError(f'{path}: none of the requested providers {wanted} can run here: '
                              + '; '.join(f'{p}: {r}' for p, r in reasons.items()))

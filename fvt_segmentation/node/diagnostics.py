@@ -35,6 +35,11 @@ class HealthSnapshot:
     provider: str
     model: str
     extra: dict[str, str] = field(default_factory=dict)
+    new_failures: int = 0
+    """Frames whose processing raised since the previous status."""
+    new_processed: int = 0
+    """Frames whose outputs were published since the previous status."""
+    last_failure: str = ''
     stages: dict[str, LatencySummary | None] = field(default_factory=dict)
     """Per-frame stages other than inference (queue, conversion, ...), in pipeline order."""
 
@@ -50,7 +55,12 @@ def _level_and_message(health: HealthSnapshot, expected_rate: float,
         return DiagnosticStatus.ERROR, f'no input frame since startup ({health.uptime_s:.1f} s)'
     if since is not None and since >= stale_timeout:
         return DiagnosticStatus.ERROR, f'no input frame for {since:.1f} s'
+    if health.new_failures and not health.new_processed:
+        return DiagnosticStatus.ERROR, (f'every frame fails ({health.new_failures} since the '
+                                        f'last status): {health.last_failure}')
     problems = []
+    if health.new_failures:
+        problems.append(f'{health.new_failures} frame(s) failed: {health.last_failure}')
     if expected_rate > 0 and since is not None:
         floor = expected_rate * (1.0 - RATE_TOLERANCE)
         if health.input_rate < floor:
@@ -126,10 +136,10 @@ def model_values(segmenter: Segmenter) -> dict[str, str]:
 
 
 def loading_status(name: str, stage: str, elapsed_s: float, model: str,
-                   failed: bool = False) -> DiagnosticStatus:
-    """Return the status while the model loads: WARN naming the stage, ERROR if it failed."""
-    level = DiagnosticStatus.ERROR if failed else DiagnosticStatus.WARN
-    message = (f'model failed to load ({stage})' if failed
+                   error: str = '') -> DiagnosticStatus:
+    """Return the status while the model loads: WARN naming the stage, ERROR with ``error``."""
+    level = DiagnosticStatus.ERROR if error else DiagnosticStatus.WARN
+    message = (f'model failed to load: {error}' if error
                else f'{stage} ({elapsed_s:.0f} s so far)')
     values = {'provider': 'loading', 'model': model, 'loading_s': _fmt(elapsed_s)}
     return DiagnosticStatus(level=level, name=name, message=message, hardware_id='loading',

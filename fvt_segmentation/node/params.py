@@ -13,6 +13,8 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from fvt_segmentation.core.model_choice import PRECISIONS
+
 RELIABILITIES = ('best_effort', 'reliable')
 
 
@@ -45,7 +47,18 @@ class ParameterSpec:
 
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
-    ParameterSpec('model_path', '', 'ONNX model file; empty = the shipped models/default.onnx'),
+    ParameterSpec('model_path', '',
+                  'ONNX model file, run as it is; empty = the shipped model, its float32 or '
+                  'int8 file as precision says'),
+    ParameterSpec('precision', 'auto',
+                  "which shipped file runs (model_path empty): 'auto' = int8 on the CPU "
+                  "provider, float32 for TensorRT and CUDA; 'float32'; 'int8'. A change "
+                  'reloads the model while the running one keeps serving',
+                  runtime=True, choices=PRECISIONS),
+    ParameterSpec('load_retries', 0,
+                  'tries again this many times, 2 s apart, when the model fails to load; then '
+                  'the node logs the cause, reports ERROR on /diagnostics and exits with 1',
+                  limits=(0, 1000)),
     ParameterSpec('providers', ['tensorrt', 'cuda', 'cpu'],
                   'ONNX Runtime execution providers in order of preference'),
     ParameterSpec('require_gpu', False,

@@ -34,6 +34,9 @@ class PipelineStats:
         self._stage_ms = {name: LatencyWindow() for name in STAGES}
         self._end_to_end_ms = LatencyWindow()
         self._reported_rejections = 0
+        self._reported_failures = 0
+        self._reported_processed = 0
+        self.last_failure = ''
 
     def received(self, now: float) -> None:
         """Count a frame that arrived in the subscription callback at ``now``."""
@@ -50,6 +53,11 @@ class PipelineStats:
         for name in ('preprocess', 'postprocess'):
             self._stage_ms[name].add(timings_ms[name])
 
+    def failed(self, reason: str) -> None:
+        """Count a frame whose processing raised; ``reason`` is kept for the status."""
+        self.counters.add('failed')
+        self.last_failure = reason
+
     def processed(self, received: float, done: float) -> None:
         """Count a frame whose outputs were all published at ``done``."""
         self.counters.add('processed')
@@ -57,18 +65,23 @@ class PipelineStats:
         self._end_to_end_ms.add((done - received) * 1e3)
 
     def snapshot(self, provider: str, model: str, extra: dict[str, str]) -> HealthSnapshot:
-        """Sample rates, latencies and counters now; rejections count since the last call."""
+        """Sample rates, latencies and counters now; the ``new_*`` count since the last call."""
         now = time.monotonic()
         counters = self.counters.snapshot()
         new_rejections = counters['rejected'] - self._reported_rejections
+        new_failures = counters['failed'] - self._reported_failures
+        new_processed = counters['processed'] - self._reported_processed
         self._reported_rejections = counters['rejected']
+        self._reported_failures = counters['failed']
+        self._reported_processed = counters['processed']
         published = {f'published_{name}': str(count)
                      for name, count in self.published.snapshot().items()}
         return HealthSnapshot(
             input_rate=self._input_rate.rate(now), output_rate=self._output_rate.rate(now),
             inference=summarize(self._inference_ms), end_to_end=summarize(self._end_to_end_ms),
             stages={name: summarize(window) for name, window in self._stage_ms.items()},
-            counters=counters, new_rejections=new_rejections,
+            counters=counters, new_rejections=new_rejections, new_failures=new_failures,
+            new_processed=new_processed, last_failure=self.last_failure,
             seconds_since_input=self._input_rate.seconds_since_last(now),
             uptime_s=now - self.started, provider=provider, model=model,
             extra={**published, **extra})

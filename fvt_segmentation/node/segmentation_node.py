@@ -41,13 +41,8 @@ from fvt_segmentation.core.conversions import (
     image_to_frame,
     stamp_ns,
 )
-from fvt_segmentation.core.inference import (
-    Segmentation,
-    Segmenter,
-    check_model_file,
-    load_segmenter,
-)
-from fvt_segmentation.core.resources import resolve_model_path
+from fvt_segmentation.core.inference import Segmentation, Segmenter, check_model_file
+from fvt_segmentation.core.model_choice import ModelChoice, choose_model, load_model
 from fvt_segmentation.core.sizes import format_size
 from fvt_segmentation.node.diagnostics import (
     HealthSnapshot,
@@ -70,6 +65,10 @@ from fvt_segmentation.node.ros_compat import add_post_set_parameters_callback, m
 NODE_NAME = 'segmentation_node'
 LOG_THROTTLE_S = 5.0
 PARITY_FRAMES = 4
+LOAD_RETRY_DELAY_S = 2.0
+FAILURE_REPORT_S = 1.0
+FAILURE_REPORT_INTERVAL_S = 0.25
+"""A failed start repeats its ERROR status this often for this long, then the process ends."""
 
 
 def parity_frames() -> list[np.ndarray]:
@@ -94,6 +93,7 @@ class _Result(NamedTuple):
     pending: _Pending
     frame: Frame
     result: Segmentation
+    style: OutputStyle  # of the model that made ``result`` (a reload may swap it meanwhile)
     wanted: frozenset[str]
     settings: RuntimeSettings
     ready: float  # time.monotonic() when the inference stage handed it over
@@ -119,11 +119,19 @@ class SegmentationNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         self._declare_parameters()
         self._requested = list(self._param('providers'))
-        self.model_path = resolve_model_path(self._param('model_path'))
-        check_model_file(self.model_path, self._requested)  # a wrong path fails right here
+        # A wrong model_path or provider name fails right here, before any thread starts.
+        check_model_file(choose_model(self._param('model_path'), 'float32', False).path,
+                         self._requested)
         self.segmenter: Segmenter | None = None
+        self.choice: ModelChoice | None = None
         self.load_error: ModelLoadError | None = None
         self._ready = threading.Event()
+        self._closing = threading.Event()
+        # Held while the pipeline starts or a reloaded model is installed, and by
+        # destroy_node: a load that ends after shutdown began then changes nothing.
+        self._lifecycle = threading.Lock()
+        self._reloads = threading.Lock()  # one reload at a time, in the order asked
+        self._reload_state = ''
         self._load_stage = 'loading model'
         self._max_pixels = int(self._param('max_input_pixels'))
         self.stats = PipelineStats(float(self._param('stats_window')), OUTPUTS)
@@ -186,36 +194,106 @@ class SegmentationNode(Node):
         if 'TensorRT' in line:
             self.get_logger().info(line)
 
-    def _load(self) -> None:
-        """Loader thread: open the model, then start the pipeline threads."""
+    def _open_model(self, precision: str) -> tuple[Segmenter, ModelChoice]:
+        """Choose and load the model file; any failure becomes one :class:`ModelLoadError`."""
         try:
-            segmenter = load_segmenter(
-                self.model_path, providers=self._requested,
+            return load_model(
+                self._param('model_path'), precision, self._requested,
                 require_gpu=self._param('require_gpu'),
                 intra_op_threads=self._param('intra_op_threads'),
                 intra_op_spinning=self._param('intra_op_spinning'),
                 trt_cache_dir=self._param('trt_cache_dir') or None,
                 trt_fp16=self._param('trt_fp16'), parity_frames=parity_frames,
                 progress=self._on_progress)
-        except ModelLoadError as err:
-            self.load_error = err
-            self.get_logger().fatal(f'cannot start: {err}')
-            self._ready.set()
-            self.context.try_shutdown()  # main() then exits with status 1
-            return
-        self._style = OutputStyle.of(segmenter.contract, self._image_kwargs)
-        self.segmenter = segmenter
-        self._categories_pub.publish(String(data=segmenter.contract.categories_json()))
-        self._threads = [
-            threading.Thread(target=self._drain, args=(self._frames, self._infer),
-                             name='segmentation_inference', daemon=True),
-            threading.Thread(target=self._drain, args=(self._results, self._publish),
-                             name='segmentation_outputs', daemon=True)]
-        for thread in self._threads:
-            thread.start()
+        except ModelLoadError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever breaks, the node must say what
+            raise ModelLoadError(f'loading the model failed: {type(err).__name__}: '
+                                 f'{err}'.strip()[:600]) from err
+
+    def _load(self) -> None:
+        """Loader thread: open the model (retrying by ``load_retries``), start the pipeline."""
+        retries, precision = int(self._param('load_retries')), self._param('precision')
+        for attempt in range(retries + 1):
+            try:
+                segmenter, choice = self._open_model(precision)
+                break
+            except ModelLoadError as err:
+                if attempt == retries or self._closing.is_set():
+                    self._fail(err)
+                    return
+                self.get_logger().error(
+                    f'model load failed (try {attempt + 1} of {retries + 1}), trying again in '
+                    f'{LOAD_RETRY_DELAY_S:.0f} s: {err}')
+                self._load_stage = f'retrying after: {err}'
+                if self._closing.wait(LOAD_RETRY_DELAY_S):
+                    return
+        with self._lifecycle:
+            if self._closing.is_set():
+                return  # destroy_node ran while the model loaded
+            self._install(segmenter, choice)
+            self._threads = [
+                threading.Thread(target=self._drain, args=(self._frames, self._infer),
+                                 name='segmentation_inference', daemon=True),
+                threading.Thread(target=self._drain, args=(self._results, self._publish),
+                                 name='segmentation_outputs', daemon=True)]
+            for thread in self._threads:
+                thread.start()
         # The subscription's profile includes any qos_overrides.<topic>.subscription.* values.
         self._log_startup(self._subscription.qos_profile, self._output_qos)
+        if choice.warning:
+            self.get_logger().warning(choice.warning)
         self._ready.set()
+        if self._param('precision') != precision:  # changed while the first model loaded
+            self._start_reload(self._param('precision'))
+
+    def _fail(self, err: ModelLoadError) -> None:
+        """End a start that cannot load: ERROR status and one fatal line, then exit."""
+        self.load_error = err
+        self.get_logger().fatal(f'cannot start: {err}')
+        self._ready.set()
+        # The ERROR status goes out a few times, for monitors still discovering the node;
+        # then main() exits with status 1 once spinning stops.
+        deadline = time.monotonic() + FAILURE_REPORT_S
+        while time.monotonic() < deadline:
+            with self._lifecycle:
+                if self._closing.is_set():
+                    return
+                self._publish_diagnostics()
+            self._closing.wait(FAILURE_REPORT_INTERVAL_S)
+        self.context.try_shutdown()
+
+    def _install(self, segmenter: Segmenter, choice: ModelChoice) -> None:
+        """Make ``segmenter`` the one the next frame runs through (the first or a reload)."""
+        self._style = OutputStyle.of(segmenter.contract, self._image_kwargs)
+        self.segmenter, self.choice = segmenter, choice
+        self._categories_pub.publish(String(data=segmenter.contract.categories_json()))
+
+    def _reload(self, precision: str) -> None:
+        """Reload thread: open the model ``precision`` asks for; the old one serves meanwhile."""
+        with self._reloads:
+            if self._closing.is_set():
+                return
+            self._reload_state = f'loading precision {precision}'
+            try:
+                segmenter, choice = self._open_model(precision)
+            except ModelLoadError as err:
+                self._reload_state = f'precision {precision} FAILED: {err}'
+                self.get_logger().error(f'precision {precision}: the reload failed, the running '
+                                        f'model keeps serving: {err}')
+                return
+            with self._lifecycle:
+                if self._closing.is_set():
+                    return
+                self._reload_state = (f'precision {precision}: {choice.path.name} since '
+                                      f'{time.strftime("%H:%M:%S")}')
+                self._install(segmenter, choice)
+            self.get_logger().info(
+                f'precision {precision}: now running {choice.path} ({choice.precision}; '
+                f'{choice.reason}) on {segmenter.active_provider}'
+                + (f'\n  {choice.warning}' if choice.warning else ''))
+            if choice.warning:
+                self.get_logger().warning(choice.warning)
 
     # ---- parameters -------------------------------------------------------------------
 
@@ -234,6 +312,13 @@ class SegmentationNode(Node):
         if changes:
             self.settings = replace(self.settings, **changes)
             self.get_logger().info(f'parameters changed: {changes}')
+        for parameter in parameters:
+            if parameter.name == 'precision' and self._ready.is_set():
+                self._start_reload(parameter.value)  # before that, the loader looks itself
+
+    def _start_reload(self, precision: str) -> None:
+        threading.Thread(target=self._reload, args=(precision,), name='segmentation_reload',
+                         daemon=True).start()
 
     # ---- input and slot ---------------------------------------------------------------
 
@@ -253,11 +338,12 @@ class SegmentationNode(Node):
             try:
                 handle(item)
             except Exception as err:  # noqa: BLE001 - one bad frame must not stop the node
-                self.counters.add('failed')
+                reason = f'{type(err).__name__}: {err}'.strip()[:300]
+                self.stats.failed(reason)
                 msg = item.msg if isinstance(item, _Pending) else item.pending.msg
                 self.get_logger().error(
                     f'processing failed for {_stamp_text(msg)} on {self.input_topic}: '
-                    f'{type(err).__name__}: {err}', throttle_duration_sec=LOG_THROTTLE_S)
+                    f'{reason}', throttle_duration_sec=LOG_THROTTLE_S)
 
     # ---- inference --------------------------------------------------------------------
 
@@ -300,12 +386,13 @@ class SegmentationNode(Node):
         self.stats.stage('conversion', (time.perf_counter() - start) * 1e3)
         wanted = frozenset(name for name in OUTPUTS if settings.enabled(name)
                            and self._outputs[name].get_subscription_count() > 0)
-        result = self.segmenter.segment(frame.pixels, frame.color_order,
-                                        want_confidence='confidence' in wanted)
+        segmenter, style = self.segmenter, self._style  # a reload may swap both meanwhile
+        result = segmenter.segment(frame.pixels, frame.color_order,
+                                   want_confidence='confidence' in wanted)
         self.stats.segmented(result.timings_ms)
         # The output stage builds and publishes while the next frame is being inferred; if
         # it falls behind, its unpublished result is replaced (and counted as dropped).
-        ready = _Result(pending, frame, result, wanted, settings, time.monotonic())
+        ready = _Result(pending, frame, result, style, wanted, settings, time.monotonic())
         if self._results.put(ready) is not None:
             self.counters.add('dropped')
 
@@ -316,7 +403,7 @@ class SegmentationNode(Node):
         self.stats.stage('handoff', (time.monotonic() - item.ready) * 1e3)
         start = time.perf_counter()
         publishing = 0.0  # seconds spent in publish(), the rest is building the outputs
-        outputs = FrameOutputs(self._style, item.pending.msg.header, item.frame, item.result,
+        outputs = FrameOutputs(item.style, item.pending.msg.header, item.frame, item.result,
                                item.settings.mask_resolution, item.settings.overlay_alpha)
         for name, build in BUILDERS.items():
             msg = build(outputs) if name in item.wanted else None
@@ -334,9 +421,14 @@ class SegmentationNode(Node):
     def health(self) -> HealthSnapshot:
         """Sample rates, latencies and counters now (the model must be loaded)."""
         assert self.segmenter is not None, 'health() before the model was loaded'
-        segmenter, settings = self.segmenter, self.settings
+        segmenter, settings, choice = self.segmenter, self.settings, self.choice
         return self.stats.snapshot(segmenter.active_provider, segmenter.name, {
             'input_topic': self.input_topic,
+            'model_file': str(segmenter.model_path),
+            'model_precision': choice.precision,
+            'model_precision_reason': choice.warning or choice.reason,
+            'precision_parameter': self._param('precision'),
+            'model_reload': self._reload_state,
             'model_input_size': format_size(*segmenter.input_size[::-1]),
             'mask_resolution': settings.mask_resolution,
             'max_frame_age_ms': str(settings.max_frame_age_ms),
@@ -348,7 +440,8 @@ class SegmentationNode(Node):
         if self.segmenter is None:
             status = loading_status(
                 name, self._load_stage, time.monotonic() - self.stats.started,
-                str(self.model_path), failed=self.load_error is not None)
+                self._param('model_path') or 'the shipped model',
+                error='' if self.load_error is None else str(self.load_error))
         else:
             status = build_status(self.health(), name, float(self._param('expected_rate')),
                                   float(self._param('stale_timeout')))
@@ -372,11 +465,15 @@ class SegmentationNode(Node):
         if segmenter.engine_dir is not None and segmenter.engine_cached is not None:
             engine = (f'\n  TensorRT engine: {values["trt_engine"]} in {segmenter.engine_dir}'
                       + (f'; parity vs CPU: {segmenter.parity}' if segmenter.parity else ''))
+        choice = self.choice
+        assert choice is not None
         self.get_logger().info(
-            f'ready: model {segmenter.name} from {self.model_path} (input {width}x{height}, '
+            f'ready: model {segmenter.name} from {choice.path} (input {width}x{height}, '
             f'{segmenter.contract.layout} {segmenter.contract.color_order}, '
             f'{segmenter.contract.num_classes} classes, contract v{segmenter.contract.version}'
             f'; provenance: {provenance or "none"})\n'
+            f'  model precision: {choice.precision} ({choice.reason}; parameter precision '
+            f'{self._param("precision")})\n'
             f'  provider: {segmenter.active_provider} (requested {self._requested}), '
             f'precision {segmenter.precision}, threads {values["intra_op_threads"]}, IO '
             f'binding {values["io_binding"]}; loaded in {segmenter.load_seconds:.1f} s, '
@@ -394,15 +491,21 @@ class SegmentationNode(Node):
             self.get_logger().info(f'compatibility fallback: {note}')
 
     def destroy_node(self) -> None:
-        """Stop the pipeline threads, then destroy the node's entities."""
+        """Stop the pipeline threads, then destroy the node's entities.
+
+        A load or TensorRT build still running cannot be interrupted: it is left to end on
+        its own (its thread is a daemon) and, finding the node closing, starts nothing and
+        publishes nothing.
+        """
+        closing = getattr(self, '_closing', None)
+        if closing is not None:
+            with self._lifecycle:
+                closing.set()
         for slot in (getattr(self, '_frames', None), getattr(self, '_results', None)):
             if slot is not None:
                 slot.close()
         for thread in getattr(self, '_threads', []):
             thread.join(timeout=10.0)
-        loader = getattr(self, '_loader', None)
-        if loader is not None and loader is not threading.current_thread():
-            loader.join(timeout=10.0)  # a TensorRT build cannot be interrupted
         super().destroy_node()
 
 

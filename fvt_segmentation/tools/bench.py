@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 import fvt_segmentation
 from fvt_segmentation.core.contract import ModelLoadError
-from fvt_segmentation.core.inference import Segmenter, load_segmenter
-from fvt_segmentation.core.resources import resolve_model_path
+from fvt_segmentation.core.inference import Segmenter
+from fvt_segmentation.core.model_choice import PRECISIONS, load_model
 from fvt_segmentation.core.sizes import format_size, parse_sizes
 from fvt_segmentation.node.pipeline_stats import STAGES
 from fvt_segmentation.node.segmentation_node import NODE_NAME
@@ -144,9 +144,11 @@ def run_configuration(config: Configuration, args: argparse.Namespace,
     node_log = workdir / f'node_{tag}.log'
     camera_json, receiver_json = workdir / f'camera_{tag}.json', workdir / f'rx_{tag}.json'
     node_cmd = [python, '-m', 'fvt_segmentation.node.segmentation_node', '--ros-args',
-                '-r', f'image:={IMAGE_TOPIC}', '-p', f'model_path:={args.model}',
+                '-r', f'image:={IMAGE_TOPIC}', '-p', f'precision:={args.precision}',
                 '-p', f'providers:=[{",".join(args.providers)}]',
                 '-p', f'intra_op_threads:={args.intra_op_threads}']
+    if args.model:
+        node_cmd += ['-p', f'model_path:={args.model}']
     for param in args.node_param:
         node_cmd += ['-p', param]
     processes: list[subprocess.Popen] = []
@@ -335,7 +337,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         epilog='Without models/default.onnx, write a model of a few GFLOPs first: '
                'python scripts/make_bench_model.py output/bench.onnx')
     parser.add_argument('--model', default='',
-                        help='ONNX model (default: the shipped models/default.onnx)')
+                        help='ONNX model, run as it is (default: the shipped model, its file '
+                             'chosen by --precision)')
+    parser.add_argument('--precision', default='auto', choices=PRECISIONS,
+                        help="the node's precision parameter: which shipped file runs "
+                             '(default: auto, int8 on the CPU)')
     parser.add_argument('--sizes', default='1024x512,2048x1024',
                         type=lambda text: parse_sizes([text]),
                         help='comma-separated frame sizes WIDTHxHEIGHT')
@@ -362,10 +368,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every configuration, print the tables; return 1 if the model cannot be used."""
     args = _parse_args(argv)
-    args.model = resolve_model_path(args.model).resolve()
+    if args.model:
+        args.model = str(Path(args.model).expanduser().resolve())
     try:
-        segmenter = load_segmenter(args.model, providers=args.providers,
-                                   intra_op_threads=args.intra_op_threads)
+        # The bare timing runs the file the node will choose, by the same rule.
+        segmenter, choice = load_model(args.model, args.precision, args.providers,
+                                       intra_op_threads=args.intra_op_threads)
     except ModelLoadError as err:
         print(f'bench: {err}\n  write a benchmark model with: python '
               'scripts/make_bench_model.py output/bench.onnx', file=sys.stderr)
@@ -386,14 +394,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(summarize_run(config, raw, bare))
     height, width = segmenter.input_size
     params = f'; node parameters {" ".join(args.node_param)}' if args.node_param else ''
-    header = (f'bench: model {args.model.name} (input {width}x{height}, '
+    header = (f'bench: model {choice.path.name} ({choice.precision}, precision '
+              f'{args.precision}; input {width}x{height}, '
               f'{segmenter.active_provider}), camera {_fmt(args.rate, 0)} Hz rgb8 for '
               f'{_fmt(args.duration, 0)} s per row, mask only subscribed{params}; machine: '
               f'{os.cpu_count()} CPUs, load average {load_before} before, {_load_text()} '
               'after (1/5/15 min)')
     print(render_tables(rows, header), flush=True)
     if args.json:
-        write_json(args.json, {'header': header, 'model': str(args.model),
+        write_json(args.json, {'header': header, 'model': str(choice.path),
+                               'model_precision': choice.precision,
                                'rate_hz': args.rate, 'duration_s': args.duration,
                                'rows': rows})
     return 0
