@@ -1,3 +1,5 @@
+import os
+
 import cv2
 import numpy as np
 import onnx
@@ -15,6 +17,7 @@ from fvt_segmentation.core.contract import (
 from fvt_segmentation.core.inference import (
     MIN_ARGMAX_AGREEMENT,
     argmax_agreement,
+    engine_files,
     load_segmenter,
     preprocess_frame,
     read_parity,
@@ -149,12 +152,26 @@ def test_argmax_agreement_tells_a_perturbed_model_apart(model_factory):
         argmax_agreement(other, same, [])
 
 
-def test_parity_record_round_trip(tmp_path):
+def test_parity_record_belongs_to_the_engines_it_checked(tmp_path):
     assert read_parity(tmp_path) is None
-    record = write_parity(tmp_path, 0.9995, 4)
+    engine = tmp_path / 'a.engine'
+    engine.write_bytes(b'engine 1')
+    record = write_parity(tmp_path, 0.9995, 4, engine_files(tmp_path))
     assert record['passed'] and read_parity(tmp_path) == record
-    assert not write_parity(tmp_path, 0.99, 4)['passed']
+    assert not write_parity(tmp_path, 0.99, 4, engine_files(tmp_path))['passed']
     assert read_parity(tmp_path)['argmax_agreement'] == 0.99
+    engine.write_bytes(b'engine 22')  # rebuilt: another size
+    assert read_parity(tmp_path) is None
+    write_parity(tmp_path, 0.9995, 4, engine_files(tmp_path))
+    os.utime(engine, ns=(0, engine.stat().st_mtime_ns + 1))  # rebuilt: another time
+    assert read_parity(tmp_path) is None
+    write_parity(tmp_path, 0.9995, 4, engine_files(tmp_path))
+    (tmp_path / 'b.engine').write_bytes(b'a second engine')
+    assert read_parity(tmp_path) is None
+    (tmp_path / 'b.engine').unlink()
+    assert read_parity(tmp_path) is not None
+    engine.unlink()  # a verdict without its engine says nothing
+    assert read_parity(tmp_path) is None
     (tmp_path / 'parity.json').write_text('{broken')
     assert read_parity(tmp_path) is None
 

@@ -18,9 +18,11 @@ from fvt_segmentation.core.providers import (
     GPU_INTRA_OP_THREADS,
     TENSORRT,
     CacheDirError,
+    decode_trt_version,
     default_trt_cache_dir,
     engine_key,
     engine_lock,
+    engine_platform,
     file_sha256,
     prepare_cache_dir,
     provider_library_error,
@@ -78,20 +80,33 @@ def test_read_only_cache_dir_gives_a_clear_message():
         shutil.rmtree(root)
 
 
-def test_engine_key_separates_weights_precision_and_shape(tmp_path):
+def test_engine_key_separates_weights_precision_shape_and_platform(tmp_path):
     a, b = tmp_path / 'a.onnx', tmp_path / 'b.onnx'
     a.write_bytes(b'weights 1')
     b.write_bytes(b'weights 2')
     sha_a, sha_b = file_sha256(a), file_sha256(b)
     assert len(sha_a) == 64 and sha_a != sha_b
-    key = engine_key(sha_a, 'fp16', (1, 352, 480, 3))
-    assert key == f'{sha_a[:16]}-fp16-1x352x480x3'
-    others = {engine_key(sha_b, 'fp16', (1, 352, 480, 3)),
-              engine_key(sha_a, 'fp32', (1, 352, 480, 3)),
-              engine_key(sha_a, 'fp16', (1, 192, 256, 3))}
-    assert key not in others and len(others) == 3
+    here = 'trt10.9.0-ort1.31.1-NVIDIA_H200'
+    key = engine_key(sha_a, 'fp16', (1, 352, 480, 3), here)
+    assert key == f'{sha_a[:16]}-fp16-1x352x480x3-{here}'
+    others = {engine_key(sha_b, 'fp16', (1, 352, 480, 3), here),
+              engine_key(sha_a, 'fp32', (1, 352, 480, 3), here),
+              engine_key(sha_a, 'fp16', (1, 192, 256, 3), here),
+              engine_key(sha_a, 'fp16', (1, 352, 480, 3), 'trt10.13.0-ort1.31.1-NVIDIA_H200')}
+    assert key not in others and len(others) == 4
     with pytest.raises(ValueError, match='precision must be one of'):
-        engine_key(sha_a, 'bf16', (1, 2, 3, 3))
+        engine_key(sha_a, 'bf16', (1, 2, 3, 3), here)
+    with pytest.raises(ValueError, match='expected a platform name without "/"; got \'a/b\''):
+        engine_key(sha_a, 'fp16', (1, 2, 3, 3), 'a/b')
+
+
+def test_engine_platform_names_what_it_knows_and_says_what_it_does_not():
+    assert engine_platform('10.9.0', '1.31.1', 'NVIDIA GeForce RTX 4090') == (
+        'trt10.9.0-ort1.31.1-NVIDIA_GeForce_RTX_4090')
+    assert engine_platform('8.6.1', '1.18.0', 'Orin (nvgpu)') == 'trt8.6.1-ort1.18.0-Orin_nvgpu'
+    assert engine_platform(None, '1.31.1', None) == 'trt_unknown-ort1.31.1-gpu_unknown'
+    assert decode_trt_version(100900) == '10.9.0' and decode_trt_version(101302) == '10.13.2'
+    assert decode_trt_version(8601) == '8.6.1'
 
 
 @pytest.mark.parametrize('precision, fp16, int8', [
