@@ -6,6 +6,7 @@ from contextlib import contextmanager
 import os
 from pathlib import Path
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -24,9 +25,11 @@ from fvt_segmentation.core.providers import (
     engine_lock,
     engine_platform,
     file_sha256,
+    gpu_name,
     prepare_cache_dir,
     provider_library_error,
     provider_options,
+    tensorrt_version,
     thread_settings,
     trt_precision,
 )
@@ -143,12 +146,61 @@ def test_thread_defaults_with_and_without_a_gpu():
     assert thread_settings(True, 4, True) == (4, True)  # the parameters say otherwise
 
 
-def test_provider_library_error_names_what_is_missing():
-    assert provider_library_error(CPU) is None
-    for provider in (TENSORRT, CUDA):
-        error = provider_library_error(provider)
-        if error is not None:  # this machine: no CUDA libraries
-            assert '.so' in error, error
+def test_provider_library_error_says_why_a_library_does_not_load(tmp_path):
+    assert provider_library_error(CPU, tmp_path) is None  # no library of its own
+    assert provider_library_error(TENSORRT, tmp_path) == (
+        'libonnxruntime_providers_tensorrt.so is not part of this onnxruntime build')
+    (tmp_path / 'libonnxruntime_providers_cuda.so').write_bytes(b'not a library')
+    # the linker's message, without the path in front
+    assert provider_library_error(CUDA, tmp_path) == 'file too short'
+    # A provider library that needs a library the linker cannot find: the missing one is named.
+    build_library(tmp_path, 'libfvtdep.so', 'int fvt_dep(void) { return 1; }\n')
+    build_library(tmp_path, 'libonnxruntime_providers_tensorrt.so',
+                  'int fvt_dep(void);\nint probe(void) { return fvt_dep(); }\n',
+                  f'-L{tmp_path}', '-lfvtdep')
+    (tmp_path / 'libfvtdep.so').unlink()
+    assert provider_library_error(TENSORRT, tmp_path) == (
+        'libfvtdep.so: cannot open shared object file: No such file or directory')
+
+
+def build_library(folder: Path, name: str, source: str, *flags: str) -> str:
+    """Compile ``source`` into ``folder/name`` with gcc; return its path (skip without gcc)."""
+    gcc = shutil.which('gcc')
+    if gcc is None:
+        pytest.skip('gcc is needed to build a stand-in library')
+    (folder / f'{name}.c').write_text(source)
+    subprocess.run([gcc, '-shared', '-fPIC', '-o', folder / name, folder / f'{name}.c', *flags],
+                   check=True)
+    return str(folder / name)
+
+
+def test_tensorrt_version_from_the_library_that_loads(tmp_path):
+    nvinfer = build_library(tmp_path, 'libnvinfer.so.10',
+                            'int getInferLibVersion(void) { return 100900; }\n')
+    assert tensorrt_version([str(tmp_path / 'libnvinfer.so.missing'), nvinfer]) == '10.9.0'
+    assert tensorrt_version([str(tmp_path / 'libnvinfer.so.missing')]) is None
+    # a library without the function (not TensorRT) says nothing either
+    other = build_library(tmp_path, 'libother.so', 'int other(void) { return 0; }\n')
+    assert tensorrt_version([other]) is None
+
+
+def test_gpu_name_from_the_cuda_driver(tmp_path):
+    driver = build_library(tmp_path, 'libcuda.so.1', """
+#include <string.h>
+static int ready = 0;
+int cuInit(unsigned int flags) { ready = 1; return flags; }
+int cuDeviceGet(int *device, int ordinal) { *device = ordinal; return ready ? 0 : 3; }
+int cuDeviceGetName(char *name, int len, int device) {
+    strncpy(name, device == 0 ? "NVIDIA H200" : "other", len); return 0; }
+""")
+    assert gpu_name(driver) == 'NVIDIA H200'
+    assert gpu_name(str(tmp_path / 'libcuda.so.missing')) is None
+    failing = build_library(tmp_path, 'libcuda_nodevice.so', """
+int cuInit(unsigned int flags) { return 100; }  /* CUDA_ERROR_NO_DEVICE */
+int cuDeviceGet(int *device, int ordinal) { return 0; }
+int cuDeviceGetName(char *name, int len, int device) { return 0; }
+""")
+    assert gpu_name(failing) is None
 
 
 def test_engine_lock_makes_a_second_builder_wait(tmp_path):
