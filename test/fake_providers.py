@@ -50,6 +50,9 @@ class FakeGpu:
     """Provider -> the library error :func:`provider_library_error` would give."""
     build_error: str = ''
     """Raised (as ``EPFail``) when a TensorRT session is created: a failed engine build."""
+    banner_error: str = ''
+    """A TensorRT start that fails with a RuntimeError: ONNX Runtime's Python layer then
+    prints its 'EP Error' banner and retries with CUDA and the CPU."""
     run_error: str = ''
     """Raised (as ``RuntimeException``) by every run of a GPU session, e.g. OUT_OF_MEMORY."""
     fp16_disagrees: bool = False
@@ -78,6 +81,16 @@ class FakeGpu:
         if providers == [CPU]:
             return inner
         options = dict(zip(providers, provider_options or [{}] * len(providers), strict=True))
+        if TENSORRT in options and self.banner_error:
+            retry = [CUDA, CPU] if CUDA in options else [CPU]
+            # The banner of onnxruntime_inference_collection.py, word for word.
+            print('*************** EP Error ***************')
+            print(f'EP Error {self.banner_error} when using {providers}')
+            print(f'Falling back to {retry} and retrying.')
+            print('****************************************')
+            if retry == [CPU]:
+                return inner
+            providers, options = retry, {CUDA: {}, CPU: {}}
         precision = 'fp32'
         if TENSORRT in options:
             if self.build_error:

@@ -125,6 +125,21 @@ def test_a_failed_engine_build_leaves_cuda_running(tiny_model, tmp_path):
     assert [p.name for p in folder.iterdir()] == ['.lock']  # no engine, no verdict
 
 
+def test_onnx_runtimes_own_fallback_banner_becomes_the_reason(tiny_model, tmp_path, capfd):
+    error = 'TensorRT EP could not deserialize engine from cache'
+    gpu = FakeGpu(banner_error=error)
+    seg = load(tiny_model, gpu, tmp_path / 'trt')
+    assert gpu.opened == [(CUDA, 'fp32')]
+    assert seg.active_provider == CUDA and seg.engine_dir is None
+    assert seg.fallback_reason == (f"{TENSORRT}: EP Error {error} when using ['{TENSORRT}', "
+                                   f"'{CUDA}', '{CPU}']")
+    assert capfd.readouterr().out == ''  # the banner is the reason, not noise on stdout
+    only_trt = load(tiny_model, gpu, tmp_path / 'trt', providers=['tensorrt', 'cpu'])
+    assert only_trt.active_provider == CPU
+    assert only_trt.fallback_reason == (f"{TENSORRT}: EP Error {error} when using "
+                                        f"['{TENSORRT}', '{CPU}']")
+
+
 def test_out_of_memory_at_warm_up_leaves_the_cpu_running(tiny_model, tmp_path):
     gpu = FakeGpu(run_error=OUT_OF_MEMORY)
     seg = load(tiny_model, gpu, tmp_path / 'trt', parity_frames=ParityFrames())
