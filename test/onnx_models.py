@@ -6,6 +6,7 @@ can compute the exact expected class map with numpy (:func:`expected_scores`).
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -125,14 +126,16 @@ def to_v2(v1_path: Path, out: Path, uint8_input: bool = False,
     """Write a contract version 2 copy of a version 1 file, as ``fvt-train export`` does.
 
     Skips the calling test where the training package is not installed (the Jazzy leg of CI
-    installs the node package only; the Kilted leg runs these tests).
+    installs the node package only; the Kilted leg runs these tests); where it is installed,
+    an import error inside it fails the test.
     """
-    import pytest
+    if importlib.util.find_spec('fvt_training') is None:
+        import pytest
 
-    contract_v2 = pytest.importorskip(
-        'fvt_training.contract_v2',
-        reason='contract version 2 files are written by the training package, not installed '
-               'here (the Kilted leg of CI runs this test)')
+        pytest.skip('contract version 2 files are written by the training package, not '
+                    'installed here (the Kilted leg of CI runs this test)')
+    from fvt_training import contract_v2
+
     contract_v2.write_v2_copy(v1_path, out, uint8_input, confidence)
     onnx.checker.check_model(str(out))
     return Path(out)

@@ -110,10 +110,11 @@ def test_loading_status_is_warn_with_the_stage_then_error_on_failure() -> None:
 def test_model_values_say_what_the_loader_resolved(tiny_model, tmp_path) -> None:
     segmenter = load_segmenter(tiny_model, providers=['cpu'], intra_op_threads=2,
                                intra_op_spinning=False)
+    assert segmenter.load_seconds > 0
+    segmenter.load_seconds = 1.234
     assert model_values(segmenter) == {
         'provider_fallback': '', 'precision': 'fp32', 'trt_engine': 'none',
-        'trt_engine_dir': '', 'trt_parity': '',
-        'load_time_s': f'{segmenter.load_seconds:.2f}',
+        'trt_engine_dir': '', 'trt_parity': '', 'load_time_s': '1.23',
         'intra_op_threads': '2 (no spinning)', 'contract_version': '1', 'io_binding': 'off'}
     segmenter.engine_dir, segmenter.engine_cached = tmp_path, True
     assert model_values(segmenter)['trt_engine'] == 'loaded from cache'

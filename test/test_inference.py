@@ -1,3 +1,5 @@
+import os
+
 import cv2
 import numpy as np
 import onnx
@@ -15,6 +17,7 @@ from fvt_segmentation.core.contract import (
 from fvt_segmentation.core.inference import (
     MIN_ARGMAX_AGREEMENT,
     argmax_agreement,
+    engine_files,
     load_segmenter,
     preprocess_frame,
     read_parity,
@@ -22,7 +25,7 @@ from fvt_segmentation.core.inference import (
     scores_to_classes,
     write_parity,
 )
-from fvt_segmentation.core.providers import CPU, CUDA, TENSORRT, provider_library_error
+from fvt_segmentation.core.providers import CPU, CUDA, provider_library_error
 
 RNG = np.random.default_rng(0)
 
@@ -92,25 +95,6 @@ def test_segmenter_matches_the_model_maths(model_factory, layout, output):
     assert seg.warm_up() > 0
 
 
-def test_default_providers_report_the_fallback_reason(tiny_model, capfd):
-    seg = load_segmenter(tiny_model)
-    assert seg.requested_providers == [
-        'TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider']
-    if seg.active_provider == 'CPUExecutionProvider':  # this machine: no usable GPU
-        trt, cuda = seg.fallback_reason.split('; ')
-        assert trt.startswith('TensorrtExecutionProvider: ')
-        assert cuda.startswith('CUDAExecutionProvider: ')
-        for reason, provider in ((trt, TENSORRT), (cuda, CUDA)):
-            library = provider_library_error(provider)
-            if library is not None:  # the dynamic linker names the missing library
-                assert reason.endswith(f'its library does not load: {library}')
-    elif seg.active_provider == 'TensorrtExecutionProvider':
-        assert seg.fallback_reason == ''
-    out, err = capfd.readouterr()
-    # Providers that cannot load are never asked for: no banner, no error wall.
-    assert 'EP Error' not in out and 'Failed to load library' not in err
-
-
 def test_loading_leaves_the_onnx_runtime_log_severity_alone(tiny_model, capfd):
     library = provider_library_error(CUDA)
     if library is None:
@@ -149,12 +133,26 @@ def test_argmax_agreement_tells_a_perturbed_model_apart(model_factory):
         argmax_agreement(other, same, [])
 
 
-def test_parity_record_round_trip(tmp_path):
+def test_parity_record_belongs_to_the_engines_it_checked(tmp_path):
     assert read_parity(tmp_path) is None
-    record = write_parity(tmp_path, 0.9995, 4)
+    engine = tmp_path / 'a.engine'
+    engine.write_bytes(b'engine 1')
+    record = write_parity(tmp_path, 0.9995, 4, engine_files(tmp_path))
     assert record['passed'] and read_parity(tmp_path) == record
-    assert not write_parity(tmp_path, 0.99, 4)['passed']
+    assert not write_parity(tmp_path, 0.99, 4, engine_files(tmp_path))['passed']
     assert read_parity(tmp_path)['argmax_agreement'] == 0.99
+    engine.write_bytes(b'engine 22')  # rebuilt: another size
+    assert read_parity(tmp_path) is None
+    write_parity(tmp_path, 0.9995, 4, engine_files(tmp_path))
+    os.utime(engine, ns=(0, engine.stat().st_mtime_ns + 1))  # rebuilt: another time
+    assert read_parity(tmp_path) is None
+    write_parity(tmp_path, 0.9995, 4, engine_files(tmp_path))
+    (tmp_path / 'b.engine').write_bytes(b'a second engine')
+    assert read_parity(tmp_path) is None
+    (tmp_path / 'b.engine').unlink()
+    assert read_parity(tmp_path) is not None
+    engine.unlink()  # a verdict without its engine says nothing
+    assert read_parity(tmp_path) is None
     (tmp_path / 'parity.json').write_text('{broken')
     assert read_parity(tmp_path) is None
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import array
+import functools
 import json
 from pathlib import Path
 import time
 
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from fake_providers import MISSING, FakeGpu
 from node_harness import LATCHED, RosHarness, image_msg, stamp_ns
 import numpy as np
 from onnx_models import build_model, default_weights, expected_scores, to_v2
@@ -20,7 +22,10 @@ from std_msgs.msg import Float32MultiArray, String
 
 from fvt_segmentation.core.contract import CATEGORIES, PALETTE, ModelContract, Normalization
 from fvt_segmentation.core.conversions import blend, image_to_frame, resize_nearest
-from fvt_segmentation.core.inference import preprocess_frame
+from fvt_segmentation.core.inference import Segmenter, preprocess_frame
+from fvt_segmentation.core.model_choice import load_model
+from fvt_segmentation.core.providers import CUDA, TENSORRT
+from fvt_segmentation.node import segmentation_node
 from fvt_segmentation.node.pipeline_stats import STAGES
 
 MODEL_SIZE = (32, 64)
@@ -423,25 +428,56 @@ def test_model_loads_in_the_background_diagnostics_warn_then_ok(ros: RosHarness,
     assert float(status['load_time_s']) > 0 and node.settings.overlay_alpha == 0.25
 
 
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeGpu:
+    """The node's loader runs on the fake GPU of fake_providers.py."""
+    gpu = FakeGpu()
+    monkeypatch.setattr(segmentation_node, 'load_model',
+                        functools.partial(load_model, layer=gpu.layer()))
+    return gpu
+
+
 def test_default_providers_say_why_the_gpu_is_not_used(ros: RosHarness, model: Path,
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, fake_gpu: FakeGpu) -> None:
+    fake_gpu.missing.update(MISSING)
     ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
     node = ros.start_node(model, providers=['tensorrt', 'cuda', 'cpu'],
                           trt_cache_dir=str(tmp_path / 'trt'), diagnostics_period=0.1)
     ros.wait_for(lambda: ros.received['diagnostics']
                  and latest_status(ros)['provider'] != 'loading', 'a status after loading')
     status = latest_status(ros)
-    if status['provider'] == 'TensorrtExecutionProvider':  # a machine with a working GPU
-        assert status['provider_fallback'] == '' and status['precision'] == 'fp16'
-        assert status['trt_engine_dir'].startswith(str(tmp_path / 'trt'))
-        return
-    fallback = status['provider_fallback']
-    assert fallback == node.segmenter.fallback_reason
-    assert fallback.startswith('TensorrtExecutionProvider: ')
-    if status['provider'] == 'CPUExecutionProvider':
-        assert 'CUDAExecutionProvider: ' in fallback
-        assert status['precision'] == 'fp32' and status['trt_engine'] == 'none'
-        assert status['intra_op_threads'] == 'default (spinning)'
+    assert status['provider'] == 'CPUExecutionProvider'
+    assert status['provider_fallback'] == node.segmenter.fallback_reason == (
+        f'TensorrtExecutionProvider: its library does not load: {MISSING[TENSORRT]}; '
+        f'CUDAExecutionProvider: its library does not load: {MISSING[CUDA]}')
+    assert status['precision'] == 'fp32' and status['trt_engine'] == 'none'
+    assert status['intra_op_threads'] == 'default (spinning)'
+
+
+def test_an_fp16_parity_failure_is_an_error_once_then_a_warning(
+        model: Path, tmp_path: Path, fake_gpu: FakeGpu, capfd) -> None:
+    fake_gpu.fp16_disagrees = True
+
+    def start() -> tuple[Segmenter, list[str]]:
+        harness = RosHarness()
+        try:
+            segmenter = harness.start_node(model, providers=['tensorrt'],
+                                           trt_cache_dir=str(tmp_path / 'trt')).segmenter
+        finally:
+            harness.close()
+        return segmenter, capfd.readouterr().err.splitlines()
+
+    first, log = start()
+    assert first.precision == 'fp32' and first.parity_failed
+    assert [line for line in log if line.startswith('[ERROR]')] == [
+        line for line in log if line.endswith(f'TensorRT parity check: {first.parity}')]
+    assert len([line for line in log if line.startswith('[ERROR]')]) == 1
+    later, log = start()
+    assert fake_gpu.opened[-1] == (TENSORRT, 'fp32') and not later.parity_failed
+    assert not [line for line in log if line.startswith('[ERROR]')]
+    [warning] = [line for line in log if line.startswith('[WARN]')]
+    assert 'TensorRT fp16 engine FAILED parity at an earlier start' in warning
+    assert warning.endswith('running fp32 without opening it')
 
 
 def run_frames(model: Path, frames: list[np.ndarray]) -> dict[str, list[np.ndarray]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from fake_providers import OUT_OF_MEMORY, FakeGpu
 from node_harness import RosHarness, image_msg
 import numpy as np
 from onnx_models import build_model
@@ -94,20 +95,22 @@ def test_auto_with_gpu_providers_that_cannot_load_runs_int8(shipped: Path) -> No
     assert segmenter.fallback_reason.startswith('TensorrtExecutionProvider: ')
 
 
-def test_auto_follows_a_gpu_that_fails_at_startup(shipped: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """A GPU provider whose library loads but which ONNX Runtime runs on the CPU after all.
+def test_auto_gives_a_gpu_that_runs_the_float32_file(shipped: Path) -> None:
+    gpu = FakeGpu()
+    segmenter, choice = load_model('', 'auto', ['cuda', 'cpu'], layer=gpu.layer())
+    assert segmenter.active_provider == 'CUDAExecutionProvider'
+    assert choice.precision == 'float32' and segmenter.model_path == shipped
+    assert gpu.opened == [('CUDAExecutionProvider', 'fp32')]
 
-    ``gpu_plan`` is told the CUDA library loads (it does not here), so the float32 file is
-    opened for CUDA; ONNX Runtime then starts the CPU instead, and auto switches to int8.
-    """
-    from fvt_segmentation.core import inference
 
-    monkeypatch.setattr(inference, 'provider_library_error', lambda provider: '')
-    segmenter, choice = load_model('', 'auto', ['cuda', 'cpu'])
+def test_auto_follows_a_gpu_that_fails_at_startup(shipped: Path) -> None:
+    """CUDA loads, then cannot allocate at warm-up: the CPU runs, so the int8 file."""
+    gpu = FakeGpu(run_error=OUT_OF_MEMORY)
+    segmenter, choice = load_model('', 'auto', ['cuda', 'cpu'], layer=gpu.layer())
     assert segmenter.active_provider == 'CPUExecutionProvider'
     assert choice.precision == 'int8' and segmenter.model_path == int8_path(shipped)
-    assert choice.reason.startswith('auto: no GPU provider started (CUDAExecutionProvider')
+    assert choice.reason.startswith('auto: no GPU provider started (CUDAExecutionProvider: ')
+    assert 'out of memory' in choice.reason
     assert segmenter.requested_providers == ['CUDAExecutionProvider', 'CPUExecutionProvider']
     assert segmenter.fallback_reason.startswith('CUDAExecutionProvider: ')
 

@@ -38,6 +38,7 @@ from fvt_segmentation.core.providers import (
     engine_lock,
     file_sha256,
     prepare_cache_dir,
+    probe_platform,
     provider_library_error,
     provider_options,
     thread_settings,
@@ -168,7 +169,9 @@ class Segmenter:
 
     Besides the session, it keeps what the loader resolved, for the startup log and
     /diagnostics: the provider requested and why a preferred one is not running
-    (``fallback_reason``), the TensorRT precision and engine folder, the parity check.
+    (``fallback_reason``), the TensorRT precision and engine folder, the parity check
+    (``parity_failed``: an engine failed it at this start, or the engine that runs failed it;
+    not set when an earlier start's fp16 verdict only sent this one to fp32).
     """
 
     def __init__(self, session: ort.InferenceSession, contract: ModelContract,
@@ -182,6 +185,7 @@ class Segmenter:
         self.engine_dir: Path | None = None
         self.engine_cached: bool | None = None
         self.parity = ''
+        self.parity_failed = False
         self.load_seconds = 0.0
         self.threads: tuple[int, bool] = (0, True)
         self.warmup_ms = 0.0
@@ -327,10 +331,10 @@ class Segmenter:
             try:
                 self.segment(frame, want_confidence=True)
             except Exception as err:  # onnxruntime raises several unrelated exception types
-                text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ''
                 raise ModelLoadError(
                     f'{self.model_path}: the model loads but fails on its first run on '
-                    f'{self.active_provider} ({type(err).__name__}: {text})') from err
+                    f'{self.active_provider} ({type(err).__name__}: {_first_line(err)[:300]})'
+                ) from err
             elapsed = (time.perf_counter() - t0) * 1e3
         return elapsed
 
@@ -352,23 +356,46 @@ def argmax_agreement(candidate: Segmenter, reference: Segmenter,
     return agree / total
 
 
+def engine_files(engine_dir: Path) -> dict[str, list[int]]:
+    """Return ``{file name: [size, mtime_ns]}`` of the TensorRT engines in ``engine_dir``."""
+    return {path.name: [path.stat().st_size, path.stat().st_mtime_ns]
+            for path in sorted(engine_dir.glob('*.engine'))}
+
+
 def read_parity(engine_dir: Path) -> dict | None:
-    """Return the parity record of an engine folder, or None if no check finished there."""
+    """Return the parity record of the engines now in ``engine_dir``, or None.
+
+    None when no check finished there, or when the engines changed since (a rebuilt engine
+    is checked again): the record names each engine file with its size and mtime.
+    """
     try:
         record = json.loads((engine_dir / PARITY_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and 'passed' in record else None
+    if not isinstance(record, dict) or 'passed' not in record:
+        return None
+    engines = engine_files(engine_dir)
+    return record if engines and record.get('engines') == engines else None
 
 
-def write_parity(engine_dir: Path, agreement: float, frames: int) -> dict:
-    """Record a parity check in ``engine_dir`` (see :data:`MIN_ARGMAX_AGREEMENT`)."""
+def write_parity(engine_dir: Path, agreement: float, frames: int,
+                 engines: dict[str, list[int]]) -> dict:
+    """Record a parity check of ``engines`` (see :func:`engine_files`) in ``engine_dir``.
+
+    The verdict is :data:`MIN_ARGMAX_AGREEMENT` applied to ``agreement``.
+    """
     record = {'argmax_agreement': agreement, 'frames': frames,
-              'limit': MIN_ARGMAX_AGREEMENT, 'passed': agreement >= MIN_ARGMAX_AGREEMENT}
+              'limit': MIN_ARGMAX_AGREEMENT, 'passed': agreement >= MIN_ARGMAX_AGREEMENT,
+              'engines': engines}
     tmp = engine_dir / f'.{PARITY_FILE}.{os.getpid()}'
     tmp.write_text(json.dumps(record))
     os.replace(tmp, engine_dir / PARITY_FILE)
     return record
+
+
+def _agreement_text(record: dict) -> str:
+    return (f'argmax agreement {record["argmax_agreement"]:.4%} < {MIN_ARGMAX_AGREEMENT:.1%} '
+            f'on {record["frames"]} frames')
 
 
 def _check_graph(session: ort.InferenceSession, contract: ModelContract, source: str) -> None:
@@ -407,34 +434,64 @@ def _check_graph(session: ort.InferenceSession, contract: ModelContract, source:
                                 f'fvt.categories names {contract.num_classes} categories')
 
 
-def _open_session(path: Path, providers: list[str], options: list[dict[str, str]],
-                  threads: tuple[int, bool]) -> tuple[ort.InferenceSession, str]:
-    """Create a session; return it and the 'EP Error' line ONNX Runtime printed, if any."""
-    session_options = ort.SessionOptions()
-    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session_options.intra_op_num_threads = threads[0]
+@dataclass(frozen=True)
+class ProviderLayer:
+    """Everything the loader asks of ONNX Runtime and the GPU, in one place.
+
+    ``session`` creates a session (``ort.InferenceSession``'s signature), ``available`` lists
+    the providers of this onnxruntime build, ``library_error`` says why a provider's library
+    does not load (:func:`provider_library_error`), ``platform`` names TensorRT, ONNX Runtime
+    and the GPU for the engine key (:func:`fvt_segmentation.core.providers.probe_platform`)
+    and ``binding_device`` is where a GPU session's outputs are bound. Tests pass fakes that
+    fail the way CUDA and TensorRT fail, so the real fallback, engine cache and parity code
+    runs on a machine without a GPU.
+    """
+
+    session: Callable[..., ort.InferenceSession] = ort.InferenceSession
+    available: Callable[[], list[str]] = ort.get_available_providers
+    library_error: Callable[[str], str | None] = provider_library_error
+    platform: Callable[[], str] = probe_platform
+    binding_device: str = 'cuda'
+
+
+ORT_LAYER = ProviderLayer()
+
+
+class ProgressWarning(str):
+    """A progress line about a degraded choice: a log shows it as a warning."""
+
+
+def _session_options(threads: tuple[int, bool]) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads[0]
     if not threads[1]:
-        session_options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     # Session-scoped only: the process-wide default logger is left as the user set it.
-    session_options.log_severity_level = 3
-    # When a provider fails to start, ONNX Runtime's Python layer prints an 'EP Error'
-    # banner on stdout and retries with the next providers; the banner becomes the reason.
-    banner = io.StringIO()
+    options.log_severity_level = 3
+    return options
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _open_cpu_session(path: Path, threads: tuple[int, bool],
+                      layer: ProviderLayer) -> ort.InferenceSession:
+    """Create the CPU session; a file ONNX Runtime cannot open is a :class:`ModelLoadError`."""
     try:
-        with contextlib.redirect_stdout(banner):
-            session = ort.InferenceSession(str(path), sess_options=session_options,
-                                           providers=providers, provider_options=options)
+        return layer.session(str(path), sess_options=_session_options(threads),
+                             providers=[CPU], provider_options=[{}])
     except Exception as err:  # onnxruntime raises several unrelated exception types
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f'{path}: not a loadable ONNX model ({first_line[:200]})') from None
-    reason = next((line.strip() for line in banner.getvalue().splitlines()
-                   if line.startswith('EP Error')), '')
-    return session, reason[:300]
+        raise ModelLoadError(f'{path}: not a loadable ONNX model ({_first_line(err)[:200]})'
+                             ) from None
 
 
-def gpu_plan(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
+def gpu_plan(wanted: list[str], layer: ProviderLayer = ORT_LAYER
+             ) -> tuple[list[str], dict[str, str]]:
     """Return the non-CPU providers worth asking ONNX Runtime for, and why the others not."""
-    available = set(ort.get_available_providers())
+    available = set(layer.available())
     candidates: list[str] = []
     reasons: dict[str, str] = {}
     for provider in wanted:
@@ -444,7 +501,7 @@ def gpu_plan(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
             reasons[provider] = ('not in this onnxruntime build (available: '
                                  f'{", ".join(sorted(available))})')
             continue
-        error = provider_library_error(provider)
+        error = layer.library_error(provider)
         if error:
             reasons[provider] = f'its library does not load: {error}'
             continue
@@ -461,19 +518,31 @@ def _format_reasons(wanted: list[str], active: str, reasons: dict[str, str]) -> 
 Progress = Callable[[str], None]
 
 
+@dataclass
+class _GpuTry:
+    """One attempt at a GPU session: the segmenter (None if it failed), why, its engines."""
+
+    segmenter: Segmenter | None
+    reason: str
+    engines: dict[str, list[int]] = field(default_factory=dict)
+
+
 def _open_gpu(path: Path, contract: ModelContract, cpu: Segmenter, candidates: list[str],
-              precision: str, trt_cache_dir: str | os.PathLike | None,
-              threads: tuple[int, bool], progress: Progress) -> tuple[Segmenter, str]:
-    """Open ``candidates`` (plus the CPU), warm up; return the segmenter and any banner."""
-    engine_dir = None
-    if TENSORRT in candidates:
-        root = prepare_cache_dir(trt_cache_dir or default_trt_cache_dir())
-        engine_dir = root / engine_key(file_sha256(path), precision, cpu.input_shape)
+              precision: str, engine_dir: Path | None, threads: tuple[int, bool],
+              progress: Progress, layer: ProviderLayer) -> _GpuTry:
+    """Open ``candidates`` (plus the CPU) and warm up, under the engine folder's lock.
+
+    The reason is the 'EP Error' line ONNX Runtime printed when it fell back by itself, or
+    the error that stopped the session from being created or warmed up (then no segmenter).
+    """
     dynamic = not isinstance(cpu.session.get_inputs()[0].shape[0], int)
     options = [provider_options(p, precision, engine_dir, cpu.input_name, cpu.input_shape,
                                 dynamic)
                for p in candidates]
     lock = engine_lock(engine_dir) if engine_dir is not None else contextlib.nullcontext()
+    # When a provider fails to start, ONNX Runtime's Python layer prints an 'EP Error'
+    # banner on stdout and retries with the next providers; the banner becomes the reason.
+    banner = io.StringIO()
     with lock:
         cached = engine_dir is not None and any(engine_dir.glob('*.engine'))
         if engine_dir is not None:
@@ -481,28 +550,96 @@ def _open_gpu(path: Path, contract: ModelContract, cpu: Segmenter, candidates: l
                      if cached else
                      f'building TensorRT engine ({precision}) in {engine_dir}: a first build '
                      'can take minutes (more on a Jetson); later starts load it in seconds')
-        session, banner = _open_session(path, [*candidates, CPU], [*options, {}], threads)
-        segmenter = Segmenter(session, contract, path)
-        # TensorRT may build its engine at the first run, so that is under the lock too.
-        segmenter.warmup_ms = segmenter.warm_up(runs=1)
-    segmenter.engine_dir = engine_dir
-    segmenter.engine_cached = cached if segmenter.active_provider == TENSORRT else None
-    segmenter.precision = precision if segmenter.active_provider == TENSORRT else 'fp32'
-    return segmenter, banner
+        step = 'creating the session'
+        try:
+            with contextlib.redirect_stdout(banner):
+                session = layer.session(str(path), sess_options=_session_options(threads),
+                                        providers=[*candidates, CPU],
+                                        provider_options=[*options, {}])
+                segmenter = Segmenter(session, contract, path)
+                step = 'warm-up'
+                # TensorRT may build its engine at the first run, so that is under the lock.
+                segmenter.warmup_ms = segmenter.warm_up(runs=1)
+        except Exception as err:  # onnxruntime raises several unrelated exception types
+            cause = err.__cause__ if isinstance(err, ModelLoadError) and err.__cause__ else err
+            return _GpuTry(None, f'{step} failed: {_first_line(cause)}'[:300])
+        engines = engine_files(engine_dir) if engine_dir is not None else {}
+    on_trt = segmenter.active_provider == TENSORRT
+    segmenter.engine_dir = engine_dir if on_trt else None
+    segmenter.engine_cached = cached if on_trt else None
+    segmenter.precision = precision if on_trt else 'fp32'
+    reason = next((line.strip() for line in banner.getvalue().splitlines()
+                   if line.startswith('EP Error')), '')
+    return _GpuTry(segmenter, reason[:300], engines)
 
 
-def _check_engine(gpu: Segmenter, cpu: Segmenter,
+def _check_engine(gpu: _GpuTry, cpu: Segmenter,
                   parity_frames: Callable[[], Sequence[np.ndarray]] | None) -> dict | None:
-    """Run (or read back) the parity check of a TensorRT engine against the CPU."""
-    if gpu.active_provider != TENSORRT or gpu.engine_dir is None or parity_frames is None:
+    """Read back the parity record of a TensorRT engine, or check it against the CPU now."""
+    segmenter = gpu.segmenter
+    if segmenter is None or segmenter.engine_dir is None:
         return None
-    record = read_parity(gpu.engine_dir)
-    if record is None:
+    record = read_parity(segmenter.engine_dir)
+    if record is None and parity_frames is not None:
         frames = list(parity_frames())
-        if not frames:
-            return None
-        record = write_parity(gpu.engine_dir, argmax_agreement(gpu, cpu, frames), len(frames))
+        if frames:
+            record = write_parity(segmenter.engine_dir, argmax_agreement(segmenter, cpu, frames),
+                                  len(frames), gpu.engines)
     return record
+
+
+def _load_gpu(path: Path, cpu: Segmenter, candidates: list[str], fp16: bool,
+              threads: tuple[int, bool], trt_cache_dir: str | os.PathLike | None,
+              parity_frames: Callable[[], Sequence[np.ndarray]] | None, progress: Progress,
+              layer: ProviderLayer) -> _GpuTry:
+    """Open the GPU session, check a TensorRT engine's parity, fall back to fp32 if fp16 fails.
+
+    An fp16 engine whose recorded verdict (for the engine files now in its folder) is FAILED
+    is not opened again: this start goes straight to fp32 and says so in one warning line.
+    The returned segmenter carries ``parity`` and ``parity_failed``.
+    """
+    precision = trt_precision(fp16, cpu.contract.quantization == 'int8_symmetric_qdq')
+    root = sha256 = platform = None
+    if TENSORRT in candidates:
+        root = prepare_cache_dir(trt_cache_dir or default_trt_cache_dir())
+        sha256, platform = file_sha256(path), layer.platform()
+
+    def folder(prec: str) -> Path | None:
+        if root is None:
+            return None
+        return root / engine_key(sha256, prec, cpu.input_shape, platform)
+
+    notes: list[str] = []
+    failed = False
+    earlier = read_parity(folder('fp16')) if precision == 'fp16' and root else None
+    if earlier is not None and not earlier['passed']:
+        line = (f'TensorRT fp16 engine FAILED parity at an earlier start: '
+                f'{_agreement_text(earlier)} (recorded in {folder("fp16") / PARITY_FILE}); '
+                'running fp32 without opening it')
+        progress(ProgressWarning(line))
+        notes.append(line)
+        precision = 'fp32'
+    gpu = _open_gpu(path, cpu.contract, cpu, candidates, precision, folder(precision),
+                    threads, progress, layer)
+    record = _check_engine(gpu, cpu, parity_frames)
+    if record is not None and not record['passed'] and precision == 'fp16':
+        line = (f'TensorRT fp16 engine FAILED parity: {_agreement_text(record)}; '
+                'running fp32 instead')
+        progress(line)
+        notes.append(line)
+        failed = True
+        gpu = _open_gpu(path, cpu.contract, cpu, candidates, 'fp32', folder('fp32'), threads,
+                        progress, layer)
+        record = _check_engine(gpu, cpu, parity_frames)
+    if gpu.segmenter is not None:
+        if record is not None:
+            verdict = 'passed' if record['passed'] else 'FAILED'
+            notes.append(f'{gpu.segmenter.precision} {verdict}: argmax agreement '
+                         f'{record["argmax_agreement"]:.4%} on {record["frames"]} frames')
+            failed |= not record['passed']
+        gpu.segmenter.parity = '; '.join(notes)
+        gpu.segmenter.parity_failed = failed
+    return gpu
 
 
 def check_model_file(model_path: str | os.PathLike, providers: Sequence[str]) -> list[str]:
@@ -526,7 +663,8 @@ def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEF
                    trt_cache_dir: str | os.PathLike | None = None,
                    intra_op_spinning: bool = True, trt_fp16: bool = True,
                    parity_frames: Callable[[], Sequence[np.ndarray]] | None = None,
-                   progress: Progress | None = None) -> Segmenter:
+                   progress: Progress | None = None,
+                   layer: ProviderLayer = ORT_LAYER) -> Segmenter:
     """Open ``model_path``, validate its contract, start the first provider that really runs.
 
     ``providers`` is an ordered preference list. A GPU provider whose library cannot load is
@@ -534,61 +672,57 @@ def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEF
     provider that is not running, and why). The file is first opened on the CPU: that
     validates the contract and is the reference of the parity check. A GPU session is then
     created and warmed up (a TensorRT engine builds in ``trt_cache_dir``, one folder per
-    model hash, precision and shape, see :mod:`fvt_segmentation.core.providers`). A new TensorRT
-    engine is compared with the CPU on ``parity_frames()`` (RGB frames); below
-    :data:`MIN_ARGMAX_AGREEMENT` an fp16 engine is replaced by an fp32 one and ``parity``
-    says so. ``require_gpu`` is checked after the warm-up: a CPU result is then an error.
-    ``progress`` gets one line before each long step. Threads: see
-    :func:`fvt_segmentation.core.providers.thread_settings`. Raises :class:`ModelLoadError`
+    model hash, precision, shape and platform, see :mod:`fvt_segmentation.core.providers`); a
+    GPU session that cannot be created or fails its warm-up (e.g. CUDA out of memory) leaves
+    the CPU running, with the error as the reason. A new TensorRT engine is compared with
+    the CPU on ``parity_frames()`` (RGB frames) and the verdict kept beside it; below
+    :data:`MIN_ARGMAX_AGREEMENT` an fp16 engine is replaced by an fp32 one, and later starts
+    go straight to fp32; ``parity`` says so. ``require_gpu`` is checked after the warm-up: a
+    CPU result is then an error. ``progress`` gets one line before each long step
+    (a :class:`ProgressWarning` for a degraded choice). Threads: see
+    :func:`fvt_segmentation.core.providers.thread_settings`. ``layer`` is what is asked of
+    ONNX Runtime and the GPU (tests pass fakes). Raises :class:`ModelLoadError`
     (:class:`ContractError` for metadata problems) with one clear sentence naming the file.
     """
     started = time.monotonic()
     progress = progress or (lambda _line: None)
     path = Path(model_path).expanduser()
     wanted = check_model_file(path, providers)
-    candidates, reasons = gpu_plan(wanted)
+    candidates, reasons = gpu_plan(wanted, layer)
     if not candidates and CPU not in wanted:
         raise ModelLoadError(f'{path}: none of the requested providers {wanted} can run here: '
                              + '; '.join(f'{p}: {r}' for p, r in reasons.items()))
     progress('loading model')
     cpu_threads = thread_settings(False, intra_op_threads, intra_op_spinning)
-    session, _ = _open_session(path, [CPU], [{}], cpu_threads)
+    session = _open_cpu_session(path, cpu_threads, layer)
     contract = parse_contract(session.get_modelmeta().custom_metadata_map, str(path))
     _check_graph(session, contract, str(path))
     cpu = Segmenter(session, contract, path)
     cpu.threads = cpu_threads
     result = cpu
-    parity = ''
-    if candidates:
-        gpu_threads = thread_settings(True, intra_op_threads, intra_op_spinning)
-        precision = trt_precision(trt_fp16, contract.quantization == 'int8_symmetric_qdq')
-        gpu, banner = _open_gpu(path, contract, cpu, candidates, precision, trt_cache_dir,
-                                gpu_threads, progress)
-        record = _check_engine(gpu, cpu, parity_frames)
-        if record is not None and not record['passed'] and precision == 'fp16':
-            parity = (f'TensorRT fp16 engine FAILED parity: argmax agreement '
-                      f'{record["argmax_agreement"]:.4%} < {MIN_ARGMAX_AGREEMENT:.1%} on '
-                      f'{record["frames"]} frames; running fp32 instead')
-            progress(parity)
-            gpu, banner = _open_gpu(path, contract, cpu, candidates, 'fp32', trt_cache_dir,
-                                    gpu_threads, progress)
-            record = _check_engine(gpu, cpu, parity_frames)
-        if record is not None:
-            verdict = 'passed' if record['passed'] else 'FAILED'
-            parity = '; '.join(filter(None, [parity, (
-                f'{gpu.precision} {verdict}: argmax agreement '
-                f'{record["argmax_agreement"]:.4%} on {record["frames"]} frames')]))
-        if gpu.active_provider in GPU_PROVIDERS:
-            result = gpu
+    gpu_threads = thread_settings(True, intra_op_threads, intra_op_spinning)
+    # A session that cannot be created or warmed up is the first provider's failure: the
+    # next ones get their own try (TensorRT's engine build fails, CUDA may still run).
+    for first in range(len(candidates)):
+        tried = candidates[first:]
+        gpu = _load_gpu(path, cpu, tried, trt_fp16, gpu_threads, trt_cache_dir,
+                        parity_frames, progress, layer)
+        if gpu.segmenter is None:
+            reasons[tried[0]] = gpu.reason
+            continue
+        active = gpu.segmenter.active_provider
+        # Providers ahead of the one that runs: ONNX Runtime's 'EP Error' banner says why.
+        ahead = tried[:tried.index(active)] if active in tried else tried
+        reasons.update({p: gpu.reason or 'ONNX Runtime could not start it (no usable GPU?)'
+                        for p in ahead})
+        if active in GPU_PROVIDERS:
+            result = gpu.segmenter
             result.threads = gpu_threads
-            result.enable_io_binding('cuda')
-        else:
-            reasons.update({p: banner or 'ONNX Runtime could not start it (no usable GPU?)'
-                            for p in candidates})
+            result.enable_io_binding(layer.binding_device)
+        break
     active = result.active_provider
     result.requested_providers = wanted
     result.fallback_reason = _format_reasons(wanted, active, reasons)[:600]
-    result.parity = parity
     if require_gpu and active not in GPU_PROVIDERS:
         raise ModelLoadError(f'{path}: require_gpu is set but no GPU provider runs the model '
                              f'after warm-up (requested {wanted}; active: {active}; '

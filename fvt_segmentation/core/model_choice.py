@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fvt_segmentation.core.inference import (
+    ORT_LAYER,
     Segmenter,
     gpu_plan,
     load_segmenter,
@@ -88,7 +89,8 @@ def load_model(model_path: str, precision: str, providers: Sequence[str],
     see ``fallback_reason``), the int8 file is opened on the CPU instead. ``load_options``
     go to :func:`~fvt_segmentation.core.inference.load_segmenter`, whose errors propagate.
     """
-    candidates, _ = gpu_plan(resolve_providers(providers))
+    candidates, _ = gpu_plan(resolve_providers(providers),
+                             load_options.get('layer', ORT_LAYER))
     choice = choose_model(model_path, precision, bool(candidates))
     segmenter = load_segmenter(choice.path, providers=providers, **load_options)
     if (precision == 'auto' and choice.precision == 'float32' and candidates

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import os
 from pathlib import Path
+import re
 import tempfile
 
 from fvt_segmentation.core.contract import ModelLoadError
@@ -30,6 +31,8 @@ of the robot (a Jetson has 6 to 12 cores for everything)."""
 CACHE_SUBDIR = ('fvt_segmentation', 'trt')
 _LIBRARIES = {TENSORRT: 'libonnxruntime_providers_tensorrt.so',
               CUDA: 'libonnxruntime_providers_cuda.so'}
+TENSORRT_LIBRARIES = ('libnvinfer.so.10', 'libnvinfer.so.8')
+"""Where :func:`tensorrt_version` looks: the TensorRT 10 and 8 libraries ONNX Runtime links."""
 
 
 class CacheDirError(ModelLoadError):
@@ -74,17 +77,75 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def engine_key(sha256: str, precision: str, input_shape: Sequence[int]) -> str:
-    """Name the engine folder of one model file, precision and input shape.
+def engine_key(sha256: str, precision: str, input_shape: Sequence[int], platform: str) -> str:
+    """Name the engine folder of one model file, precision, input shape and platform.
 
     The weights are part of the key (ONNX Runtime's own engine names hash the graph's
-    structure and names, not its weights), so a retrained file never meets an old engine.
+    structure and names, not its weights), so a retrained file never meets an old engine;
+    ``platform`` (see :func:`engine_platform`) names the TensorRT and ONNX Runtime versions
+    and the GPU, since an engine only runs where it was built.
     """
     if precision not in PRECISIONS:
         raise ValueError(f'precision must be one of {list(PRECISIONS)}; got {precision!r}')
     if len(sha256) != 64:
         raise ValueError(f'expected a 64-digit hex SHA-256; got {sha256!r}')
-    return f'{sha256[:16]}-{precision}-{"x".join(str(int(d)) for d in input_shape)}'
+    if not platform or '/' in platform:
+        raise ValueError(f'expected a platform name without "/"; got {platform!r}')
+    return f'{sha256[:16]}-{precision}-{"x".join(str(int(d)) for d in input_shape)}-{platform}'
+
+
+def engine_platform(tensorrt: str | None, onnxruntime: str, gpu: str | None) -> str:
+    """Return the platform part of :func:`engine_key`, e.g. ``trt10.9.0-ort1.22.0-NVIDIA_H200``.
+
+    An unknown TensorRT version or GPU name reads ``trt_unknown`` / ``gpu_unknown``: the key
+    then says what it could not tell apart instead of guessing.
+    """
+    gpu_part = re.sub(r'[^A-Za-z0-9.]+', '_', gpu or '').strip('_') or 'gpu_unknown'
+    return f'trt{tensorrt or "_unknown"}-ort{onnxruntime}-{gpu_part}'
+
+
+def decode_trt_version(number: int) -> str:
+    """Turn ``getInferLibVersion()`` into ``major.minor.patch``.
+
+    TensorRT 10 encodes major * 10000 + minor * 100 + patch; earlier releases major * 1000.
+    """
+    major, rest = divmod(number, 10000 if number >= 100000 else 1000)
+    return f'{major}.{rest // 100}.{rest % 100}'
+
+
+
+def tensorrt_version(libraries: Sequence[str] = TENSORRT_LIBRARIES) -> str | None:
+    """Return the version of the first TensorRT library in ``libraries`` that loads, or None."""
+    for name in libraries:
+        try:
+            return decode_trt_version(int(ctypes.CDLL(name).getInferLibVersion()))
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def gpu_name(library: str = 'libcuda.so.1') -> str | None:
+    """Return the name of CUDA device 0 (the one ONNX Runtime uses), or None if unknown.
+
+    Asks the CUDA driver (``cuDeviceGetName``): no CUDA runtime or nvidia-smi needed.
+    """
+    try:
+        driver = ctypes.CDLL(library)
+        device = ctypes.c_int()
+        name = ctypes.create_string_buffer(256)
+        if (driver.cuInit(0) != 0 or driver.cuDeviceGet(ctypes.byref(device), 0) != 0
+                or driver.cuDeviceGetName(name, len(name), device) != 0):
+            return None
+    except (OSError, AttributeError):
+        return None
+    return name.value.decode(errors='replace') or None
+
+
+def probe_platform() -> str:
+    """Return :func:`engine_platform` for this process: TensorRT, ONNX Runtime and GPU."""
+    import onnxruntime
+
+    return engine_platform(tensorrt_version(), onnxruntime.__version__, gpu_name())
 
 
 def trt_precision(fp16: bool, int8_model: bool) -> str:
@@ -141,19 +202,22 @@ def thread_settings(gpu: bool, intra_op_threads: int,
     return GPU_INTRA_OP_THREADS, False
 
 
-def provider_library_error(provider: str) -> str | None:
+def provider_library_error(provider: str, capi_dir: Path | None = None) -> str | None:
     """Return why ONNX Runtime's library for ``provider`` cannot load here, or None.
 
     Loads the provider library the way ONNX Runtime would, so the dynamic linker names the
     first missing dependency (e.g. ``libcublas.so.13``). Checked before a session is created,
     ONNX Runtime is never asked for a provider that cannot load and logs no error wall.
+    ``capi_dir`` is where the provider libraries are (default: onnxruntime's ``capi``).
     """
     library = _LIBRARIES.get(provider)
     if library is None:
         return None
-    import onnxruntime
+    if capi_dir is None:
+        import onnxruntime
 
-    path = Path(onnxruntime.__file__).parent / 'capi' / library
+        capi_dir = Path(onnxruntime.__file__).parent / 'capi'
+    path = capi_dir / library
     if not path.is_file():
         return f'{library} is not part of this onnxruntime build'
     try:

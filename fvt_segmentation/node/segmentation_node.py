@@ -41,7 +41,12 @@ from fvt_segmentation.core.conversions import (
     image_to_frame,
     stamp_ns,
 )
-from fvt_segmentation.core.inference import Segmentation, Segmenter, check_model_file
+from fvt_segmentation.core.inference import (
+    ProgressWarning,
+    Segmentation,
+    Segmenter,
+    check_model_file,
+)
 from fvt_segmentation.core.model_choice import ModelChoice, choose_model, load_model
 from fvt_segmentation.core.sizes import format_size
 from fvt_segmentation.node.diagnostics import (
@@ -191,7 +196,9 @@ class SegmentationNode(Node):
 
     def _on_progress(self, line: str) -> None:
         self._load_stage = line
-        if 'TensorRT' in line:
+        if isinstance(line, ProgressWarning):
+            self.get_logger().warning(line)
+        elif 'TensorRT' in line:
             self.get_logger().info(line)
 
     def _open_model(self, precision: str) -> tuple[Segmenter, ModelChoice]:
@@ -485,7 +492,7 @@ class SegmentationNode(Node):
             f'  outputs: {outputs} ({qos_text(output_qos)}; categories transient local)\n'
             f'  mask_resolution {self.settings.mask_resolution}, max_frame_age_ms '
             f'{self.settings.max_frame_age_ms}, max_input_pixels {self._max_pixels}')
-        if segmenter.parity and 'FAILED' in segmenter.parity:
+        if segmenter.parity_failed:
             self.get_logger().error(f'TensorRT parity check: {segmenter.parity}')
         for note in self.fallbacks:
             self.get_logger().info(f'compatibility fallback: {note}')
