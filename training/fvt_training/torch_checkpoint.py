@@ -68,10 +68,12 @@ class CheckpointError(ValueError):
 def _show(value: Any) -> str:
     # repr() of an int past 4300 digits raises, and a pickle can hold one.
     if type(value) is int:
-        return repr(value) if value.bit_length() <= 64 else f'<{value.bit_length()}-bit int>'
+        return repr(value) if value.bit_length() <= 128 else f'<{value.bit_length()}-bit int>'
     if type(value) in (tuple, list):
         shown = ', '.join(_show(v) for v in value[:8]) + (', ...' if len(value) > 8 else '')
-        return f'({shown})' if type(value) is tuple else f'[{shown}]'
+        if type(value) is list:
+            return f'[{shown}]'
+        return f'({shown},)' if len(value) == 1 else f'({shown})'
     if value is None or type(value) in (str, bytes, float, bool):
         text = repr(value)
         return text if len(text) <= 60 else f'{text[:57]}...'
