@@ -375,7 +375,8 @@ def load_state_dict(path: str | os.PathLike) -> OrderedDict[str, np.ndarray]:
     except OSError as err:
         raise CheckpointError(f'{source}: cannot be read ({err.strerror or err}); expected a '
                               'PyTorch .pth file') from None
-    if zipfile.is_zipfile(io.BytesIO(data)):
+    # As torch.load decides: by the local file header a zip archive starts with.
+    if data.startswith(b'PK\x03\x04'):
         obj = _read_zip(data, source)
     else:
         obj = _read_legacy(data, source)
