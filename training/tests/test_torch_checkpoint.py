@@ -163,7 +163,7 @@ def _object_file(tmp_path, fmt, object_pickle):
     # BINBYTES8 of 2**40 bytes: the unpickler would allocate them before reading.
     (b'\x80\x04\x8e' + struct.pack('<Q', 2 ** 40) + b'.',
      'expected 1099511627776 bytes in a bytes8, but only'),
-])
+], ids=['memo', 'bytes8'])
 def test_a_pickle_that_claims_memory_it_does_not_hold_is_refused(tmp_path, fmt, object_pickle,
                                                                  expected):
     with pytest.raises(CheckpointError, match=re.escape(expected)):
@@ -189,7 +189,7 @@ def _shared(levels):
     (b'\x80\x02}q\x00X\x01\x00\x00\x00ah\x00s.',
      "'a' contains itself; expected a tree of dicts, lists and tuples"),
     (_nested(200), "'k'[0][0]"),
-])
+], ids=['cycle', 'deep'])
 def test_objects_that_never_end_are_refused(tmp_path, fmt, object_pickle, expected):
     with pytest.raises(CheckpointError, match=re.escape(expected)):
         load_state_dict(_object_file(tmp_path, fmt, object_pickle))
