@@ -43,6 +43,7 @@ USER_ERRORS = {
     'fvt_training.review.app': ('ReviewSetupError',),
     'fvt_training.adopt': ('AdoptError',),
     'fvt_training.label_sets': ('LabelSetError',),
+    'fvt_training.torch_checkpoint': ('CheckpointError',),
 }
 """Errors whose message is the whole story for a user (no traceback), by module. A module's
 errors count once it is loaded: none can be raised before, and looking them up this way

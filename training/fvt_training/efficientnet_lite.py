@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from fvt_segmentation.core.providers import file_sha256
-from fvt_training.torch_checkpoint import load_state_dict
+from fvt_training.torch_checkpoint import CheckpointError, load_state_dict
 
 keras = tf.keras
 layers = tf.keras.layers
@@ -238,36 +238,47 @@ def _bn_weights(state: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
 
 
 class _Checkpoint(dict):
-    """A state dict whose missing names say which variant was expected."""
+    """A state dict whose missing names say which file and variant were expected."""
 
-    def __init__(self, state: dict[str, np.ndarray], variant: str) -> None:
-        super().__init__(state)
+    def __init__(self, state: dict[str, np.ndarray], variant: str, source: str) -> None:
+        super().__init__((k, v) for k, v in state.items() if isinstance(v, np.ndarray))
         self.variant = variant
+        self.source = source
 
     def __missing__(self, key: str) -> np.ndarray:
-        raise ValueError(f'the checkpoint has no tensor {key!r}; is the file of '
-                         f'{self.variant}?')
+        raise CheckpointError(f'{self.source}: the checkpoint has no tensor {key!r}; is the '
+                              f'file of {self.variant}?')
+
+    def kernel(self, key: str, depthwise: bool = False) -> np.ndarray:
+        """Return convolution ``key`` in Keras layout; a tensor of another rank is refused."""
+        weight = self[key]
+        if weight.ndim != 4:
+            raise CheckpointError(f'{self.source}: tensor {key!r} has shape {weight.shape}; '
+                                  f'expected a 4-d convolution kernel of {self.variant}')
+        return _keras_kernel(weight, depthwise)
 
 
-def keras_weights(state: dict[str, np.ndarray], variant: str,
-                  include_top: bool = False) -> dict[str, list[np.ndarray]]:
-    """Map a PyTorch state dict of ``variant`` to ``{keras layer name: weights}``."""
-    state = _Checkpoint(state, variant)
-    out = {'stem_conv': [_keras_kernel(state['_conv_stem.weight'])],
+def keras_weights(state: dict[str, np.ndarray], variant: str, include_top: bool = False,
+                  source: str = 'checkpoint') -> dict[str, list[np.ndarray]]:
+    """Map a PyTorch state dict of ``variant`` to ``{keras layer name: weights}``.
+
+    ``source`` names the file in the :class:`CheckpointError` for a tensor it lacks.
+    """
+    state = _Checkpoint(state, variant, source)
+    out = {'stem_conv': [state.kernel('_conv_stem.weight')],
            'stem_bn': _bn_weights(state, '_bn0')}
     for block in block_plan(variant):
         torch_name, name = f'_blocks.{block.index}', f'block{block.index}'
         if block.expand != 1:
-            kernel = state[f'{torch_name}._expand_conv.weight']
-            out[f'{name}_expand_conv'] = [_keras_kernel(kernel)]
+            out[f'{name}_expand_conv'] = [state.kernel(f'{torch_name}._expand_conv.weight')]
             out[f'{name}_expand_bn'] = _bn_weights(state, f'{torch_name}._bn0')
-        out[f'{name}_dw_conv'] = [_keras_kernel(state[f'{torch_name}._depthwise_conv.weight'],
-                                                depthwise=True)]
+        out[f'{name}_dw_conv'] = [state.kernel(f'{torch_name}._depthwise_conv.weight',
+                                               depthwise=True)]
         out[f'{name}_dw_bn'] = _bn_weights(state, f'{torch_name}._bn1')
-        out[f'{name}_project_conv'] = [_keras_kernel(state[f'{torch_name}._project_conv.weight'])]
+        out[f'{name}_project_conv'] = [state.kernel(f'{torch_name}._project_conv.weight')]
         out[f'{name}_project_bn'] = _bn_weights(state, f'{torch_name}._bn2')
     if include_top:
-        out['head_conv'] = [_keras_kernel(state['_conv_head.weight'])]
+        out['head_conv'] = [state.kernel('_conv_head.weight')]
         out['head_bn'] = _bn_weights(state, '_bn1')
         out['classifier'] = [state['_fc.weight'].T, state['_fc.bias']]
     return out
@@ -281,9 +292,10 @@ def load_imagenet_weights(model: keras.Model, variant: str,
     find its layer and shape; the classifier is loaded when the model has one. Returns the
     number of layers set.
     """
-    state = load_state_dict(path or weights_file(variant))
+    source = str(path or weights_file(variant))
+    state = load_state_dict(source)
     names = {layer.name for layer in model.layers}
-    mapping = keras_weights(state, variant, include_top='classifier' in names)
+    mapping = keras_weights(state, variant, 'classifier' in names, source)
     missing = sorted(set(mapping) - names)
     if missing:
         raise ValueError(f'{model.name} has no layers {missing[:5]}...; expected an '
@@ -293,7 +305,8 @@ def load_imagenet_weights(model: keras.Model, variant: str,
         expected = [tuple(w.shape) for w in layer.get_weights()]
         arrived = [tuple(w.shape) for w in weights]
         if expected != arrived:
-            raise ValueError(f'{layer_name}: the checkpoint has shapes {arrived}, the layer '
-                             f'{expected}; is the file of {variant}?')
+            raise CheckpointError(f'{source}: {layer_name} gets shapes {arrived} from the '
+                                  f'checkpoint, the layer has {expected}; is the file of '
+                                  f'{variant}?')
         layer.set_weights(weights)
     return len(mapping)

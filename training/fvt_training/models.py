@@ -137,6 +137,9 @@ def light_fpn(input_size: Sequence[int], backbone: str = 'efficientnet_lite0',
         raise ModelConfigError(f'light_fpn needs an EfficientNet-Lite backbone, one of '
                                f'{list(LIGHT_FPN_BACKBONES)}; got {backbone!r}')
     check_input_size('light_fpn', input_size)
+    if encoder_weights not in (None, 'imagenet') and not Path(encoder_weights).is_file():
+        raise ModelConfigError(f'encoder_weights must be imagenet, none or an existing .pth '
+                               f'file; got {encoder_weights!r} (no such file)')
     height, width = (int(v) for v in input_size)
     encoder = efficientnet_lite.efficientnet_lite(backbone, (height, width, 3),
                                                   name=ENCODER_LAYER)

@@ -4,11 +4,13 @@ from pathlib import Path
 import sys
 
 import cv2
+from helpers_checkpoint import write_checkpoint
 import numpy as np
 import pytest
 
 from fvt_training import efficientnet_lite as lite
-from fvt_training.models import EncoderWeightsUnavailableError, build_model
+from fvt_training.models import EncoderWeightsUnavailableError, ModelConfigError, build_model
+from fvt_training.torch_checkpoint import CheckpointError
 
 DATA = Path(__file__).parent / 'data'
 REFERENCE = DATA / 'efficientnet_lite0_reference.npz'
@@ -97,3 +99,22 @@ def test_a_checkpoint_of_another_variant_is_refused():
     with pytest.raises(ValueError, match=r"no tensor '_blocks.16\..*is the file of "
                                          'efficientnet_lite1'):
         lite.load_imagenet_weights(deeper, 'efficientnet_lite1', lite0)
+
+
+def test_a_users_encoder_file_goes_through_the_checked_reader(tmp_path):
+    spec = {'architecture': 'light_fpn', 'backbone': 'efficientnet_lite0', 'input_size': [64, 64]}
+    with pytest.raises(ModelConfigError, match=r"existing \.pth file; got '.*nothing\.pth' \(no "):
+        build_model({'model': {**spec, 'encoder_weights': str(tmp_path / 'nothing.pth')}})
+    # A stem of the wrong rank, and one whose storage is a float short: both named with the file.
+    flat = write_checkpoint(tmp_path / 'flat.pth', 'zip',
+                            [('_conv_stem.weight', '0', 0, (32, 27), (27, 1))],
+                            {'0': ('FloatStorage', bytes(4 * 32 * 27))})
+    with pytest.raises(CheckpointError, match=r"flat\.pth: tensor '_conv_stem\.weight' has shape "
+                                              r'\(32, 27\); expected a 4-d'):
+        build_model({'model': {**spec, 'encoder_weights': str(flat)}})
+    short = write_checkpoint(tmp_path / 'short.pth', 'legacy',
+                             [('_conv_stem.weight', '0', 0, (32, 3, 3, 3), (27, 9, 3, 1))],
+                             {'0': ('FloatStorage', bytes(4 * (32 * 27 - 1)))})
+    with pytest.raises(CheckpointError, match=r"short\.pth: tensor '_conv_stem\.weight': .*reach "
+                                               r'element 863 .*below its 863 elements'):
+        build_model({'model': {**spec, 'encoder_weights': str(short)}})
