@@ -22,9 +22,10 @@ Conv, nearest Resize -> its asymmetric equivalent), and the final softmax is dro
 file outputs logits (``fvt.output: logits``; the parity check compares Keras' probabilities
 with the softmax of those logits).
 
-``RUN`` may also be a float32 ``.onnx`` file of an earlier export (with ``--data``): it gets
-today's rewrites and variants without its Keras run, and the file itself is the parity
-reference. Its contract and provenance carry over, plus ``reexported_from`` (file, SHA-256).
+``RUN`` may also be a float32 ``.onnx`` file of an earlier export, contract version 1 or 2
+(with ``--data``): it gets today's rewrites and variants without its Keras run, and the file
+itself is the parity reference. Its contract and provenance carry over, plus
+``reexported_from`` (file, SHA-256).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.core.contract import MIN_ARGMAX_AGREEMENT, ModelContract
+from fvt_segmentation.core.contract import CONTRACT_VERSION, MIN_ARGMAX_AGREEMENT, ModelContract
 from fvt_training.arg_types import non_negative_int, positive_int
 from fvt_training.keras_onnx import INPUT_NAME, OPSET, keras_to_onnx, rename_output
 from fvt_training.onnx_rewrites import output_source, simplify_for_cpu, strip_output_softmax
@@ -398,6 +399,76 @@ def keras_source(run_dir: Path, weights: str = 'best',
         make_contract=make_contract, run_dir=run_dir)
 
 
+def to_contract_v1(proto: Any, contract: ModelContract, source: Path) -> ModelContract:
+    """Take the graph of a file following ``contract`` back to version 1, in place.
+
+    For version 2: keeps only the ``scores`` output and the nodes and initializers it needs
+    (the argmax, softmax and confidence nodes go), and a uint8 input prologue
+    (``Cast<float>``, ``Mul``, ``Add``, see :mod:`fvt_training.contract_v2`) gives way to a
+    float32 input again. Returns the version 1 contract; a version 1 contract comes back as
+    it is.
+    """
+    from onnx import TensorProto
+
+    if contract.version == CONTRACT_VERSION:
+        return contract
+    graph = proto.graph
+    scores = contract.outputs.get('scores')
+    if scores is None:
+        raise ExportError(f'{source}: re-export needs the float scores output; its '
+                          f'fvt.outputs has {sorted(contract.outputs)}')
+    kept = [o for o in graph.output if o.name == scores]
+    del graph.output[:]
+    graph.output.extend(kept)
+    if contract.input_type == 'uint8':
+        image = graph.input[0]
+        normalized = _uint8_prologue_output(graph, image.name, source)
+        for node in graph.node:
+            node.input[:] = [image.name if i == normalized else i for i in node.input]
+        image.type.tensor_type.elem_type = TensorProto.FLOAT
+    _drop_unused(graph)
+    return replace(contract, version=CONTRACT_VERSION, outputs={}, input_type='float32')
+
+
+def _uint8_prologue_output(graph: Any, image: str, source: Path) -> str:
+    """Return the output of the ``Cast -> Mul -> Add`` chain that normalises ``image``."""
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    tensor, ops = image, []
+    for op in ('Cast', 'Mul', 'Add'):
+        nodes = consumers.get(tensor, [])
+        ops.append('/'.join(n.op_type for n in nodes) or 'nothing')
+        if len(nodes) != 1 or nodes[0].op_type != op:
+            raise ExportError(f'{source}: expected the uint8 input {image!r} to go through '
+                              f'Cast -> Mul -> Add (the version 2 normalisation); found '
+                              f'{" -> ".join(ops)}')
+        tensor = nodes[0].output[0]
+    return tensor
+
+
+def _drop_unused(graph: Any) -> None:
+    """Remove the nodes, initializers and value infos no graph output depends on."""
+    producers = {out: node for node in graph.node for out in node.output}
+    needed, todo = set(), [o.name for o in graph.output]
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = producers.get(name)
+        if node is not None:
+            todo.extend(i for i in node.input if i)
+    nodes = [n for n in graph.node if any(o in needed for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    for field_name in ('initializer', 'value_info'):
+        entries = [e for e in getattr(graph, field_name) if e.name in needed]
+        del getattr(graph, field_name)[:]
+        getattr(graph, field_name).extend(entries)
+
+
 class _ProbabilitiesOf:
     """An ONNX file as parity reference: ``predict_on_batch`` returns probabilities."""
 
@@ -414,8 +485,10 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
     """Start from a float32 file written by an earlier export (to apply today's rewrites).
 
     The file is the parity reference; its contract and provenance carry over, with
-    ``reexported_from`` naming the file (and its SHA-256) it came from. Parity and scores use
-    the ``val`` split of ``data``, int8 calibration its ``train`` split.
+    ``reexported_from`` naming the file (and its SHA-256) it came from. A version 2 file is
+    taken back to its version 1 graph first (:func:`to_contract_v1`); ``--contract 2`` writes
+    version 2 again. Parity and scores use the ``val`` split of ``data``, int8 calibration its
+    ``train`` split.
     """
     import onnx
 
@@ -428,18 +501,15 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
         raise ExportError(f'{path}: an ONNX file does not name its data folder; pass --data '
                           'PREPARED_DIR (the folder it was trained on, for parity and scores)')
     segmenter = load_segmenter(path, providers=['cpu'])
-    contract = segmenter.contract
-    provenance = dict(contract.provenance)
+    provenance = dict(segmenter.contract.provenance)
     precision = provenance.get('precision', 'float32')
     if precision != 'float32':
         raise ExportError(f'{path}: re-export needs a float32 file; this one is {precision}')
-    if contract.version != '1':
-        raise ExportError(f'{path}: re-export takes a contract version 1 file (the float32 '
-                          f'export); this one is version {contract.version}')
-    if contract.layout != 'NHWC':
+    if segmenter.contract.layout != 'NHWC':
         raise ExportError(f'{path}: re-export takes what fvt-train export writes (NHWC); this '
-                          f'file is {contract.layout}')
+                          f'file is {segmenter.contract.layout}')
     proto = onnx.load(str(path))
+    contract = to_contract_v1(proto, segmenter.contract, path)
     size = flops.describe(proto)
     size.update({k: provenance[k] for k in ('params', 'gflops') if k in provenance})
     origin = {'file': path.name, 'sha256': file_sha256(path),
@@ -452,7 +522,7 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
 
     return ExportSource(
         name=path.stem, path=path, proto=proto, reference=_ProbabilitiesOf(segmenter),
-        reference_contract=contract, manifest=read_manifest(data), val_split='val',
+        reference_contract=segmenter.contract, manifest=read_manifest(data), val_split='val',
         train_split='train', input_size=segmenter.input_size, size=size,
         output=contract.output, make_contract=make_contract, run_dir=None)
 
@@ -585,7 +655,11 @@ def write_float32(src: ExportSource, contract: ModelContract, out: Path,
 def _quantize_variant(src: ExportSource, out: Path, output: str, variants: _Variants,
                       tag: str, settings: dict[str, Any], frame_count: int,
                       description: str) -> None:
-    """Write the int8 file ``tag`` with ``settings``, calibrated on training frames."""
+    """Write the int8 file ``tag`` with ``settings``, calibrated on training frames.
+
+    Its provenance's ``quantization`` holds the settings and the calibration frames (data
+    folder, split, count and ids); a re-export's ``reexported_from`` names the float file.
+    """
     from fvt_training.evaluate import pick_samples
     from fvt_training.prepared import load_pair
 
@@ -593,8 +667,9 @@ def _quantize_variant(src: ExportSource, out: Path, output: str, variants: _Vari
     ids = pick_samples(manifest.ids(src.train_split), frame_count)
     reader = FrameCalibrationReader((load_pair(manifest, src.train_split, i)[0] for i in ids),
                                     variants.contracts['float32'], src.input_size)
-    variants.settings[tag] = {**settings, 'calibration_frames': len(ids),
-                              'calibration_split': src.train_split}
+    variants.settings[tag] = {**settings, 'calibration_data': str(manifest.folder),
+                              'calibration_split': src.train_split,
+                              'calibration_frames': len(ids), 'calibration_ids': ids}
     variants.paths[tag] = _variant_path(out, tag)
     written = src.make_contract({'precision': 'int8', 'quantization': variants.settings[tag]},
                                 output)

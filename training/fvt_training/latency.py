@@ -19,8 +19,9 @@ def time_interleaved(calls: Mapping[str, Callable[[], Any]], runs: int, warmup: 
     timed this way must not spin (``load_segmenter(..., intra_op_spinning=False)``): the
     spinning threads of one steal the cores from the next one's run. Returns, per name,
     per-image milliseconds (a run's time divided by ``batch``): ``median_ms``, ``p90_ms``,
-    ``mean_ms``, ``min_ms``, plus ``batch``, ``runs``, ``warmup`` and the CPU count, so a
-    figure is never read without knowing how it was taken.
+    ``mean_ms``, ``min_ms``, plus ``batch``, ``runs``, ``warmup``, the CPU count and the
+    1-minute load average before and after the timed rounds, so a figure is never read
+    without knowing how it was taken.
     """
     if runs < 1 or warmup < 0 or batch < 1:
         raise ValueError(f'expected runs >= 1, warmup >= 0 and batch >= 1; got runs={runs}, '
@@ -29,11 +30,13 @@ def time_interleaved(calls: Mapping[str, Callable[[], Any]], runs: int, warmup: 
         for _ in range(warmup):
             call()
     seconds = {name: np.empty(runs) for name in calls}
+    load_before = os.getloadavg()[0]
     for i in range(runs):
         for name, call in calls.items():
             start = time.perf_counter()
             call()
             seconds[name][i] = time.perf_counter() - start
+    load = [load_before, os.getloadavg()[0]]
     stats = {}
     for name, values in seconds.items():
         per_image_ms = values * 1e3 / batch
@@ -46,6 +49,7 @@ def time_interleaved(calls: Mapping[str, Callable[[], Any]], runs: int, warmup: 
             'mean_ms': float(per_image_ms.mean()),
             'min_ms': float(per_image_ms.min()),
             'cpu_count': os.cpu_count(),
+            'load_average': load,
         }
     return stats
 

@@ -3,6 +3,8 @@
 A tiny two-convolution float32 file stands in for a trained model, so no Keras run is needed.
 """
 
+import json
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -11,8 +13,12 @@ import pytest
 
 from fvt_segmentation.core.contract import ModelContract, Normalization
 from fvt_segmentation.core.inference import argmax_agreement, load_segmenter
+from fvt_segmentation.core.providers import file_sha256
 from fvt_training import export
 from fvt_training.cli import main
+from fvt_training.contract_v2 import write_v2_copy
+from fvt_training.evaluate import pick_samples
+from fvt_training.prepared import read_manifest
 
 SIZE = (32, 32)
 
@@ -106,9 +112,56 @@ def test_uint8_input_needs_contract_2(tmp_path):
         export.export_run(tmp_path / 'x.onnx', tmp_path / 'y.onnx', uint8_input=True)
 
 
-def test_reexport_refuses_a_version_2_file(exported_v2, tmp_path, capsys):
+def test_to_contract_v1_gives_back_the_version_1_graph(tmp_path):
+    source = tiny_float_file(tmp_path / 'float.onnx')
+    write_v2_copy(source, tmp_path / 'v2.onnx', uint8_input=True)
+    v2 = load_segmenter(tmp_path / 'v2.onnx', providers=['cpu']).contract
+    proto = onnx.load(str(tmp_path / 'v2.onnx'))
+    v1 = export.to_contract_v1(proto, v2, tmp_path / 'v2.onnx')
+    assert v1 == load_segmenter(source, providers=['cpu']).contract
+    assert proto.graph == onnx.load(str(source)).graph
+
+
+def test_to_contract_v1_names_an_unexpected_uint8_prologue(tmp_path):
+    source = tiny_float_file(tmp_path / 'float.onnx')
+    write_v2_copy(source, tmp_path / 'v2.onnx', uint8_input=True)
+    v2 = load_segmenter(tmp_path / 'v2.onnx', providers=['cpu']).contract
+    proto = onnx.load(str(tmp_path / 'v2.onnx'))
+    next(n for n in proto.graph.node if n.op_type == 'Mul').op_type = 'Div'
+    with pytest.raises(export.ExportError, match='through Cast -> Mul -> Add .* found '
+                                                 'Cast -> Div'):
+        export.to_contract_v1(proto, v2, tmp_path / 'v2.onnx')
+
+
+def test_reexport_of_a_version_2_file_writes_int8_naming_its_source_and_frames(exported_v2,
+                                                                               tmp_path):
+    _, source, data = exported_v2
+    out = tmp_path / 'again.onnx'
+    assert main(['export', str(source), '--out', str(out), '--data', str(data), '--int8',
+                 '--contract', '2', '--parity-frames', '2', '--calibration-frames', '3',
+                 '--timing-runs', '0']) == 0
+    again = load_segmenter(out, providers=['cpu'])
+    assert again.contract.version == '2' and again.contract.input_type == 'float32'
+    original = load_segmenter(source, providers=['cpu'])
+    for frame in frames():
+        np.testing.assert_array_equal(again.segment(frame).classes,
+                                      original.segment(frame).classes)
+    int8 = load_segmenter(out.with_name('again.int8.onnx'), providers=['cpu']).contract
+    assert int8.version == '2' and int8.outputs == again.contract.outputs
+    provenance = int8.provenance
+    assert provenance['reexported_from']['file'] == 'v2.onnx'
+    assert provenance['reexported_from']['sha256'] == file_sha256(source)
+    train = read_manifest(data).ids('train')
+    assert provenance['quantization']['calibration_split'] == 'train'
+    assert provenance['quantization']['calibration_frames'] == 3
+    assert provenance['quantization']['calibration_ids'] == pick_samples(train, 3)
+    report = json.loads(out.with_name('again.export.json').read_text())
+    assert report['variants']['int8']['settings'] == provenance['quantization']
+
+
+def test_reexport_refuses_an_int8_file(exported_v2, tmp_path, capsys):
     _, out, data = exported_v2
-    assert main(['export', str(out), '--out', str(tmp_path / 'again.onnx'),
-                 '--data', str(data)]) == 2
-    assert 'takes a contract version 1 file' in capsys.readouterr().err
+    assert main(['export', str(out.with_name('v2.int8trt.onnx')),
+                 '--out', str(tmp_path / 'again.onnx'), '--data', str(data)]) == 2
+    assert 're-export needs a float32 file; this one is int8' in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

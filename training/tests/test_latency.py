@@ -17,6 +17,7 @@ def test_figures_are_per_image_milliseconds():
     stats = time_calls(lambda: time.sleep(0.004), runs=5, warmup=1, batch=2)
     assert 1.5 <= stats['min_ms'] <= stats['median_ms'] <= stats['p90_ms']
     assert stats['batch'] == 2 and stats['cpu_count'] >= 1
+    assert len(stats['load_average']) == 2 and min(stats['load_average']) >= 0
 
 
 @pytest.mark.parametrize('kwargs', [{'runs': 0}, {'warmup': -1}, {'batch': 0}])
