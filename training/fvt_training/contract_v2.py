@@ -113,6 +113,9 @@ def _uint8_input(proto: Any, contract: ModelContract) -> None:
 
     graph = proto.graph
     image = graph.input[0]
+    image.type.tensor_type.elem_type = TensorProto.UINT8
+    if _pixels_are_quantized_input(graph, contract):
+        return
     inner = f'{image.name}_normalized'
     for node in graph.node:
         node.input[:] = [inner if i == image.name else i for i in node.input]
@@ -129,4 +132,46 @@ def _uint8_input(proto: Any, contract: ModelContract) -> None:
     existing = list(graph.node)
     del graph.node[:]
     graph.node.extend(prologue + existing)
-    image.type.tensor_type.elem_type = TensorProto.UINT8
+
+
+def _pixels_are_quantized_input(graph: Any, contract: ModelContract) -> bool:
+    """Let a quantized graph take the uint8 pixels as its first quantized tensor, if exact.
+
+    An int8 file quantizes the normalised image first: ``QuantizeLinear(pixel * gain +
+    offset, scale, zero_point)``. When ``scale == gain`` and ``zero_point == -offset / gain``
+    (the same for all channels: MinMax calibration gives exactly that whenever the frames
+    hold the pixel values 0 and 255), that is the pixel itself, so the QuantizeLinear is
+    removed and the pixels go straight to its DequantizeLinear: no float image at all,
+    identical results. Layout-only nodes (Transpose) between input and QuantizeLinear stay,
+    now on uint8. Returns False, changing nothing, when the graph is not of that form.
+    """
+    from onnx import numpy_helper
+
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    initializers = {i.name: i for i in graph.initializer}
+    tensor, layout_nodes = graph.input[0].name, []
+    while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type == 'Transpose':
+        layout_nodes.append(consumers[tensor][0])
+        tensor = layout_nodes[-1].output[0]
+    found = consumers.get(tensor, [])
+    if (len(found) != 1 or found[0].op_type != 'QuantizeLinear' or len(found[0].input) != 3
+            or not all(name in initializers for name in found[0].input[1:])):
+        return False
+    quantize = found[0]
+    scale = numpy_helper.to_array(initializers[quantize.input[1]])
+    zero_point = numpy_helper.to_array(initializers[quantize.input[2]])
+    gain, offset = contract.normalization.as_affine()
+    if (zero_point.dtype != np.uint8 or scale.size != 1 or zero_point.size != 1
+            or not np.all(gain == scale) or not np.all(-offset / gain == zero_point)):
+        return False
+    for node in graph.node:
+        node.input[:] = [tensor if i == quantize.output[0] else i for i in node.input]
+    graph.node.remove(quantize)
+    # The layout nodes now carry uint8: drop their float type declarations.
+    layout_outputs = {node.output[0] for node in layout_nodes}
+    for info in [v for v in graph.value_info if v.name in layout_outputs]:
+        graph.value_info.remove(info)
+    return True

@@ -226,6 +226,14 @@ def quantize_int8(float_path: Path, out_path: Path, reader: FrameCalibrationRead
         # Symbolic shape inference needs sympy; the spatial size is fixed, ONNX's suffices.
         quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
         graph = onnx.load(str(pre))
+        # Nodes are excluded by name: an unnamed Softmax would exclude every unnamed node.
+        taken = {n.name for n in graph.graph.node}
+        for i, node in enumerate(graph.graph.node):
+            if not node.name:
+                node.name = next(name for k in range(len(taken) + 1)
+                                 if (name := f'{node.op_type}_{i}_{k}') not in taken)
+                taken.add(node.name)
+        onnx.save(graph, str(pre))
         float_nodes = [n.name for n in graph.graph.node if n.op_type in settings['float_ops']]
         resize = output_resize(graph.graph) if settings.get('float_output_resize') else None
         if resize:

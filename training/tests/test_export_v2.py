@@ -165,3 +165,55 @@ def test_reexport_refuses_an_int8_file(exported_v2, tmp_path, capsys):
                  '--out', str(tmp_path / 'again.onnx'), '--data', str(data)]) == 2
     assert 're-export needs a float32 file; this one is int8' in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def quantized_tiny_file(tmp_path, normalization):
+    """The tiny file with ``normalization``, quantized by the export's own quantize_int8."""
+    import dataclasses
+
+    source = tiny_float_file(tmp_path / 'float.onnx')
+    model = onnx.load(str(source))
+    contract = dataclasses.replace(ModelContract(normalization=normalization),
+                                   provenance={'precision': 'int8'})
+    onnx.helper.set_model_props(model, contract.to_metadata())
+    onnx.save(model, str(source))
+    calibration = frames()
+    calibration[0][0, 0], calibration[0][0, 1] = 0, 255  # the full pixel range
+    reader = export.FrameCalibrationReader(iter(calibration), contract, SIZE)
+    out = tmp_path / 'int8.onnx'
+    export.quantize_int8(source, out, reader, contract, export.int8_settings())
+    return out
+
+
+def test_uint8_input_of_an_int8_file_feeds_the_pixels_to_its_first_dequantize(tmp_path):
+    # (pixel - 127) / 128: the calibrated input quantization is scale 1/128, zero point 127,
+    # i.e. the pixel itself, so the float image and its QuantizeLinear go.
+    int8 = quantized_tiny_file(tmp_path, Normalization(1 / 128, (127 / 128,) * 3, (1.0,) * 3))
+    float_input, pixels_input = tmp_path / 'float_input.onnx', tmp_path / 'pixels_input.onnx'
+    write_v2_copy(int8, float_input)
+    write_v2_copy(int8, pixels_input, uint8_input=True)
+    graph = onnx.load(str(pixels_input)).graph
+    first = [n for n in graph.node if n.input and n.input[0] == 'image']
+    assert [n.op_type for n in first] == ['Transpose']
+    [after] = [n for n in graph.node if first[0].output[0] in n.input]
+    assert after.op_type == 'DequantizeLinear'
+    assert not [n for n in graph.node if n.op_type == 'Cast' and 'image' in n.input]
+    reference = load_segmenter(float_input, providers=['cpu'])
+    candidate = load_segmenter(pixels_input, providers=['cpu'])
+    assert candidate.session.get_inputs()[0].type == 'tensor(uint8)'
+    for frame in frames():
+        want = reference.segment(frame, want_confidence=True)
+        got = candidate.segment(frame, want_confidence=True)
+        np.testing.assert_array_equal(got.classes, want.classes)
+        np.testing.assert_array_equal(got.confidence, want.confidence)
+
+
+def test_uint8_input_of_an_int8_file_keeps_the_prologue_when_not_exact(tmp_path):
+    # (pixel / 255 - 0.5) / 0.25: the zero point would be 127.5, not a pixel value.
+    int8 = quantized_tiny_file(tmp_path, Normalization(1 / 255, (0.5,) * 3, (0.25,) * 3))
+    pixels_input = tmp_path / 'pixels_input.onnx'
+    write_v2_copy(int8, pixels_input, uint8_input=True)
+    graph = onnx.load(str(pixels_input)).graph
+    assert [n.op_type for n in graph.node[:3]] == ['Cast', 'Mul', 'Add']
+    assert [n for n in graph.node if n.op_type == 'QuantizeLinear'
+            and n.input[0] in {m.output[0] for m in graph.node if m.op_type == 'Transpose'}]
