@@ -263,6 +263,15 @@ def simplify_for_cpu(proto: Any) -> dict[str, int]:
     return counts
 
 
+# The opset from which a reduction takes its ``axes`` as an input instead of an attribute.
+AXES_AS_INPUT = {'ReduceSum': 13, 'ReduceMax': 18}
+
+
+def axes_as_input(op: str, opset: int) -> bool:
+    """Return whether reduction ``op`` (in ``AXES_AS_INPUT``) takes ``axes`` as an input."""
+    return opset >= AXES_AS_INPUT[op]
+
+
 def default_opset(proto: Any) -> int:
     """Return the version of the default (``ai.onnx``) operator set ``proto`` imports, or 0."""
     return next((o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')), 0)
