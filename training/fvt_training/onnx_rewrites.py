@@ -44,7 +44,9 @@ def _initializers(graph: Any) -> dict[str, Any]:
 
 
 def _uses(graph: Any, name: str) -> int:
-    return sum(list(node.input).count(name) for node in graph.node)
+    """Return how many node inputs and graph outputs read the tensor ``name``."""
+    return (sum(list(node.input).count(name) for node in graph.node)
+            + sum(output.name == name for output in graph.output))
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -182,10 +184,12 @@ def _classify_before_upsampling(graph: Any, inits: dict[str, Any]) -> int:
     import onnx
 
     moved = 0
-    for conv in list(graph.node):
+    for scores in [n.output[0] for n in graph.node if _is_pointwise_conv(n, inits)]:
+        # Each rewrite replaces the graph's nodes by copies: look the classifier up anew.
+        producers = {out: node for node in graph.node for out in node.output}
+        conv = producers[scores]
         if not _is_pointwise_conv(conv, inits):
             continue
-        producers = {out: node for node in graph.node for out in node.output}
         chain: list[Any] = []
         leaves = _sum_leaves(graph, conv.input[0], producers, chain)
         if not chain:
