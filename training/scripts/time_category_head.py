@@ -89,11 +89,12 @@ def main() -> None:
             {name: (lambda s=s: s.run(None, {'image': tensor}))
              for name, s in sessions.items()}, args.runs, args.warmup)
     source_ms, adopted_ms = stats['source']['median_ms'], stats['adopted']['median_ms']
+    load = ' '.join(Path('/proc/loadavg').read_text().split()[:3])
     height, width = args.size
     print(f'{args.classes} classes, NCHW, {width}x{height}, median of {args.runs} runs in '
           f'turns: adopted {adopted_ms:.2f} ms, source {source_ms:.2f} ms, head '
-          f'{adopted_ms - source_ms:+.2f} ms; load average '
-          f'{Path("/proc/loadavg").read_text().split()[:3]} on {stats["source"]["cpu_count"]} CPUs')
+          f'{adopted_ms - source_ms:+.2f} ms; load average {load} on '
+          f'{stats["source"]["cpu_count"]} CPUs')
 
 
 if __name__ == '__main__':
