@@ -22,6 +22,7 @@ from public_models import (
     matmul_probabilities_nhwc,
     official_mapping,
     patchwork,
+    run_source,
 )
 import pytest
 
@@ -238,6 +239,26 @@ def test_nchw_logits_head_at_every_opset(tmp_path, opset):
     segmenter = load_segmenter(out, providers=['cpu'])
     got = segmenter.infer(segmenter.preprocess(frame, 'RGB'))[0]
     np.testing.assert_allclose(np.moveaxis(got, 0, -1), probabilities, atol=1e-5)
+
+
+def test_nchw_probabilities_are_summed_without_a_second_softmax(tmp_path):
+    model = onnx.load(str(conv_logits_nchw(tmp_path / 'logits.onnx')))
+    model.graph.node.append(helper.make_node('Softmax', ['logits'], ['probs'], axis=1))
+    model.graph.output[0].name = 'probs'
+    onnx.save(model, str(tmp_path / 'probs.onnx'))
+    spec = SOURCES['nchw_logits_eighth']
+    out = tmp_path / 'adopted.onnx'
+    result = adopt(tmp_path / 'probs.onnx', out, options(**spec.adopt_kwargs()))
+    assert result['inspection'].output == 'probabilities'
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops == ['Conv', 'Softmax', 'Reshape', 'MatMul', 'Reshape']  # the source's softmax
+    frame = patchwork(spec.size, seed=5)
+    scores = run_source(tmp_path / 'probs.onnx', frame[:, :, ::-1], 'NCHW', spec.mean, spec.std)
+    expected, _ = category_reference(scores, 'probabilities', 1,
+                                     official_mapping('cityscapes-trainids'))
+    segmenter = load_segmenter(out, providers=['cpu'])
+    got = segmenter.infer(segmenter.preprocess(frame, 'RGB'))[0]
+    np.testing.assert_allclose(np.moveaxis(got, 0, -1), expected, atol=1e-6)
 
 
 def test_yaml_labels_adopt_a_four_class_model(tmp_path):
