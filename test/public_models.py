@@ -91,6 +91,24 @@ def argmax_ids_nchw(path: Path, classes: int = 11, stride: int = 4,
         [helper.make_tensor_value_info('ids', TensorProto.INT64, out_shape)])
 
 
+def floor_ids_nchw(path: Path, size: tuple[int, int] = (16, 16), opset: int = 17) -> Path:
+    """Class ids ``[1, 1, H, W]`` (int64) = the floor of the first input channel.
+
+    Fed ``(pixel - 0) / 25.5`` the ids are 0..10 (CamVid's 11 classes); fed other floats,
+    any id, negative or too large, as a model that writes 255 for "ignore" would.
+    """
+    h, w = size
+    first = np.array([1, 0, 0], np.float32).reshape(1, 3, 1, 1)
+    return _save(
+        path,
+        [helper.make_node('Conv', ['pixels', 'first'], ['channel']),
+         helper.make_node('Floor', ['channel'], ['floored']),
+         helper.make_node('Cast', ['floored'], ['ids'], to=TensorProto.INT64)],
+        [numpy_helper.from_array(first, 'first')],
+        [helper.make_tensor_value_info('pixels', TensorProto.FLOAT, [1, 3, h, w])],
+        [helper.make_tensor_value_info('ids', TensorProto.INT64, [1, 1, h, w])], opset)
+
+
 def channel_max_nchw(path: Path, size: tuple[int, int] = (32, 32)) -> Path:
     """A float output without a class dimension: ``[1, H, W]``, the max over colours."""
     h, w = size
@@ -119,13 +137,16 @@ def category_reference(output: np.ndarray, kind: str, class_axis: int,
     """The expected category probabilities ``[h, w, 8]`` of one image, in numpy.
 
     ``kind`` is logits, probabilities or class-ids; ``class_to_category`` maps every class
-    index to its category id (from the official table, built by the test).
+    index to its category id (from the official table, built by the test). A class id it
+    does not hold (negative, too large) is void.
     """
+    from fvt_segmentation.core.contract import VOID
+
     if kind == 'class-ids':
         ids = output[0]
         if ids.ndim == 3:  # the size-1 class axis of keepdims
             ids = ids[0] if class_axis == 1 else ids[..., 0]
-        categories = np.vectorize(class_to_category.__getitem__)(ids)
+        categories = np.vectorize(lambda i: class_to_category.get(int(i), VOID))(ids)
         return np.eye(8, dtype=np.float64)[categories], categories
     scores = np.moveaxis(output[0].astype(np.float64), class_axis - 1, -1)
     if kind == 'logits':

@@ -1,11 +1,21 @@
 """The head ``fvt-train adopt`` appends to a public model: class scores -> 8 categories.
 
-* scores (logits or probabilities, ``[N, K, h, w]`` or ``[N, h, w, K]``): a softmax over the
-  K classes (logits only), then one 0/1 ``[K, 8]`` class -> category matrix applied per pixel
-  (a 1x1 ``Conv`` for NCHW, a ``MatMul`` for NHWC), so each category scores the sum of the
-  probabilities of its classes and ``~/confidence`` is a category probability;
+* scores (logits or probabilities, ``[N, K, h, w]`` or ``[N, h, w, K]``): each category
+  scores the sum of the softmax probabilities of its classes (one 0/1 ``[K, 8]`` class ->
+  category matrix), so ``~/confidence`` is a category probability.
+
+  - NHWC: ``Softmax`` over the last axis (logits only), then a ``MatMul`` by the matrix;
+  - NCHW: the classes are the channels, and ONNX Runtime's ``Softmax(axis=1)`` transposes
+    internally (about 25 ms for 12 classes at 480x360 on a 2-core CPU, against about 5 ms
+    for this head; a ``Conv`` 1x1 pays a layout reorder as well). So, with ``[N, K, h*w]``
+    views (``Reshape``, no copy): ``e = Exp(x - ReduceMax(x))`` (logits only), category sums
+    ``MatMul([8, K], e)``, class total ``MatMul([1, K], e)``, one ``Div``. The same
+    numbers in every opset (``Softmax`` before opset 13 would normalise over C*H*W).
 * class ids (an argmax-only model): a ``Gather`` from class id to category id, then a one-hot
   (``Equal`` against 0..7, ``Cast``): probability 1 for the category of the predicted class.
+  An id outside ``0..K-1`` (a 255 "ignore", a negative id) is void: ``Where`` sends it to an
+  extra void entry of the table, where ``Gather`` would fail (too large) or wrap to the last
+  classes (negative).
 
 :func:`map_to_categories` computes the same in numpy, for the check of the adopted file.
 """
@@ -16,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.core.contract import CATEGORIES
+from fvt_segmentation.core.contract import CATEGORIES, VOID
 from fvt_training.adopt_source import Inspection
 from fvt_training.label_sets import LabelSet
+from fvt_training.onnx_rewrites import axes_as_input
 
 OUTPUT_NAME = 'category_probabilities'
 PREFIX = 'fvt_adopt/'
@@ -37,7 +48,8 @@ def map_to_categories(output: np.ndarray, kind: str, class_axis: int,
         ids = output.astype(np.int64)
         if ids.ndim == 4:
             ids = np.squeeze(ids, axis=class_axis)
-        categories = label_set.lookup()[ids]
+        known = (ids >= 0) & (ids < len(label_set))
+        categories = np.where(known, label_set.lookup()[np.where(known, ids, 0)], VOID)
         onehot = (categories[..., None] == np.arange(len(CATEGORIES))).astype(np.float32)
         return np.moveaxis(onehot, -1, class_axis)
     scores = np.moveaxis(output.astype(np.float32), class_axis, -1)
@@ -92,11 +104,19 @@ def add_category_head(proto: Any, inspection: Inspection, label_set: LabelSet) -
     final = name(OUTPUT_NAME)
 
     src = inspection.output_name
+    classes = len(label_set)
+    height, width = inspection.output_size
     if inspection.output == 'class-ids':
         ids = node('Cast', [src], 'ids_int64', to=TensorProto.INT64)
-        categories = node('Gather', [const('class_to_category', label_set.lookup()), ids],
+        below = node('Less', [ids, const('zero', np.array(0, np.int64))], 'ids_negative')
+        above = node('Greater', [ids, const('last_class', np.array(classes - 1, np.int64))],
+                     'ids_too_large')
+        unknown = node('Or', [below, above], 'ids_unknown')
+        known = node('Where', [unknown, const('void_entry', np.array(classes, np.int64)), ids],
+                     'ids_known')
+        table = np.append(label_set.lookup(), np.int64(VOID))
+        categories = node('Gather', [const('class_to_category', table), known],
                           'category_ids')
-        height, width = inspection.output_size
         target = [-1, 1, height, width] if nchw else [-1, height, width, 1]
         shaped = node('Reshape', [categories, const('id_shape', np.array(target, np.int64))],
                       'category_ids_4d')
@@ -109,19 +129,29 @@ def add_category_head(proto: Any, inspection: Inspection, label_set: LabelSet) -
             scores = node('Cast', [scores], 'scores_float', to=TensorProto.FLOAT)
         matrix = label_set.matrix()
         if nchw:
+            flat = node('Reshape', [scores, const('flat_shape', np.array([0, classes, -1],
+                                                                        np.int64))],
+                        'scores_flat')
             if inspection.output == 'logits':
-                if inspection.opset >= 13:
-                    scores = node('Softmax', [scores], 'class_probabilities', axis=1)
+                if axes_as_input('ReduceMax', inspection.opset):
+                    top = node('ReduceMax', [flat, const('class_axes', np.array([1], np.int64))],
+                               'class_max', keepdims=1)
                 else:
-                    # Before opset 13 Softmax flattens from its axis on: it would normalise
-                    # over C*H*W. Over the last axis it is per pixel in every opset.
-                    last = node('Transpose', [scores], 'scores_nhwc', perm=[0, 2, 3, 1])
-                    last = node('Softmax', [last], 'class_probabilities_nhwc', axis=-1)
-                    scores = node('Transpose', [last], 'class_probabilities',
-                                  perm=[0, 3, 1, 2])
-            kernel = matrix.T.reshape(ncats, len(label_set), 1, 1).copy()
-            node('Conv', [scores, const('class_to_category_1x1', kernel)], 'category_sum',
-                 final)
+                    top = node('ReduceMax', [flat], 'class_max', axes=[1], keepdims=1)
+                shifted = node('Sub', [flat, top], 'shifted_logits')
+                flat = node('Exp', [shifted], 'class_weights')
+            sums = node('MatMul', [const('category_rows', matrix.T.copy()), flat],
+                        'category_sums_flat')
+            spatial = const('category_shape', np.array([0, ncats, height, width], np.int64))
+            if inspection.output == 'probabilities':
+                node('Reshape', [sums, spatial], 'category_sums', final)
+            else:
+                sums = node('Reshape', [sums, spatial], 'category_sums')
+                total = node('MatMul', [const('ones_row', np.ones((1, classes), np.float32)),
+                                        flat], 'class_total_flat')
+                total = node('Reshape', [total, const('total_shape', np.array(
+                    [0, 1, height, width], np.int64))], 'class_total')
+                node('Div', [sums, total], 'category_probabilities', final)
         else:
             if inspection.output == 'logits':
                 scores = node('Softmax', [scores], 'class_probabilities', axis=-1)

@@ -5,9 +5,14 @@ uint8 outputs the node fetches instead, so a GPU copies 1 byte per pixel back to
 (2 with confidence) instead of 4 per class, and the argmax and softmax run on the device:
 
 - ``class_ids``: ``Cast<uint8>(ArgMax(scores, class axis))`` (first index on ties, like
-  ``numpy.argmax``);
-- ``confidence``: ``Cast<uint8>(ReduceMax(Softmax(scores)) * 255 + 0.5)`` (the softmax is
-  skipped for a probabilities output), the node's version 1 rounding;
+  ``numpy.argmax``: ``select_last_index`` left at its default, the attribute exists only from
+  opset 12);
+- ``confidence``: ``Cast<uint8>(top * 255 + 0.5)``, the node's version 1 rounding, where
+  ``top`` is the top class probability: ``ReduceMax(scores)`` for a probabilities output, and
+  for logits ``1 / ReduceSum(Exp(scores - ReduceMax(scores)))`` over the class axis, as
+  :func:`fvt_segmentation.core.inference.scores_to_confidence` computes it. No ``Softmax``:
+  before opset 13 it normalises over all axes from its own on (C*H*W on NCHW), and ONNX
+  Runtime transposes for one over an NCHW tensor's axis 1;
 - optionally a uint8 ``image`` input: ``Cast<float>`` then ``* gain + offset`` per channel,
   the same float32 operations, in the same order, as the node's version 1 preprocessing.
 
@@ -23,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.core.contract import CONTRACT_V2, ModelContract, parse_contract
-from fvt_training.onnx_rewrites import default_opset
+from fvt_training.onnx_rewrites import axes_as_input, default_opset
 
 CLASSES_NAME = 'class_ids'
 CONFIDENCE_NAME = 'confidence'
@@ -43,9 +48,10 @@ def to_contract_v2(proto: Any, contract: ModelContract, uint8_input: bool = Fals
         raise ValueError(f'expected a version 1 graph (one input, one output); got '
                          f'{len(graph.input)} inputs and {len(graph.output)} outputs')
     scores = graph.output[0].name
-    axis = -1 if contract.layout == 'NHWC' else 1
+    axis = 3 if contract.layout == 'NHWC' else 1  # positive: opsets before 11 need it so
     dims = [d for d in graph.output[0].type.tensor_type.shape.dim]
     spatial = [dims[0]] + ([dims[1], dims[2]] if contract.layout == 'NHWC' else dims[2:4])
+    opset = default_opset(proto)
 
     def value_info(name: str) -> Any:
         info = helper.make_tensor_value_info(name, TensorProto.UINT8, None)
@@ -53,30 +59,35 @@ def to_contract_v2(proto: Any, contract: ModelContract, uint8_input: bool = Fals
             info.type.tensor_type.shape.dim.add().CopyFrom(dim)
         return info
 
+    def reduce(op: str, data: str, out: str, keepdims: int) -> Any:
+        if not axes_as_input(op, opset):
+            return helper.make_node(op, [data], [out], axes=[axis], keepdims=keepdims)
+        if 'v2_axes' not in {i.name for i in graph.initializer}:
+            graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64),
+                                                             'v2_axes'))
+        return helper.make_node(op, [data, 'v2_axes'], [out], keepdims=keepdims)
+
     nodes = [
-        helper.make_node('ArgMax', [scores], ['v2_argmax'], axis=axis, keepdims=0,
-                         select_last_index=0),
+        helper.make_node('ArgMax', [scores], ['v2_argmax'], axis=axis, keepdims=0),
         helper.make_node('Cast', ['v2_argmax'], [CLASSES_NAME], to=TensorProto.UINT8),
     ]
     outputs = {'scores': scores, 'classes': CLASSES_NAME}
     graph.output.append(value_info(CLASSES_NAME))
     if confidence:
-        probs = scores
-        if contract.output == 'logits':
-            nodes.append(helper.make_node('Softmax', [scores], ['v2_probs'], axis=axis))
-            probs = 'v2_probs'
         graph.initializer.extend([
             numpy_helper.from_array(np.array(255.0, np.float32), 'v2_255'),
             numpy_helper.from_array(np.array(0.5, np.float32), 'v2_half')])
-        # Opset 18 moved ReduceMax's axes from an attribute to an input.
-        if default_opset(proto) >= 18:
-            graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64),
-                                                             'v2_axes'))
-            top = helper.make_node('ReduceMax', [probs, 'v2_axes'], ['v2_top'], keepdims=0)
+        if contract.output == 'logits':
+            nodes += [
+                reduce('ReduceMax', scores, 'v2_max', keepdims=1),
+                helper.make_node('Sub', [scores, 'v2_max'], ['v2_shifted']),
+                helper.make_node('Exp', ['v2_shifted'], ['v2_exp']),
+                reduce('ReduceSum', 'v2_exp', 'v2_sum', keepdims=0),
+                helper.make_node('Reciprocal', ['v2_sum'], ['v2_top']),
+            ]
         else:
-            top = helper.make_node('ReduceMax', [probs], ['v2_top'], axes=[axis], keepdims=0)
+            nodes.append(reduce('ReduceMax', scores, 'v2_top', keepdims=0))
         nodes += [
-            top,
             helper.make_node('Mul', ['v2_top', 'v2_255'], ['v2_scaled']),
             helper.make_node('Add', ['v2_scaled', 'v2_half'], ['v2_rounded']),
             helper.make_node('Cast', ['v2_rounded'], [CONFIDENCE_NAME], to=TensorProto.UINT8),
@@ -95,7 +106,8 @@ def write_v2_copy(source: str | os.PathLike, out: str | os.PathLike, uint8_input
     """Write a version 2 copy of the version 1 file ``source`` to ``out``; return its contract.
 
     The copy's metadata is its new contract only; ``fvt-train export`` writes its own files
-    with ``export.write_contract_v2``, which also checks the classes against version 1.
+    with ``export.write_contract_v2``, which also checks the classes and confidence against
+    version 1.
     """
     import onnx
 

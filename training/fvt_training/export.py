@@ -50,6 +50,8 @@ from fvt_training.run_files import summary_text
 LOGITS_NAME = 'logits'
 PRODUCER = 'fvt-train'
 MAX_ABS_DIFF = 1e-3
+# uint8 steps: float32 sums in another order may round an x.5 the other way.
+CONFIDENCE_TOLERANCE = 1
 INT8_FORMATS = ('qdq', 'qoperator')
 INT8_TARGET_MIOU_DROP = 0.01
 
@@ -289,8 +291,11 @@ def write_contract_v2(path: Path, contract: ModelContract, uint8_input: bool,
                       frames: Sequence[np.ndarray]) -> ModelContract:
     """Rewrite the version 1 file ``path`` as version 2; return its contract.
 
-    The classes the new file computes must equal the version 1 file's on ``frames``
-    (RGB), or :class:`ExportError` names the frame and the pixels that differ.
+    On ``frames`` (RGB), the classes the new file computes must equal the version 1 file's
+    and its confidence the node's version 1 confidence
+    (:func:`~fvt_segmentation.core.inference.scores_to_confidence` of the version 1 scores)
+    within ``CONFIDENCE_TOLERANCE``, or :class:`ExportError` names the frame and the pixels
+    that differ.
     """
     import onnx
 
@@ -298,7 +303,7 @@ def write_contract_v2(path: Path, contract: ModelContract, uint8_input: bool,
     from fvt_training.contract_v2 import to_contract_v2
 
     before = load_segmenter(path, providers=['cpu'], intra_op_spinning=False)
-    expected = [before.segment(frame, 'RGB').classes for frame in frames]
+    expected = [before.segment(frame, 'RGB', want_confidence=True) for frame in frames]
     proto = onnx.load(str(path))
     v2 = to_contract_v2(proto, contract, uint8_input=uint8_input)
     attach_contract(proto, v2)
@@ -307,10 +312,17 @@ def write_contract_v2(path: Path, contract: ModelContract, uint8_input: bool,
     try:
         after = load_segmenter(tmp, providers=['cpu'], intra_op_spinning=False)
         for i, (frame, want) in enumerate(zip(frames, expected, strict=True)):
-            got = after.segment(frame, 'RGB').classes
-            if not np.array_equal(got, want):
+            got = after.segment(frame, 'RGB', want_confidence=True)
+            if not np.array_equal(got.classes, want.classes):
                 raise ExportError(f'{path}: the version 2 classes differ from version 1 on '
-                                  f'frame {i}: {int((got != want).sum())} of {want.size} pixels')
+                                  f'frame {i}: {int((got.classes != want.classes).sum())} of '
+                                  f'{want.classes.size} pixels')
+            off = np.abs(got.confidence.astype(np.int16) - want.confidence)
+            if off.max() > CONFIDENCE_TOLERANCE:
+                raise ExportError(
+                    f'{path}: the version 2 confidence differs from version 1 on frame {i} '
+                    f'by up to {int(off.max())}/255 (expected at most {CONFIDENCE_TOLERANCE}) '
+                    f'on {int((off > CONFIDENCE_TOLERANCE).sum())} of {off.size} pixels')
     except Exception:
         tmp.unlink(missing_ok=True)
         raise
@@ -716,7 +728,8 @@ def write_variants(src: ExportSource, out: Path, contract: ModelContract, output
                 path, variants.contracts[tag], options.uint8_input, frames)
         print(f'contract version 2: class ids and confidence in the graph'
               f'{", uint8 input" if options.uint8_input else ""}; classes equal to version 1 '
-              f'on {len(frames)} {src.val_split} frames')
+              f'and confidence within {CONFIDENCE_TOLERANCE}/255 on {len(frames)} '
+              f'{src.val_split} frames')
     for tag, path in variants.paths.items():
         loaded = load_segmenter(path, providers=['cpu']).contract
         if loaded.to_metadata() != variants.contracts[tag].to_metadata():

@@ -44,7 +44,9 @@ def _initializers(graph: Any) -> dict[str, Any]:
 
 
 def _uses(graph: Any, name: str) -> int:
-    return sum(list(node.input).count(name) for node in graph.node)
+    """Return how many node inputs and graph outputs read the tensor ``name``."""
+    return (sum(list(node.input).count(name) for node in graph.node)
+            + sum(output.name == name for output in graph.output))
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -182,10 +184,12 @@ def _classify_before_upsampling(graph: Any, inits: dict[str, Any]) -> int:
     import onnx
 
     moved = 0
-    for conv in list(graph.node):
+    for scores in [n.output[0] for n in graph.node if _is_pointwise_conv(n, inits)]:
+        # Each rewrite replaces the graph's nodes by copies: look the classifier up anew.
+        producers = {out: node for node in graph.node for out in node.output}
+        conv = producers[scores]
         if not _is_pointwise_conv(conv, inits):
             continue
-        producers = {out: node for node in graph.node for out in node.output}
         chain: list[Any] = []
         leaves = _sum_leaves(graph, conv.input[0], producers, chain)
         if not chain:
@@ -261,6 +265,15 @@ def simplify_for_cpu(proto: Any) -> dict[str, int]:
     counts['upsample_after_add'] = _upsample_after_add(graph, inits)
     counts['classify_before_upsampling'] = _classify_before_upsampling(graph, inits)
     return counts
+
+
+# The opset from which a reduction takes its ``axes`` as an input instead of an attribute.
+AXES_AS_INPUT = {'ReduceSum': 13, 'ReduceMax': 18}
+
+
+def axes_as_input(op: str, opset: int) -> bool:
+    """Return whether reduction ``op`` (in ``AXES_AS_INPUT``) takes ``axes`` as an input."""
+    return opset >= AXES_AS_INPUT[op]
 
 
 def default_opset(proto: Any) -> int:

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+import onnxruntime as ort
 from prepared_fixture import make_prepared
 from public_models import (
     IMAGENET_BGR_MEAN,
     IMAGENET_BGR_STD,
     SOURCES,
     argmax_ids_nchw,
+    category_reference,
     channel_max_nchw,
     conv_logits_nchw,
+    floor_ids_nchw,
     matmul_probabilities_nhwc,
+    official_mapping,
     patchwork,
+    run_source,
 )
 import pytest
 
@@ -129,16 +133,20 @@ def test_output_resolution_and_ops_of_each_kind(adopted):
     ops = [n.op_type for n in model.graph.node]
     dims = [d.dim_value or d.dim_param for d in
             model.graph.output[0].type.tensor_type.shape.dim]
-    head = {'nchw_logits_eighth': ['Softmax', 'Conv'], 'nhwc_probabilities': ['MatMul'],
-            'argmax_ids': ['Cast', 'Gather', 'Reshape', 'Equal', 'Cast']}
+    # NCHW logits: no Softmax (ONNX Runtime transposes for one over axis 1), no 1x1 Conv.
+    head = {'nchw_logits_eighth': ['Reshape', 'ReduceMax', 'Sub', 'Exp', 'MatMul', 'Reshape',
+                                   'MatMul', 'Reshape', 'Div'],
+            'nhwc_probabilities': ['MatMul'],
+            'argmax_ids': ['Cast', 'Less', 'Greater', 'Or', 'Where', 'Gather', 'Reshape',
+                           'Equal', 'Cast']}
     if spec.kind == 'logits':
-        assert ops[-2:] == head['nchw_logits_eighth'] and dims[1:] == [8, 8, 16]  # 1/8
+        assert ops[-9:] == head['nchw_logits_eighth'] and dims[1:] == [8, 8, 16]  # 1/8
         assert result['inspection'].stride() == 8
     elif spec.kind == 'probabilities':
         assert ops[-1:] == head['nhwc_probabilities'] and dims[1:] == [48, 64, 8]
         assert 'Softmax' not in ops[3:]  # probabilities are not normalised a second time
     else:
-        assert ops[-5:] == head['argmax_ids'] and dims[1:] == [8, 16, 16]  # 1/4
+        assert ops[-9:] == head['argmax_ids'] and dims[1:] == [8, 16, 16]  # 1/4
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert tuple(dims[2:4] if spec.layout == 'NCHW' else dims[1:3]) == spec.size  # fixed now
 
@@ -191,20 +199,66 @@ def test_category_probability_is_a_sum_not_the_top_class(tmp_path):
     assert (result.confidence == np.uint8(vehicle * 255 + 0.5)).all()
 
 
-def test_argmax_without_keepdims_and_opset_11_logits(tmp_path):
+def test_argmax_without_keepdims(tmp_path):
     ids = argmax_ids_nchw(tmp_path / 'ids.onnx', keepdims=False)
     result = adopt(ids, tmp_path / 'ids_adopted.onnx', options(
         labels='camvid11', color_order='RGB', mean=(0, 0, 0), std=(255, 255, 255)))
     assert result['inspection'].output_size == (16, 16)
     assert result['parity']['argmax_agreement'] == 1.0
-    old = conv_logits_nchw(tmp_path / 'old.onnx', opset=11)
-    result = adopt(old, tmp_path / 'old_adopted.onnx', options(
+
+
+@pytest.mark.parametrize('opset', [11, 17])
+def test_class_ids_outside_the_label_set_are_void(tmp_path, opset):
+    source = floor_ids_nchw(tmp_path / 'ids.onnx', opset=opset)
+    out = tmp_path / 'adopted.onnx'
+    adopt(source, out, options(labels='camvid11', color_order='RGB', mean=(0, 0, 0),
+                               std=(25.5,) * 3))
+    # Inputs no pixel gives: ids -4..15 around CamVid's 0..10.
+    tensor = np.random.default_rng(4).uniform(-4, 16, (1, 3, 16, 16)).astype(np.float32)
+    ids = ort.InferenceSession(str(source), providers=['CPUExecutionProvider']).run(
+        None, {'pixels': tensor})[0]
+    assert ids.min() < 0 and ids.max() >= 11
+    expected, _ = category_reference(ids, 'class-ids', 1, official_mapping('camvid11'))
+    got = load_segmenter(out, providers=['cpu']).session.run(None, {'pixels': tensor})[0]
+    np.testing.assert_array_equal(np.moveaxis(got[0], 0, -1), expected)
+
+
+@pytest.mark.parametrize('opset', [11, 12, 13, 17, 18])
+def test_nchw_logits_head_at_every_opset(tmp_path, opset):
+    source = conv_logits_nchw(tmp_path / 'old.onnx', opset=opset)
+    out = tmp_path / 'adopted.onnx'
+    result = adopt(source, out, options(
         labels='cityscapes-trainids', color_order='BGR', mean=IMAGENET_BGR_MEAN,
         std=IMAGENET_BGR_STD, size=(128, 64)))
-    ops = [n.op_type for n in onnx.load(str(tmp_path / 'old_adopted.onnx')).graph.node]
-    # Softmax-11 over axis 1 would normalise over C*H*W: it runs over the last axis instead.
-    assert ops[-4:] == ['Transpose', 'Softmax', 'Transpose', 'Conv']
+    reduce_max, = [n for n in onnx.load(str(out)).graph.node if n.op_type == 'ReduceMax']
+    # ReduceMax takes its axes as an input from opset 18 on, as an attribute before.
+    assert (len(reduce_max.input) == 2) == (opset >= 18)
     assert result['parity']['max_abs_diff'] < 1e-5
+    frame = patchwork((64, 128), seed=3)
+    probabilities, _ = SOURCES['nchw_logits_eighth'].expected(source, frame)
+    segmenter = load_segmenter(out, providers=['cpu'])
+    got = segmenter.infer(segmenter.preprocess(frame, 'RGB'))[0]
+    np.testing.assert_allclose(np.moveaxis(got, 0, -1), probabilities, atol=1e-5)
+
+
+def test_nchw_probabilities_are_summed_without_a_second_softmax(tmp_path):
+    model = onnx.load(str(conv_logits_nchw(tmp_path / 'logits.onnx')))
+    model.graph.node.append(helper.make_node('Softmax', ['logits'], ['probs'], axis=1))
+    model.graph.output[0].name = 'probs'
+    onnx.save(model, str(tmp_path / 'probs.onnx'))
+    spec = SOURCES['nchw_logits_eighth']
+    out = tmp_path / 'adopted.onnx'
+    result = adopt(tmp_path / 'probs.onnx', out, options(**spec.adopt_kwargs()))
+    assert result['inspection'].output == 'probabilities'
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops == ['Conv', 'Softmax', 'Reshape', 'MatMul', 'Reshape']  # the source's softmax
+    frame = patchwork(spec.size, seed=5)
+    scores = run_source(tmp_path / 'probs.onnx', frame[:, :, ::-1], 'NCHW', spec.mean, spec.std)
+    expected, _ = category_reference(scores, 'probabilities', 1,
+                                     official_mapping('cityscapes-trainids'))
+    segmenter = load_segmenter(out, providers=['cpu'])
+    got = segmenter.infer(segmenter.preprocess(frame, 'RGB'))[0]
+    np.testing.assert_allclose(np.moveaxis(got, 0, -1), expected, atol=1e-6)
 
 
 def test_yaml_labels_adopt_a_four_class_model(tmp_path):
@@ -373,7 +427,7 @@ def test_review_app_shows_the_provenance(adopted, tmp_path):
     prov = body['provenance']
     assert prov['adopted_from']['sha256'] == hashlib.sha256(source.read_bytes()).hexdigest()
     assert prov['licence'] == LICENCE and prov['labels'] == spec.labels
-    assert json.dumps(prov['mapping'])  # shown as lines on the page, like any provenance
+    assert prov['mapping'] == label_sets.load_label_set(spec.labels).by_category()
     segment = client.get('/api/segment/val_000?split=val').get_json()
     assert segment['size'] == list(spec.size) and 0 <= segment['metrics']['miou'] <= 1
 

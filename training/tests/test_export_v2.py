@@ -12,7 +12,11 @@ from prepared_fixture import make_prepared
 import pytest
 
 from fvt_segmentation.core.contract import ModelContract, Normalization
-from fvt_segmentation.core.inference import argmax_agreement, load_segmenter
+from fvt_segmentation.core.inference import (
+    argmax_agreement,
+    load_segmenter,
+    scores_to_confidence,
+)
 from fvt_segmentation.core.providers import file_sha256
 from fvt_training import export
 from fvt_training.cli import main
@@ -217,3 +221,80 @@ def test_uint8_input_of_an_int8_file_keeps_the_prologue_when_not_exact(tmp_path)
     assert [n.op_type for n in graph.node[:3]] == ['Cast', 'Mul', 'Add']
     assert [n for n in graph.node if n.op_type == 'QuantizeLinear'
             and n.input[0] in {m.output[0] for m in graph.node if m.op_type == 'Transpose'}]
+
+
+def scores_file(path, opset, layout, output):
+    """A version 1 file at ``opset``: a 3x3 conv to 8 classes, as logits or probabilities."""
+    rng = np.random.default_rng(opset)
+    inits = [numpy_helper.from_array(rng.normal(scale=0.5, size=(8, 3, 3, 3)).astype(
+        np.float32), 'K')]
+    nodes, pixels = [], 'image'
+    if layout == 'NHWC':
+        nodes.append(helper.make_node('Transpose', ['image'], ['pixels'], perm=[0, 3, 1, 2]))
+        pixels = 'pixels'
+    nodes.append(helper.make_node('Conv', [pixels, 'K'], ['c'], pads=[1, 1, 1, 1]))
+    scores = 'c'
+    if output == 'probabilities' or layout == 'NHWC':
+        nodes.append(helper.make_node('Transpose', ['c'], ['c_nhwc'], perm=[0, 2, 3, 1]))
+        scores = 'c_nhwc'
+    if output == 'probabilities':  # over the last axis: per pixel in every opset
+        nodes.append(helper.make_node('Softmax', [scores], ['p_nhwc'], axis=-1))
+        scores = 'p_nhwc'
+        if layout == 'NCHW':
+            nodes.append(helper.make_node('Transpose', [scores], ['p'], perm=[0, 3, 1, 2]))
+            scores = 'p'
+    shape, out = (['N', 3, *SIZE], ['N', 8, *SIZE]) if layout == 'NCHW' else (
+        ['N', *SIZE, 3], ['N', *SIZE, 8])
+    graph = helper.make_graph(
+        nodes, 'scores', [helper.make_tensor_value_info('image', TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(scores, TensorProto.FLOAT, out)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', opset)])
+    model.ir_version = 7
+    contract = ModelContract(layout=layout, output=output,
+                             normalization=Normalization(1 / 255, (0.5,) * 3, (0.25,) * 3))
+    onnx.helper.set_model_props(model, contract.to_metadata())
+    onnx.save(model, str(path))
+    return path, contract
+
+
+@pytest.mark.parametrize('output', ['logits', 'probabilities'])
+@pytest.mark.parametrize('layout', ['NCHW', 'NHWC'])
+@pytest.mark.parametrize('opset', [11, 12, 13, 18])
+def test_version_2_confidence_is_the_top_class_probability_at_every_opset(
+        tmp_path, opset, layout, output):
+    path, contract = scores_file(tmp_path / 'v1.onnx', opset, layout, output)
+    export.write_contract_v2(path, contract, False, frames())
+    model = onnx.load(str(path))
+    assert not [a for n in model.graph.node for a in n.attribute
+                if a.name == 'select_last_index']  # an attribute from opset 12 on
+    segmenter = load_segmenter(path, providers=['cpu'])
+    for frame in frames():
+        tensor = segmenter.preprocess(frame, 'RGB')
+        names = [segmenter.contract.outputs[r] for r in ('scores', 'classes', 'confidence')]
+        scores, classes, confidence = segmenter.session.run(names, {'image': tensor})
+        want = scores_to_confidence(scores[0], layout, output)
+        assert confidence[0].shape == want.shape == SIZE
+        assert np.abs(confidence[0].astype(int) - want).max() <= 1
+        assert want.min() < 200  # real probabilities, not all 1
+        axis = 1 if layout == 'NCHW' else 3
+        np.testing.assert_array_equal(classes, scores.argmax(axis))
+
+
+def test_version_2_check_refuses_a_wrong_confidence(tmp_path, monkeypatch):
+    from fvt_training import contract_v2
+
+    original = contract_v2.to_contract_v2
+
+    def confidence_times_230(proto, contract, **kwargs):
+        v2 = original(proto, contract, **kwargs)
+        scale, = [i for i in proto.graph.initializer if i.name == 'v2_255']
+        scale.CopyFrom(numpy_helper.from_array(np.array(230.0, np.float32), 'v2_255'))
+        return v2
+
+    path, contract = scores_file(tmp_path / 'v1.onnx', 17, 'NCHW', 'logits')
+    before = path.read_bytes()
+    monkeypatch.setattr(contract_v2, 'to_contract_v2', confidence_times_230)
+    with pytest.raises(export.ExportError, match=r'version 2 confidence differs from version '
+                                                 r'1 on frame 0 by up to \d+/255'):
+        export.write_contract_v2(path, contract, False, frames())
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
