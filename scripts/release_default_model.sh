@@ -39,8 +39,10 @@ else
   cp "$OUT" models/default.onnx
   cp "${OUT%.onnx}.export.json" models/default.export.json
 fi
+# --uint8-input: the int8 file takes the camera's pixels as its first quantized tensor (exact,
+# contract_v2._pixels_are_quantized_input), so the node makes no float image for it.
 fvt-train export models/default.onnx --data "$DATA" --out "$INT8_DIR/default.onnx" --int8 \
-  --contract "$CONTRACT"
+  --uint8-input --contract "$CONTRACT"
 python - "$INT8_DIR/default.export.json" "$INT8_MIN_SPEEDUP" "$INT8_MAX_LOSS" <<'PY'
 import json, sys
 int8 = json.load(open(sys.argv[1]))['variants']['int8']

@@ -7,6 +7,8 @@ check what it derives from the raw figures of its helper processes, on made-up v
 from __future__ import annotations
 
 import argparse
+import os
+import time
 
 import pytest
 
@@ -15,6 +17,7 @@ from fvt_segmentation.node.pipeline_stats import STAGES
 from fvt_segmentation.tools.bench import (
     Configuration,
     child_environment,
+    cpu_seconds,
     parse_transports,
     render_tables,
     summarize_run,
@@ -68,7 +71,8 @@ def test_run_figures_from_raw_measurements() -> None:
                         'statuses': [{'frames_received': '0'},  # before the first frame
                                      status(450, '40.00', '10.00'),
                                      status(891, '50.00', '14.00'),
-                                     status(900, '60.00', '12.00')]}}
+                                     status(900, '60.00', '12.00')]},
+           'cpu': {'stream_s': 30.0, 'node_s': 18.0, 'receiver_s': 0.9}}
     row = summarize_run(Configuration(2048, 1024, 'profile', 150), raw, [50.0, 60.0, 70.0])
     assert row['received_by_node'] == 900 and row['received_pct'] == 100.0
     assert row['masks_received'] == 3 and row['e2e_p50_ms'] == pytest.approx(90.0)
@@ -93,12 +97,26 @@ def test_run_figures_from_raw_measurements() -> None:
     assert '| 2048x1024 | profile | 900 (30.0) | 900 (100.0 %) | 3 |' in text
     assert '30.0 (50 %)' in text and '80.0 / 90.0' in text
     assert '| 2048x1024 | profile | 80.0 100.0 90.0 | 21.39 |' in text
+    # 18 s of node CPU over 900 frames in 30 s: 20 ms a frame, 60 % of one core.
+    assert row['node_cpu_ms_per_frame'] == pytest.approx(20.0)
+    assert row['node_cpu_pct_of_core'] == pytest.approx(60.0)
+    assert '| 2048x1024 | profile | 20.00 | 60 | 1.00 | 3 |' in text
+
+
+def test_cpu_seconds_reads_this_process() -> None:
+    before = cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    assert cpu_seconds(os.getpid()) - before == pytest.approx(0.3, abs=0.05)
+    assert cpu_seconds(2 ** 22 + 1) is None  # above Linux's pid limit: no such process
 
 
 def test_a_run_without_masks_reports_no_latency() -> None:
     raw = {'camera': {'published': 30, 'rate_hz': 30.0, 'publish_p50_ms': 2.0,
                       'first_stamp_ns': 1, 'last_stamp_ns': 2},
-           'receiver': {'masks': [], 'shapes': [], 'statuses': [{'frames_received': '0'}]}}
+           'receiver': {'masks': [], 'shapes': [], 'statuses': [{'frames_received': '0'}]},
+           'cpu': {'stream_s': 1.0, 'node_s': None, 'receiver_s': None}}
     row = summarize_run(Configuration(1024, 512, 'default', 151), raw, [50.0])
     assert row['received_pct'] == 0.0 and row['e2e_p50_ms'] is None
     assert row['overhead_ms'] is None and row['lag_first_p50_ms'] is None

@@ -27,8 +27,11 @@ def segmenters():
 def test_int8_file_follows_the_float32_files_contract(segmenters):
     float32, int8 = (s.contract for s in segmenters)
     for key in ('version', 'categories', 'palette', 'layout', 'color_order', 'normalization',
-                'output', 'ignore_index', 'input_type', 'outputs'):
+                'output', 'ignore_index', 'outputs'):
         assert getattr(int8, key) == getattr(float32, key), key
+    # The int8 file takes the camera's pixels: its first quantization is the normalisation.
+    assert int8.input_type == 'uint8'
+    assert segmenters[1].session.get_inputs()[0].type == 'tensor(uint8)'
     assert int8.version == '2' and set(int8.outputs) == {'scores', 'classes', 'confidence'}
     assert int8.provenance['precision'] == 'int8'
     assert segmenters[1].input_size == segmenters[0].input_size

@@ -116,6 +116,24 @@ def time_inference(segmenter: Segmenter, runs: int) -> list[float]:
     return times
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """Return the CPU time (user + system, all threads) process ``pid`` used so far.
+
+    None where ``/proc`` does not have it (not Linux, or the process is gone).
+    """
+    try:
+        fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def _cpu_used(before: float | None, pid: int) -> float | None:
+    after = cpu_seconds(pid)
+    return None if before is None or after is None else after - before
+
+
 def _stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
@@ -162,6 +180,10 @@ def run_configuration(config: Configuration, args: argparse.Namespace,
                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             processes.append(receiver)
             _wait_ready(receiver, node, node_log)
+            # CPU time of the node and the receiver while the camera streams (not their
+            # start-up): what each frame costs, whatever the machine's load does to latency.
+            cpu_before = {'node': cpu_seconds(node.pid), 'receiver': cpu_seconds(receiver.pid)}
+            streaming = time.monotonic()
             camera = subprocess.Popen(
                 [python, '-m', 'fvt_segmentation.tools.bench_probes', 'camera', '--topic',
                  IMAGE_TOPIC, '--width', str(config.width), '--height', str(config.height),
@@ -169,6 +191,9 @@ def run_configuration(config: Configuration, args: argparse.Namespace,
                  str(camera_json)], env=env)
             processes.append(camera)
             _follow(camera, args.duration, f'{config.size} {config.transport}')
+            cpu = {'stream_s': time.monotonic() - streaming,
+                   'node_s': _cpu_used(cpu_before['node'], node.pid),
+                   'receiver_s': _cpu_used(cpu_before['receiver'], receiver.pid)}
             if camera.returncode != 0:
                 raise RuntimeError(f'the camera process exited with {camera.returncode}')
             time.sleep(DRAIN_S)  # the masks of the last frames are on their way
@@ -177,7 +202,7 @@ def run_configuration(config: Configuration, args: argparse.Namespace,
             for process in reversed(processes):
                 _stop(process)
     return {'camera': json.loads(camera_json.read_text()),
-            'receiver': json.loads(receiver_json.read_text())}
+            'receiver': json.loads(receiver_json.read_text()), 'cpu': cpu}
 
 
 def _follow(camera: subprocess.Popen, duration: float, label: str) -> None:
@@ -276,7 +301,20 @@ def summarize_run(config: Configuration, raw: dict[str, Any],
         'lag_window_s': LAG_WINDOW_S, 'lag_p50_by_window_ms': lag_windows,
         'lag_slope_ms_per_min': lag_slope,
         'output_rate_hz': run_median(statuses, 'output_rate_hz'),
+        **cpu_figures(raw['cpu'], published),
     }
+
+
+def cpu_figures(cpu: dict[str, float | None], frames: int) -> dict[str, float | None]:
+    """CPU time per camera frame (ms) and share of one core (%), of node and receiver."""
+    figures: dict[str, float | None] = {}
+    for who in ('node', 'receiver'):
+        used = cpu.get(f'{who}_s')
+        figures[f'{who}_cpu_ms_per_frame'] = (None if used is None
+                                              else 1e3 * used / max(frames, 1))
+        figures[f'{who}_cpu_pct_of_core'] = (None if used is None
+                                             else 100.0 * used / cpu['stream_s'])
+    return figures
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -318,6 +356,15 @@ def render_tables(rows: list[dict[str, Any]], header: str) -> str:
         cells.insert(STAGES.index('preprocess') + 1, _fmt(row['node_inference_p50_ms'], 2))
         cells += [_fmt(node_e2e, 2), _fmt(outside, 2), _fmt(row['camera_publish_p50_ms'], 2)]
         lines.append(f"| {row['size']} | {row['transport']} | " + ' | '.join(cells) + ' |')
+    lines += ['', '| frames | transport | node CPU ms per camera frame | node CPU (% of one '
+              'core) | receiver CPU ms per camera frame | receiver CPU (% of one core) |',
+              '| --- | --- | --- | --- | --- | --- |']
+    for row in rows:
+        lines.append(f"| {row['size']} | {row['transport']} | "
+                     f"{_fmt(row.get('node_cpu_ms_per_frame'), 2)} | "
+                     f"{_fmt(row.get('node_cpu_pct_of_core'), 0)} | "
+                     f"{_fmt(row.get('receiver_cpu_ms_per_frame'), 2)} | "
+                     f"{_fmt(row.get('receiver_cpu_pct_of_core'), 0)} |")
     lines += ['', f'| frames | transport | e2e p50 per {LAG_WINDOW_S:g} s of stream (ms) | '
               'trend of e2e over the stream (ms per minute) |', '| --- | --- | --- | --- |']
     for row in rows:
