@@ -317,3 +317,55 @@ def test_record_command_leaves_nothing_when_the_topic_never_appears(tmp_path):
     assert result.returncode == 1
     assert '/never/published' in result.stderr and '--type' in result.stderr
     assert list(tmp_path.iterdir()) == []  # neither the bag nor its .partial staging folder
+
+
+def _file_size_limit(limit: int):
+    """preexec_fn: files of the child may not grow past ``limit`` bytes, as on a full disk.
+
+    Portable stand-in for a full disk (no root, no mount): a write past RLIMIT_FSIZE fails
+    with EFBIG instead of ENOSPC; SIGXFSZ, which would kill the child instead, is ignored.
+    """
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_record_command_on_a_full_disk_keeps_what_was_written(tmp_path):
+    out = tmp_path / 'full'
+    cmd = [sys.executable, '-m', 'fvt_segmentation.bag.record', '/full/image', '-o', str(out),
+           '--type', '/full/image:=sensor_msgs/msg/Image']
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (100, 100, 3), np.uint8) for _ in range(40)]
+    with ros_node('record_full_source') as (node, executor):
+        publisher = node.create_publisher(Image, '/full/image', QOS)
+        process = subprocess.Popen(cmd, cwd=REPO, env=_child_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=_file_size_limit(400_000))
+        try:
+            assert spin_until(executor, lambda: publisher.get_subscription_count() == 1, 30)
+            for i, pixels in enumerate(frames):
+                msg = Image(height=100, width=100, encoding='rgb8', step=300,
+                            data=pixels.tobytes())
+                msg.header.stamp.sec = 4000 + i
+                publisher.publish(msg)  # reliable, keep all: each arrives, in order
+            output = process.communicate(timeout=30)[0]
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 1, output
+    # The last line, from record itself (before it, Fast DDS may say that its shared memory
+    # transport does not fit under the size limit either and it falls back to UDP).
+    lines = [line for line in output.splitlines() if line.startswith('[record]')]
+    error = lines[-1]
+    assert 'expected to write message' in error and 'disk full?' in error, output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['full']  # no .partial left behind
+    stored = [(m.header.stamp.sec, bytes(m.data)) for _, m in _read_bag(out)['/full/image']]
+    # Every message up to the failure, in order, none after it; the metadata agrees.
+    assert 3 <= len(stored) < len(frames)
+    assert stored == [(4000 + i, frames[i].tobytes()) for i in range(len(stored))]
+    assert f'keeps the {len(stored)} messages' in error
+    assert _metadata(out)['message_count'] == len(stored)
