@@ -85,3 +85,28 @@ def test_demo_as_fast_as_possible_loses_no_frame_of_the_recording(tmp_path):
     summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
     assert summary['frames_in'] == summary['masks_out'] == summary['masks_recorded'] == 40
     assert summary['node_counters']['received'] == summary['node_counters']['processed'] == '40'
+
+
+def test_demo_on_a_full_disk_fails_in_one_line_and_keeps_the_masks_written(tmp_path):
+    import resource
+    import signal
+
+    def file_size_limit() -> None:  # as in test_replay_record: EFBIG stands in for ENOSPC
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))
+
+    model = build_model(tmp_path / 'm.onnx', size=(96, 128))
+    # 480x360 masks are 173 kB each: the mask bag reaches the limit after a few of them.
+    result = run_demo(tmp_path, '--model', str(model), '--no-gif', rate='0',
+                      preexec_fn=file_size_limit)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'Traceback' not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith('error: ') and 'expected to write message' in error, result.stderr
+    out = tmp_path / 'out'
+    summary = json.loads((out / 'summary.json').read_text())
+    with Reader(out / 'masks_bag') as bag:
+        assert 3 <= bag.message_count == summary['masks_recorded'] < 40
+        assert summary['frames_in'] == bag.message_count + 1  # stopped at the failure
+        assert f'keeps the {bag.message_count} messages' in error
+        assert len(list(bag.messages())) == bag.message_count

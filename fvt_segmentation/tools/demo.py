@@ -58,7 +58,7 @@ READY_TIMEOUT_S = 120.0
 ANSWER_TIMEOUT_S = 30.0  # per frame: generous for a first inference on a loaded machine
 REPLAY_DEPTH = 5  # publisher and node input alike; one frame is in flight at a time
 OUTCOMES = ('processed', 'dropped', 'stale', 'rejected', 'failed')
-"""The node's counters that together account for every frame it received."""
+"""The node's counters that together account for every frame it received, processed first."""
 MASK_TOPIC = f'/{NODE}/mask'
 
 
@@ -248,14 +248,15 @@ class DemoClient:
             return False
 
     def _answered(self, sent: int) -> bool:
-        """Tell whether the node answered ``sent`` frames: with masks, or counted otherwise."""
+        """Tell whether the node answered ``sent`` frames: a mask, or a counter saying why not.
+
+        A processed frame counts once its mask is here (and in the bag), not by the counter.
+        """
         with self.data.lock:
             masks, diag = self.data.masks, self.data.diagnostics
-        if masks >= sent:
-            return True
         try:
-            return sum(int(diag[f'frames_{k}']) for k in OUTCOMES) >= sent
-        except (KeyError, ValueError):
+            return masks + sum(int(diag.get(f'frames_{k}', 0)) for k in OUTCOMES[1:]) >= sent
+        except ValueError:
             return False
 
     def _wait_answered(self, sent: int, cancelled: Callable[[], bool]) -> None:
