@@ -105,3 +105,8 @@ def test_consumer_gone_stops_that_output_and_nothing_else(ros: RosHarness,
     assert status.level == DiagnosticStatus.OK, status.message
     assert _values(status)['published_mask'] == '3'
     assert len(ros.received['mask']) == 3
+    # A consumer that comes back gets masks again from the next frame.
+    ros.subscribe(f'{NS}/mask', Image, 'mask')
+    ros.wait_matched('mask')
+    camera.publish(image_msg(_pixels(6), 'rgb8', 7))
+    assert ros.wait_count('mask', 4)[-1].header.stamp.nanosec == 7
