@@ -369,3 +369,17 @@ def test_record_command_on_a_full_disk_keeps_what_was_written(tmp_path):
     assert stored == [(4000 + i, frames[i].tobytes()) for i in range(len(stored))]
     assert f'keeps the {len(stored)} messages' in error
     assert _metadata(out)['message_count'] == len(stored)
+
+
+def test_wait_for_reliable_subscribers_ignores_best_effort_ones(tmp_path):
+    bag = write_bag(tmp_path / 'bag', 9, StoragePlugin.SQLITE3)
+    with BagPlayer(bag, topics=['/note']) as player, ros_node('wait_probe') as (node, _):
+        publisher = BagPublisher(node, player)
+        best_effort = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        node.create_subscription(String, '/note', lambda _: None, best_effort)
+        # Matched, but best effort: it may still drop the first message, so it does not count.
+        assert publisher.wait_for_subscribers(1, timeout=10) == []
+        assert publisher.wait_for_subscribers(1, timeout=1, reliable=True) == ['/note']
+        node.create_subscription(String, '/note', lambda _: None, QOS)
+        assert publisher.wait_for_subscribers(1, timeout=10, reliable=True) == []
+        assert publisher.publishers['/note'].get_subscription_count() == 2
