@@ -57,8 +57,9 @@ from fvt_segmentation.tools.dds_profiles import apply_transport_environment
 READY_TIMEOUT_S = 120.0
 ANSWER_TIMEOUT_S = 30.0  # per frame: generous for a first inference on a loaded machine
 REPLAY_DEPTH = 5  # publisher and node input alike; one frame is in flight at a time
-OUTCOMES = ('processed', 'dropped', 'stale', 'rejected', 'failed')
-"""The node's counters that together account for every frame it received, processed first."""
+NOT_PROCESSED = ('dropped', 'stale', 'rejected', 'failed')
+OUTCOMES = ('processed', *NOT_PROCESSED)
+"""The node's counters that together account for every frame it received."""
 MASK_TOPIC = f'/{NODE}/mask'
 
 
@@ -255,7 +256,7 @@ class DemoClient:
         with self.data.lock:
             masks, diag = self.data.masks, self.data.diagnostics
         try:
-            return masks + sum(int(diag.get(f'frames_{k}', 0)) for k in OUTCOMES[1:]) >= sent
+            return masks + sum(int(diag.get(f'frames_{k}', 0)) for k in NOT_PROCESSED) >= sent
         except ValueError:
             return False
 
