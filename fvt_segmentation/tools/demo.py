@@ -148,6 +148,7 @@ class DemoClient:
         self.publisher = BagPublisher(self.node, self.player, reliable=True,
                                       depth=REPLAY_DEPTH)
         self.overlay_failure: str | None = None
+        self.close_failure: str | None = None
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                               reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
@@ -215,7 +216,7 @@ class DemoClient:
     @property
     def failure(self) -> str | None:
         """The first output that could not be written (one line), or None."""
-        return self.recorder.failure or self.overlay_failure
+        return self.recorder.failure or self.overlay_failure or self.close_failure
 
     def wait_ready(self, proc: subprocess.Popen, timeout: float,
                    stop: threading.Event) -> None:
@@ -318,8 +319,12 @@ class DemoClient:
         return sent
 
     def close(self) -> Path:
-        """Finish the mask bag and stop spinning."""
-        bag = self.recorder.close()
+        """Finish the mask bag and stop spinning; a bag that cannot be finished is a failure."""
+        try:
+            bag = self.recorder.close()
+        except OSError as err:  # no room even for the metadata: the error names the folder
+            bag = self.recorder.partial
+            self.close_failure = str(err)
         self.executor.shutdown(timeout_sec=2.0)
         self.spinner.join(timeout=2.0)
         self.player.close()
