@@ -317,3 +317,91 @@ def test_record_command_leaves_nothing_when_the_topic_never_appears(tmp_path):
     assert result.returncode == 1
     assert '/never/published' in result.stderr and '--type' in result.stderr
     assert list(tmp_path.iterdir()) == []  # neither the bag nor its .partial staging folder
+
+
+def _file_size_limit(limit: int):
+    """preexec_fn: files of the child may not grow past ``limit`` bytes, as on a full disk.
+
+    Portable stand-in for a full disk (no root, no mount): a write past RLIMIT_FSIZE fails
+    with EFBIG instead of ENOSPC; SIGXFSZ, which would kill the child instead, is ignored.
+    """
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+FULL_DISK_FRAMES = [np.random.default_rng(i).integers(0, 255, (100, 100, 3), np.uint8)
+                    for i in range(40)]
+
+
+def _record_on_a_full_disk(out: Path, *options: str) -> tuple[int, str]:
+    """Run ``record`` under a 400 kB file size limit while 40 images of 30 kB arrive.
+
+    Returns the exit code and the last line ``record`` printed itself (before it, Fast DDS may
+    say that its shared memory transport does not fit under the limit either and it falls
+    back to UDP).
+    """
+    cmd = [sys.executable, '-m', 'fvt_segmentation.bag.record', '/full/image', '-o', str(out),
+           '--type', '/full/image:=sensor_msgs/msg/Image', *options]
+    with ros_node('record_full_source') as (node, executor):
+        publisher = node.create_publisher(Image, '/full/image', QOS)
+        process = subprocess.Popen(cmd, cwd=REPO, env=_child_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=_file_size_limit(400_000))
+        try:
+            assert spin_until(executor, lambda: publisher.get_subscription_count() == 1, 30)
+            for i, pixels in enumerate(FULL_DISK_FRAMES):
+                msg = Image(height=100, width=100, encoding='rgb8', step=300,
+                            data=pixels.tobytes())
+                msg.header.stamp.sec = 4000 + i
+                publisher.publish(msg)  # reliable, keep all: each arrives, in order
+            output = process.communicate(timeout=30)[0]
+        finally:
+            if process.poll() is None:
+                process.kill()
+    return process.returncode, [line for line in output.splitlines()
+                                if line.startswith('[record]')][-1]
+
+
+def test_record_command_on_a_full_disk_keeps_what_was_written(tmp_path):
+    out = tmp_path / 'full'
+    code, error = _record_on_a_full_disk(out)
+    assert code == 1, error
+    assert 'expected to write message' in error and 'disk full?' in error, error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['full']  # no .partial left behind
+    stored = [(m.header.stamp.sec, bytes(m.data)) for _, m in _read_bag(out)['/full/image']]
+    # Every message up to the failure, in order, none after it; the metadata agrees.
+    assert 3 <= len(stored) < len(FULL_DISK_FRAMES)
+    assert stored == [(4000 + i, FULL_DISK_FRAMES[i].tobytes()) for i in range(len(stored))]
+    assert f'keeps the {len(stored)} messages' in error
+    assert _metadata(out)['message_count'] == len(stored)
+
+
+def test_record_command_on_a_full_disk_names_an_unfinished_mcap_bag(tmp_path):
+    # MCAP writes in chunks: the failure shows when the bag is finished, and what was written
+    # stays where the error says, never deleted.
+    out = tmp_path / 'full'
+    code, error = _record_on_a_full_disk(out, '--storage', 'mcap')
+    assert code == 1, error
+    partial = tmp_path / 'full.partial'
+    assert 'expected to finish the bag' in error and str(partial) in error, error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['full.partial']
+    assert (partial / 'full' / 'full.mcap').stat().st_size > 300_000
+
+
+def test_wait_for_reliable_subscribers_ignores_best_effort_ones(tmp_path):
+    bag = write_bag(tmp_path / 'bag', 9, StoragePlugin.SQLITE3)
+    with BagPlayer(bag, topics=['/note']) as player, ros_node('wait_probe') as (node, _):
+        publisher = BagPublisher(node, player)
+        best_effort = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        node.create_subscription(String, '/note', lambda _: None, best_effort)
+        # Matched, but best effort: it may still drop the first message, so it does not count.
+        assert publisher.wait_for_subscribers(1, timeout=10) == []
+        assert publisher.wait_for_subscribers(1, timeout=1, reliable=True) == ['/note']
+        node.create_subscription(String, '/note', lambda _: None, QOS)
+        assert publisher.wait_for_subscribers(1, timeout=10, reliable=True) == []
+        assert publisher.publishers['/note'].get_subscription_count() == 2

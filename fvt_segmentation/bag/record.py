@@ -2,7 +2,9 @@
 
 Messages are stored as received (serialised CDR, no re-encoding), stamped with the receive
 time like ``ros2 bag record``. The bag is written under ``OUT.partial/`` and moved to ``OUT``
-once closed, so ``OUT`` always is a complete bag. By default the metadata is version 5, the
+once closed, so ``OUT`` always is a complete bag. Each sqlite3 message is committed as it is
+written: when the disk fills up, recording stops with one error line and exit code 1 and the
+bag is finished with every message written before. By default the metadata is version 5, the
 format Humble records, which Humble, Jazzy, Kilted and rosbags all read. :class:`BagRecorder`
 is the library side, for recording from a node of one's own.
 """
@@ -16,6 +18,7 @@ import logging
 from pathlib import Path
 import shutil
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -35,6 +38,8 @@ from fvt_segmentation.bag.rosbag_io import (
 from fvt_segmentation.core.ros_args import split_ros_args
 
 LOG = logging.getLogger('record')
+STORAGE_ERRORS = (OSError, sqlite3.Error)
+"""What a full disk (ENOSPC) or a file size limit (EFBIG) raises from the bag writer."""
 STORAGES = {'sqlite3': StoragePlugin.SQLITE3, 'mcap': StoragePlugin.MCAP}
 BAG_VERSIONS = (HUMBLE_BAG_VERSION, *WRITER_VERSIONS)
 
@@ -50,7 +55,9 @@ class BagRecorder:
     records, 9 what Kilted records. Call :meth:`close` (or use as a context manager) to
     finish the bag; until then it lies in ``<output>.partial``. Thread-safe: callbacks may
     run in any executor. Every call into the bag writer runs on one dedicated thread, since
-    the sqlite3 storage may only be used from the thread that opened it.
+    the sqlite3 storage may only be used from the thread that opened it. When a write fails
+    (disk full), :attr:`failure` says so, nothing more is written and :meth:`close` still
+    finishes the bag with the messages written before.
     """
 
     def __init__(self, node: Any, output: str | Path, storage: str = 'sqlite3',
@@ -73,6 +80,8 @@ class BagRecorder:
         self.partial.mkdir(parents=True)
         self.bag_version = bag_version
         self.on_message = on_message
+        self.failure: str | None = None
+        """Why writing stopped (one line), or None while every write succeeded."""
         self.counts: dict[str, int] = {}
         self.types: dict[str, str] = {}
         self._typestore = get_typestore(Stores.LATEST)
@@ -83,8 +92,15 @@ class BagRecorder:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix='bag-writer')
         self._writer = Writer(self.partial / self.output.name, version=writer_version,
                               storage_plugin=STORAGES[storage])
-        self._on_io(self._writer.open)
+        self._on_io(self._open_writer, storage)
         self._closed = False
+
+    def _open_writer(self, storage: str) -> None:
+        self._writer.open()
+        if storage == 'sqlite3':
+            # rosbags keeps the whole bag in one transaction, committed at close: a full disk
+            # would lose every message. Autocommit stores each message as it is written.
+            self._writer.storage.conn.isolation_level = None
 
     def _on_io(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self._io.submit(function, *args, **kwargs).result()
@@ -166,7 +182,7 @@ class BagRecorder:
         self._connections[topic] = self._connect(topic, msgtype, [])
 
     def write(self, topic: str, message: Any) -> bool:
-        """Write a message of a :meth:`declare_topic` topic; False once the bag is closed."""
+        """Write a message of a :meth:`declare_topic` topic; False once closed or failed."""
         from rclpy.serialization import serialize_message
 
         return self._write(_absolute(topic), self._connections[_absolute(topic)],
@@ -192,9 +208,18 @@ class BagRecorder:
     def _write(self, topic: str, connection: Any, data: bytes) -> bool:
         stamp = self.node.get_clock().now().nanoseconds
         with self._lock:
-            if self._closed:
+            if self._closed or self.failure is not None:
                 return False
-            self._on_io(self._writer.write, connection, stamp, data)
+            try:
+                self._on_io(self._writer.write, connection, stamp, data)
+            except STORAGE_ERRORS as err:
+                written = sum(self.counts.values())
+                self.failure = (
+                    f'{self.output}: expected to write message {self.counts[topic] + 1} of '
+                    f'{topic} ({len(data)} bytes), the storage refused: '
+                    f'{type(err).__name__}: {err} (disk full?); recording stopped, the bag '
+                    f'keeps the {written} messages written before')
+                return False
             self.counts[topic] += 1
             total = sum(self.counts.values())
         if self.on_message is not None:
@@ -210,16 +235,27 @@ class BagRecorder:
         for subscription in self._subscriptions:
             self.node.destroy_subscription(subscription)
         self._subscriptions.clear()
-        self._on_io(end_writer)
-        self._io.shutdown()
+        try:
+            self._on_io(end_writer)
+        finally:
+            self._io.shutdown()
         return True
 
     def close(self) -> Path:
-        """Stop recording, finish the bag and move it to ``output``; returns ``output``."""
-        if self._stop(self._writer.close):
-            finish_bag(self.partial / self.output.name, self.output,
-                       humble=self.bag_version == HUMBLE_BAG_VERSION)
-            self.partial.rmdir()
+        """Stop recording, finish the bag and move it to ``output``; returns ``output``.
+
+        Raises OSError naming the staging folder, which is then kept, when the bag cannot be
+        finished (no room left even for its metadata).
+        """
+        try:
+            if self._stop(self._writer.close):
+                finish_bag(self.partial / self.output.name, self.output,
+                           humble=self.bag_version == HUMBLE_BAG_VERSION)
+                self.partial.rmdir()
+        except STORAGE_ERRORS as err:
+            raise OSError(f'{self.output}: expected to finish the bag, got '
+                          f'{type(err).__name__}: {err}; the messages written so far stay in '
+                          f'{self.partial}') from err
         return self.output
 
     def abort(self) -> None:
@@ -282,7 +318,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``record``; Ctrl-C or SIGTERM ends it with a complete bag.
 
-    Exit codes: 0 bag written, 1 bad options or topic.
+    Exit codes: 0 bag written, 1 bad options or topic, or writing failed (disk full: the
+    bag then holds what was written before, or the error names the folder that does).
     """
     import rclpy
     from rclpy.node import Node
@@ -320,11 +357,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.info('writing %s (%s, bag version %d)', args.output, args.storage,
                  args.bag_version)
         deadline = None if args.duration is None else time.monotonic() + args.duration
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        while not stop.is_set() and recorder.failure is None and (
+                deadline is None or time.monotonic() < deadline):
             rclpy.spin_once(node, timeout_sec=0.1)
-        if args.count is None:
+        if args.count is None and recorder.failure is None:
             _drain(node, recorder)
         path = recorder.close()
+        if recorder.failure is not None:
+            LOG.error('%s', recorder.failure)
+            return 1
         LOG.info('wrote %s: %s', path,
                  ', '.join(f'{t} {n} messages' for t, n in recorder.counts.items()))
         return 0

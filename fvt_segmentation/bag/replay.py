@@ -202,6 +202,7 @@ class BagPublisher:
         reliability = (ReliabilityPolicy.RELIABLE if reliable
                        else ReliabilityPolicy.BEST_EFFORT)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability)
+        self.node = node
         self.publishers: dict[str, Any] = {}
         for bag_topic in player.types:
             out = player.remap.get(bag_topic, bag_topic)
@@ -209,11 +210,17 @@ class BagPublisher:
                 self.publishers[out] = node.create_publisher(
                     player.classes[bag_topic], out, qos)
 
-    def wait_for_subscribers(self, count: int, timeout: float) -> list[str]:
-        """Wait until each topic has ``count`` subscribers; return the topics still missing."""
+    def wait_for_subscribers(self, count: int, timeout: float,
+                             reliable: bool = False) -> list[str]:
+        """Wait until each topic has ``count`` subscribers; return the topics still missing.
+
+        With ``reliable`` only matched reliable subscriptions count (see
+        :func:`fvt_segmentation.bag.subscribers.wait_for_subscribers`).
+        """
         from fvt_segmentation.bag.subscribers import wait_for_subscribers
 
-        return wait_for_subscribers(self.publishers.values(), count, timeout)
+        return wait_for_subscribers(self.node, self.publishers.values(), count, timeout,
+                                    reliable=reliable)
 
     def publish(self, item: BagMessage) -> None:
         """Publish one message on its output topic, unchanged."""

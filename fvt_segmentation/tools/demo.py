@@ -5,11 +5,19 @@ profiles), replays the recording's camera topic into it, and collects what comes
 overlay frames (PNG files and an animated GIF), the mask topic recorded to a rosbag2 bag, and
 a summary (frames in and out, drops, end-to-end latency, mIoU of the node's masks against the
 recording's ground truth). Ctrl-C stops everything and keeps what was written.
+
+An evaluation must see every frame: the replay and the node's input are reliable, the first
+frame goes out once the model is loaded and the node's subscription matched, and each frame
+waits until the node answered the one before (at the recorded pace while the node keeps up,
+slower when it does not), so its newest-frame-only input never replaces one. A frame without a
+mask all the same, or a write that fails (disk full), ends the demo with one error line and
+exit code 1, keeping what was written.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 import json
 import os
@@ -47,6 +55,11 @@ from fvt_segmentation.node.segmentation_node import NODE_NAME as NODE
 from fvt_segmentation.tools.dds_profiles import apply_transport_environment
 
 READY_TIMEOUT_S = 120.0
+ANSWER_TIMEOUT_S = 30.0  # per frame: generous for a first inference on a loaded machine
+REPLAY_DEPTH = 5  # publisher and node input alike; one frame is in flight at a time
+NOT_PROCESSED = ('dropped', 'stale', 'rejected', 'failed')
+OUTCOMES = ('processed', *NOT_PROCESSED)
+"""The node's counters that together account for every frame it received."""
 MASK_TOPIC = f'/{NODE}/mask'
 
 
@@ -90,7 +103,8 @@ def _node_command(model: Path, providers: list[str]) -> list[str]:
     provider_list = '[' + ','.join(providers) + ']'
     return [sys.executable, '-m', 'fvt_segmentation.node.segmentation_node', '--ros-args',
             '-r', f'__node:={NODE}', '-r', f'image:={CAMERA_BASE_TOPIC}',
-            '-p', 'input_transport:=compressed', '-p', f'model_path:={model}',
+            '-p', 'input_transport:=compressed', '-p', 'input_reliability:=reliable',
+            '-p', f'input_depth:={REPLAY_DEPTH}', '-p', f'model_path:={model}',
             '-p', f'providers:={provider_list}', '-p', 'mask_resolution:=input']
 
 
@@ -131,7 +145,10 @@ class DemoClient:
         (out / 'overlays').mkdir(parents=True, exist_ok=True)
         self.node = rclpy.create_node('fvt_demo')
         self.player = BagPlayer(bag, topics=[CAMERA_TOPIC], rate=rate)
-        self.publisher = BagPublisher(self.node, self.player, reliable=True, depth=5)
+        self.publisher = BagPublisher(self.node, self.player, reliable=True,
+                                      depth=REPLAY_DEPTH)
+        self.overlay_failure: str | None = None
+        self.close_failure: str | None = None
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                               reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
@@ -178,7 +195,10 @@ class DemoClient:
         with self.data.lock:
             index = self.data.overlays
             self.data.overlays += 1
-        cv2.imwrite(str(self.out / 'overlays' / f'frame_{index:04d}.png'), bgr)
+        path = self.out / 'overlays' / f'frame_{index:04d}.png'
+        if not cv2.imwrite(str(path), bgr):  # False, not an exception, on a full disk
+            self.overlay_failure = self.overlay_failure or (
+                f'{path}: expected to write the overlay PNG, cv2.imwrite failed (disk full?)')
 
     def _on_categories(self, msg: Any) -> None:
         doc = json.loads(msg.data)
@@ -193,6 +213,11 @@ class DemoClient:
                     self.data.diagnostics_at = time.monotonic()
 
     # --- main thread -----------------------------------------------------------------------
+    @property
+    def failure(self) -> str | None:
+        """The first output that could not be written (one line), or None."""
+        return self.recorder.failure or self.overlay_failure or self.close_failure
+
     def wait_ready(self, proc: subprocess.Popen, timeout: float,
                    stop: threading.Event) -> None:
         """Wait until the node is up (categories received, subscriptions matched) or stop."""
@@ -204,10 +229,12 @@ class DemoClient:
                 raise RuntimeError(f'the node exited with code {proc.returncode} at startup')
             with self.data.lock:
                 have_categories = self.data.categories is not None
-            if have_categories and not self.publisher.wait_for_subscribers(1, 0.2):
+            if have_categories and not self.publisher.wait_for_subscribers(1, 0.2,
+                                                                           reliable=True):
                 return
             time.sleep(0.1)
-        raise RuntimeError(f'the node was not ready within {timeout:g} s')
+        raise RuntimeError(f'the node was not ready within {timeout:g} s (expected its '
+                           f'categories and a reliable subscription on {CAMERA_TOPIC})')
 
     def _node_settled(self, since: float) -> bool:
         """Tell whether diagnostics newer than ``since`` account for every frame and mask."""
@@ -217,11 +244,41 @@ class DemoClient:
             diag, masks = self.data.diagnostics, self.data.masks
         try:
             received = int(diag['frames_received'])
-            done = sum(int(diag[f'frames_{k}']) for k in
-                       ('processed', 'dropped', 'stale', 'rejected', 'failed'))
+            done = sum(int(diag[f'frames_{k}']) for k in OUTCOMES)
             return received == done and masks == int(diag['frames_processed'])
         except (KeyError, ValueError):
             return False
+
+    def _answered(self, sent: int) -> bool:
+        """Tell whether the node answered ``sent`` frames: a mask, or a counter saying why not.
+
+        A processed frame counts once its mask is here (and in the bag), not by the counter.
+        """
+        with self.data.lock:
+            masks, diag = self.data.masks, self.data.diagnostics
+        try:
+            return masks + sum(int(diag.get(f'frames_{k}', 0)) for k in NOT_PROCESSED) >= sent
+        except ValueError:
+            return False
+
+    def _wait_answered(self, sent: int, cancelled: Callable[[], bool]) -> None:
+        """Wait until the node answered ``sent`` frames, an output failed or ``cancelled()``.
+
+        A frame that never reached the node ends the wait too, once a status sent a second
+        after the last frame shows the node idle (the summary then counts it as lost).
+        Raises RuntimeError when the node leaves a frame unanswered for ANSWER_TIMEOUT_S.
+        """
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        with self.data.lock:
+            idle_after = max(self.data.published_at.values(), default=0.0) + 1.0
+        while not self._answered(sent) and not self._node_settled(idle_after):
+            if cancelled() or self.failure is not None:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f'expected the node to answer frame {sent} of the replay (a mask, or a '
+                    f'counter saying why not) within {ANSWER_TIMEOUT_S:g} s; it did not')
+            time.sleep(0.005)
 
     def play(self, stop: threading.Event) -> int:
         """Replay the camera topic; returns the number of frames published."""
@@ -233,6 +290,11 @@ class DemoClient:
 
         def publish(item: Any) -> None:
             nonlocal sent
+            self._wait_answered(sent, stop.is_set)
+            if self.failure is not None:
+                stop.set()
+            if stop.is_set():
+                return
             with self.data.lock:
                 self.data.published_at[stamp_ns(item.message.header)] = time.monotonic()
             self.publisher.publish(item)
@@ -244,13 +306,7 @@ class DemoClient:
 
         try:
             self.player.play(publish, stop=stop)
-            # Let the last frames come back (bounded wait; over as soon as the node's counters
-            # show that the missing ones never reached it or were dropped).
-            last_sent = time.monotonic()
-            deadline = last_sent + 10.0
-            while self.data.masks < sent and time.monotonic() < deadline and not (
-                    stop.is_set() and sent < total) and not self._node_settled(last_sent + 1.0):
-                time.sleep(0.05)
+            self._wait_answered(sent, lambda: stop.is_set() and sent < total)
             bar.set_postfix(masks=self.data.masks)
             # The node's counters arrive about once a second: wait for a fresh set that counts
             # every mask received (a status sent while the last mask was being published shows
@@ -263,8 +319,12 @@ class DemoClient:
         return sent
 
     def close(self) -> Path:
-        """Finish the mask bag and stop spinning."""
-        bag = self.recorder.close()
+        """Finish the mask bag and stop spinning; a bag that cannot be finished is a failure."""
+        try:
+            bag = self.recorder.close()
+        except OSError as err:  # no room even for the metadata: the error names the folder
+            bag = self.recorder.partial
+            self.close_failure = str(err)
         self.executor.shutdown(timeout_sec=2.0)
         self.spinner.join(timeout=2.0)
         self.player.close()
@@ -281,8 +341,7 @@ def summary_lines(data: Collected, sent: int, model: Path, bag: Path) -> tuple[l
     scores = (summarize(data.confusion, data.categories or [str(i) for i in
                                                            range(len(data.confusion))])
               if data.confusion is not None else None)
-    node_counts = {k: data.diagnostics.get(f'frames_{k}') for k in
-                   ('received', 'processed', 'dropped', 'stale', 'rejected', 'failed')}
+    node_counts = {k: data.diagnostics.get(f'frames_{k}') for k in ('received', *OUTCOMES)}
     figures = {
         'recording': str(bag), 'model': str(model),
         'provider': data.diagnostics.get('provider'),
@@ -380,18 +439,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     frames = sorted((args.out / 'overlays').glob('frame_*.png'))
     gif = args.out / 'overlay.gif'
-    if not args.no_gif and _write_gif(frames, gif, args.rate):
-        print(f'wrote {gif} ({len(frames)} frames)')
     lines, figures = summary_lines(client.data, sent, model, bag)
     recorded = client.recorder.message_count
     figures.update({'mask_bag': str(bag_out), 'masks_recorded': recorded,
                     'overlays': str(args.out / 'overlays'),
                     'node_exit_code': code, 'interrupted': interrupted.is_set()})
-    (args.out / 'summary.json').write_text(json.dumps(figures, indent=1) + '\n')
+    failure = client.failure
+    try:
+        if not args.no_gif and _write_gif(frames, gif, args.rate):
+            print(f'wrote {gif} ({len(frames)} frames)')
+        (args.out / 'summary.json').write_text(json.dumps(figures, indent=1) + '\n')
+    except OSError as err:
+        failure = failure or f'expected to write the GIF and summary.json, got {err} (disk full?)'
     print('\n'.join(['', '== summary', *lines,
                      f'outputs     {args.out}/overlays/*.png, {gif.name}, masks_bag/ '
                      f'(rosbag2, {recorded} masks), summary.json, node.log']))
-    return 130 if interrupted.is_set() else 0
+    if failure is not None:
+        print(f'error: {failure}', file=sys.stderr)
+        return 1
+    if interrupted.is_set():
+        return 130
+    if client.data.masks < sent:
+        print(f'error: {sent - client.data.masks} of {sent} frames got no mask (node counters: '
+              + ', '.join(f'{k} {v}' for k, v in figures['node_counters'].items())
+              + f'); expected one mask per frame; node log {log_path}', file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == '__main__':

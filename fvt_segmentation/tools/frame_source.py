@@ -101,7 +101,7 @@ class FramePublisher:
         See :func:`fvt_segmentation.bag.subscribers.wait_for_subscribers`. Returns False
         when they did not all match within ``timeout`` seconds.
         """
-        return not wait_for_subscribers([self.publisher], count, timeout, settle)
+        return not wait_for_subscribers(self.node, [self.publisher], count, timeout, settle)
 
     def publish_frames(self, frames: Iterable[np.ndarray], rate_hz: float,
                        encoding: str | None = None, frame_id: str = 'camera',
