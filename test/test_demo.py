@@ -36,6 +36,7 @@ def test_demo_on_a_few_frames_writes_everything_it_promises(tmp_path):
     assert 0 <= summary['metrics']['miou'] <= 1
     assert summary['metrics']['pixels'] == masks * 480 * 360
     assert summary['provider'] == 'CPUExecutionProvider'
+    assert summary['model'] == str(model) and summary['model_precision'] == 'file'
     assert len(list((out / 'overlays').glob('frame_*.png'))) == masks
     assert (out / 'overlay.gif').stat().st_size > 0
     with Reader(out / 'masks_bag') as bag:

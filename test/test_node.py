@@ -451,7 +451,7 @@ def test_default_providers_say_why_the_gpu_is_not_used(ros: RosHarness, model: P
         f'TensorrtExecutionProvider: its library does not load: {MISSING[TENSORRT]}; '
         f'CUDAExecutionProvider: its library does not load: {MISSING[CUDA]}')
     assert status['precision'] == 'fp32' and status['trt_engine'] == 'none'
-    assert status['intra_op_threads'] == 'default (spinning)'
+    assert status['intra_op_threads'] == 'default (no spinning)'
 
 
 def test_an_fp16_parity_failure_is_an_error_once_then_a_warning(

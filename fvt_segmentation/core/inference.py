@@ -661,7 +661,7 @@ def check_model_file(model_path: str | os.PathLike, providers: Sequence[str]) ->
 def load_segmenter(model_path: str | os.PathLike, providers: Sequence[str] = DEFAULT_PROVIDERS,
                    require_gpu: bool = False, intra_op_threads: int = 0,
                    trt_cache_dir: str | os.PathLike | None = None,
-                   intra_op_spinning: bool = True, trt_fp16: bool = True,
+                   intra_op_spinning: bool = False, trt_fp16: bool = True,
                    parity_frames: Callable[[], Sequence[np.ndarray]] | None = None,
                    progress: Progress | None = None,
                    layer: ProviderLayer = ORT_LAYER) -> Segmenter:

@@ -67,10 +67,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   'ONNX Runtime CPU threads; 0 = ONNX Runtime default on the CPU, 2 sleeping '
                   'threads with a GPU provider; > 0 = exactly this many (with '
                   'intra_op_spinning as set)', limits=(0, 256)),
-    ParameterSpec('intra_op_spinning', True,
-                  'ONNX Runtime CPU threads spin between runs (a little faster); false = they '
-                  'sleep and leave the cores to the rest of the machine. With a GPU provider '
-                  'only used when intra_op_threads > 0'),
+    ParameterSpec('intra_op_spinning', False,
+                  'ONNX Runtime CPU threads spin between runs: a little less latency, but on a '
+                  'shared CPU the spinning takes the cores the camera driver and the ROS '
+                  'middleware need (at 30 Hz on 2 cores it doubled the CPU time per frame); '
+                  'false (default) = they sleep. With a GPU provider only used when '
+                  'intra_op_threads > 0'),
     ParameterSpec('trt_cache_dir', '',
                   'folder for TensorRT engines (one subfolder per model SHA-256, precision and '
                   "input shape); '' = $ROS_HOME/fvt_segmentation/trt (~/.ros/...)"),

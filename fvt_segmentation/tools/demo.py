@@ -50,7 +50,7 @@ from fvt_segmentation.bag.record import BagRecorder
 from fvt_segmentation.bag.replay import BagPlayer, BagPublisher
 from fvt_segmentation.core.conversions import stamp_ns
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
-from fvt_segmentation.core.resources import resolve_model_path
+from fvt_segmentation.core.model_choice import PRECISIONS, choose_model
 from fvt_segmentation.node.segmentation_node import NODE_NAME as NODE
 from fvt_segmentation.tools.dds_profiles import apply_transport_environment
 
@@ -86,7 +86,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--bag', type=Path, default=None,
                         help='rosbag2 recording with camera frames on '
                         f'{CAMERA_TOPIC} (default: the bundled one)')
-    parser.add_argument('--model', default='', help='ONNX model (default: models/default.onnx)')
+    parser.add_argument('--model', default='',
+                        help='ONNX model, run as it is (default: the shipped model, its file '
+                             'chosen by --precision)')
+    parser.add_argument('--precision', default='auto', choices=PRECISIONS,
+                        help="the node's precision parameter: which shipped file runs "
+                             '(default: %(default)s: int8 on the CPU, float32 on a GPU)')
     parser.add_argument('--out', type=Path, default=Path('output/demo'),
                         help='output folder (default: %(default)s)')
     parser.add_argument('--rate', type=float, default=5.0,
@@ -99,13 +104,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _node_command(model: Path, providers: list[str]) -> list[str]:
+def _node_command(model: str, precision: str, providers: list[str]) -> list[str]:
     provider_list = '[' + ','.join(providers) + ']'
-    return [sys.executable, '-m', 'fvt_segmentation.node.segmentation_node', '--ros-args',
-            '-r', f'__node:={NODE}', '-r', f'image:={CAMERA_BASE_TOPIC}',
-            '-p', 'input_transport:=compressed', '-p', 'input_reliability:=reliable',
-            '-p', f'input_depth:={REPLAY_DEPTH}', '-p', f'model_path:={model}',
-            '-p', f'providers:={provider_list}', '-p', 'mask_resolution:=input']
+    command = [sys.executable, '-m', 'fvt_segmentation.node.segmentation_node', '--ros-args',
+               '-r', f'__node:={NODE}', '-r', f'image:={CAMERA_BASE_TOPIC}',
+               '-p', 'input_transport:=compressed', '-p', 'input_reliability:=reliable',
+               '-p', f'input_depth:={REPLAY_DEPTH}', '-p', f'precision:={precision}',
+               '-p', f'providers:={provider_list}', '-p', 'mask_resolution:=input']
+    return command + (['-p', f'model_path:={model}'] if model else [])
 
 
 def _stop_node(proc: subprocess.Popen) -> int:
@@ -335,7 +341,7 @@ class DemoClient:
         return bag
 
 
-def summary_lines(data: Collected, sent: int, model: Path, bag: Path) -> tuple[list[str], dict]:
+def summary_lines(data: Collected, sent: int, bag: Path) -> tuple[list[str], dict]:
     """Return the printed summary and the same figures as a JSON-ready dict."""
     lat = np.asarray(data.latencies_ms)
     scores = (summarize(data.confusion, data.categories or [str(i) for i in
@@ -343,7 +349,8 @@ def summary_lines(data: Collected, sent: int, model: Path, bag: Path) -> tuple[l
               if data.confusion is not None else None)
     node_counts = {k: data.diagnostics.get(f'frames_{k}') for k in ('received', *OUTCOMES)}
     figures = {
-        'recording': str(bag), 'model': str(model),
+        'recording': str(bag), 'model': data.diagnostics.get('model_file'),
+        'model_precision': data.diagnostics.get('model_precision'),
         'provider': data.diagnostics.get('provider'),
         'frames_in': sent, 'masks_out': data.masks, 'overlays_out': data.overlays,
         'lost_or_dropped': sent - data.masks,
@@ -354,7 +361,8 @@ def summary_lines(data: Collected, sent: int, model: Path, bag: Path) -> tuple[l
     }
     lines = [
         f'recording   {bag}',
-        f'model       {model} (provider {figures["provider"]})',
+        f'model       {figures["model"]} ({figures["model_precision"]}, provider '
+        f'{figures["provider"]})',
         f'frames in   {sent}    masks out {data.masks}    overlays out {data.overlays}    '
         f'dropped/lost {sent - data.masks}',
         'node        ' + '  '.join(f'{k} {v}' for k, v in node_counts.items() if v is not None),
@@ -377,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     added = apply_transport_environment()
     bag = args.bag or default_recording()
-    model = resolve_model_path(args.model)
+    model = choose_model(args.model, args.precision, gpu_may_run=False).path
     for what, path in (('recording', bag), ('model', model)):
         if not path.exists():
             print(f'error: {what} {path} not found', file=sys.stderr)
@@ -394,13 +402,15 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         shutil.rmtree(args.out / 'masks_bag')
-    print(f'recording {bag}\nmodel     {model}\noutput    {args.out}\n'
+    shown = args.model or f'the shipped one, precision {args.precision}'
+    print(f'recording {bag}\nmodel     {shown}\noutput    {args.out}\n'
           f'transport {", ".join(f"{k}={v}" for k, v in added.items()) or "as already set"}')
 
     log_path = args.out / 'node.log'
     with open(log_path, 'w') as log:
-        proc = subprocess.Popen(_node_command(model, args.providers.split(',')), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        command = _node_command(args.model, args.precision, args.providers.split(','))
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     # Ctrl-C is ours to handle: rclpy's own handler would shut the context down under the
     # spinning executor thread (a traceback from that thread) before the cleanup below runs.
     # And it only asks to stop: the loops below look at `stop` between steps, so no lock,
@@ -439,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     frames = sorted((args.out / 'overlays').glob('frame_*.png'))
     gif = args.out / 'overlay.gif'
-    lines, figures = summary_lines(client.data, sent, model, bag)
+    lines, figures = summary_lines(client.data, sent, bag)
     recorded = client.recorder.message_count
     figures.update({'mask_bag': str(bag_out), 'masks_recorded': recorded,
                     'overlays': str(args.out / 'overlays'),
