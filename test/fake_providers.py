@@ -34,6 +34,9 @@ BUILD_FAILURE = (
     '[ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP failed to create engine from network '
     'for fused node: TensorrtExecutionProvider_TRTKernel_graph_tiny_segmenter_1_0_0')
 """What the TensorRT provider raises when its engine build fails."""
+UNREADABLE_ENGINE = ('[ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP could not deserialize '
+                     'engine from cache: {path}')
+"""What the TensorRT provider raises when a cached engine file is corrupt."""
 MISSING = {
     TENSORRT: 'libnvinfer.so.10: cannot open shared object file: No such file or directory',
     CUDA: 'libcublasLt.so.13: cannot open shared object file: No such file or directory'}
@@ -103,7 +106,10 @@ class FakeGpu:
         return FakeGpuSession(inner, providers, precision, self)
 
     def _engine(self, folder: Path, precision: str) -> None:
-        if any(folder.glob('*.engine')):
+        cached = list(folder.glob('*.engine'))
+        if cached:
+            if not cached[0].read_bytes().startswith(b'fake '):
+                raise EPFail(UNREADABLE_ENGINE.format(path=cached[0]))
             return
         self.building.set()
         if self.build_gate is not None:

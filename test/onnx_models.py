@@ -37,7 +37,8 @@ def build_model(path: Path, size: tuple[int, int] = (32, 64), layout: str = 'NHW
                 contract: ModelContract | None = None,
                 metadata: dict[str, str] | None = None, drop_keys: tuple[str, ...] = (),
                 slow_repeats: int = 0, dynamic_batch: bool = True,
-                opset: int = 17, fails_at_run: bool = False) -> Path:
+                opset: int = 17, fails_at_run: bool = False,
+                fails_on_bright: bool = False) -> Path:
     """Write a tiny segmentation model to ``path`` and return ``path``.
 
     ``metadata`` entries override the contract's; ``drop_keys`` removes keys (for contract
@@ -46,6 +47,8 @@ def build_model(path: Path, size: tuple[int, int] = (32, 64), layout: str = 'NHW
     without changing the scores (ONNX Runtime cannot fold it away: it depends on the input).
     ``fails_at_run`` adds a Gather of the input with an index past its width: the file loads
     and follows the contract, and every run fails (as a car's GPU that cannot allocate).
+    ``fails_on_bright`` gathers at ``100 * max(normalised pixel)`` instead: the black warm-up
+    frame passes (index 0), a bright frame fails (with the default normalisation).
     """
     contract = contract or ModelContract(layout=layout, output=output,
                                          normalization=Normalization())
@@ -94,6 +97,19 @@ def build_model(path: Path, size: tuple[int, int] = (32, 64), layout: str = 'NHW
             helper.make_node('Add', [scores, 'gathered_zero'], ['scores_gathered']),
         ]
         scores = 'scores_gathered'
+    if fails_on_bright:
+        inits += [numpy_helper.from_array(np.array(100.0, np.float32), 'HUNDRED'),
+                  numpy_helper.from_array(np.zeros(1, np.float32), 'NOTHING_BRIGHT')]
+        nodes += [
+            helper.make_node('ReduceMax', ['image'], ['brightest'], keepdims=0),
+            helper.make_node('Mul', ['brightest', 'HUNDRED'], ['index_float']),
+            helper.make_node('Cast', ['index_float'], ['index'], to=TensorProto.INT64),
+            helper.make_node('Gather', ['image', 'index'], ['bright_gathered'], axis=2),
+            helper.make_node('ReduceMean', ['bright_gathered'], ['bright_mean'], keepdims=0),
+            helper.make_node('Mul', ['bright_mean', 'NOTHING_BRIGHT'], ['bright_zero']),
+            helper.make_node('Add', [scores, 'bright_zero'], ['scores_bright']),
+        ]
+        scores = 'scores_bright'
     if contract.output == 'probabilities':
         nodes.append(helper.make_node('Softmax', [scores], ['probs'], axis=-1))
         scores = 'probs'

@@ -110,3 +110,26 @@ def test_consumer_gone_stops_that_output_and_nothing_else(ros: RosHarness,
     ros.wait_matched('mask')
     camera.publish(image_msg(_pixels(6), 'rgb8', 7))
     assert ros.wait_count('mask', 4)[-1].header.stamp.nanosec == 7
+
+
+def test_every_frame_failing_in_the_model_is_an_error_and_the_node_stays_up(
+        ros: RosHarness, tmp_path: Path) -> None:
+    """A model that passed its warm-up but fails on real frames: ERROR naming the error."""
+    model = build_model(tmp_path / 'bright.onnx', size=(32, 64), fails_on_bright=True)
+    ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
+    ros.subscribe(f'{NS}/mask', Image, 'mask')
+    node = ros.start_node(model, diagnostics_period=0.2, stale_timeout=600.0)
+    ros.wait_matched('mask')
+    camera = ros.publisher('/image')
+    bright = np.full((32, 64, 3), 255, np.uint8)
+    for i in range(5):
+        camera.publish(image_msg(bright, 'rgb8', i + 1))
+    ros.wait_for(lambda: node.counters.snapshot()['failed'] >= 1, 'a failed frame')
+    status = _wait_status(ros, lambda s: s.level == DiagnosticStatus.ERROR, 'an ERROR')
+    assert status.message.startswith('every frame fails (')
+    assert 'Gather' in status.message and 'out of data bounds' in status.message
+    assert ros.received['mask'] == []
+    camera.publish(image_msg(np.zeros((32, 64, 3), np.uint8), 'rgb8', 99))
+    [mask] = ros.wait_count('mask', 1)  # still up: a frame the model can run is served
+    assert mask.header.stamp.nanosec == 99
+    _wait_status(ros, lambda s: s.level == DiagnosticStatus.OK, 'OK again')

@@ -189,3 +189,22 @@ def test_a_slow_engine_build_is_announced_before_it_starts(tiny_model, tmp_path)
         gpu.build_gate.set()
         loader.join(30)
     assert loaded[0].precision == 'fp16' and loaded[0].engine_cached is False
+
+
+def test_a_corrupt_cached_engine_is_set_aside_and_built_again(tiny_model, tmp_path):
+    gpu, frames = FakeGpu(), ParityFrames()
+    first = load(tiny_model, gpu, tmp_path / 'trt', parity_frames=frames)
+    folder = first.engine_dir
+    (folder / ENGINE).write_bytes(b'\x00' * 64)  # a truncated or overwritten engine file
+    lines: list[str] = []
+    again = load(tiny_model, gpu, tmp_path / 'trt', parity_frames=frames, progress=lines.append)
+    assert again.active_provider == TENSORRT and again.fallback_reason == ''
+    assert gpu.built == ['fp16', 'fp16'] and again.engine_cached is False
+    [aside] = [p for p in (tmp_path / 'trt').iterdir() if p.name.startswith(
+        f'{folder.name}.unusable-')]
+    assert (aside / ENGINE).read_bytes() == b'\x00' * 64  # kept for a look, not deleted
+    [warning] = [line for line in lines if isinstance(line, ProgressWarning)]
+    assert 'could not deserialize engine from cache' in warning and str(aside) in warning
+    assert again.parity.startswith('the cached TensorRT engine cannot be used')
+    assert again.parity.endswith('fp16 passed: argmax agreement 100.0000% on 4 frames')
+    assert frames.calls == 2  # the new engine is checked against the CPU again

@@ -214,3 +214,25 @@ def test_shutdown_during_a_load_starts_and_publishes_nothing(
     node._loader.join(120.0)
     assert not node._loader.is_alive()
     assert errors == [] and node.segmenter is None and node._threads == []
+
+
+def test_model_files_deleted_while_running(ros: RosHarness, shipped: Path) -> None:
+    """The running model lives in memory; a reload then finds what is left, or fails."""
+    ros.subscribe(f'{NS}/mask', Image, 'mask')
+    ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
+    node = ros.start_node('', diagnostics_period=0.1)
+    ros.wait_matched('mask')
+    pub = ros.publisher('/image')
+    pixels = np.random.default_rng(4).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    int8_path(shipped).unlink()
+    pub.publish(image_msg(pixels, 'rgb8', 1))
+    ros.wait_count('mask', 1)  # served by the int8 model already loaded
+    shipped.unlink()
+    [result] = ros.set_params(precision='float32')
+    assert result.successful
+    status = wait_status(ros, lambda s: 'FAILED' in s.get('model_reload', ''), 'FAILED')
+    assert f'{shipped}: no such model file' in status['model_reload']
+    assert status['model_precision'] == 'int8'
+    pub.publish(image_msg(pixels, 'rgb8', 2))
+    ros.wait_count('mask', 2)
+    assert node.segmenter.model_path == int8_path(shipped)

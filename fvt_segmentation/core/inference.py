@@ -525,6 +525,8 @@ class _GpuTry:
     segmenter: Segmenter | None
     reason: str
     engines: dict[str, list[int]] = field(default_factory=dict)
+    cached: bool = False
+    """An engine was in the folder before this attempt (loaded, not built)."""
 
 
 def _open_gpu(path: Path, contract: ModelContract, cpu: Segmenter, candidates: list[str],
@@ -562,7 +564,7 @@ def _open_gpu(path: Path, contract: ModelContract, cpu: Segmenter, candidates: l
                 segmenter.warmup_ms = segmenter.warm_up(runs=1)
         except Exception as err:  # onnxruntime raises several unrelated exception types
             cause = err.__cause__ if isinstance(err, ModelLoadError) and err.__cause__ else err
-            return _GpuTry(None, f'{step} failed: {_first_line(cause)}'[:300])
+            return _GpuTry(None, f'{step} failed: {_first_line(cause)}'[:300], cached=cached)
         engines = engine_files(engine_dir) if engine_dir is not None else {}
     on_trt = segmenter.active_provider == TENSORRT
     segmenter.engine_dir = engine_dir if on_trt else None
@@ -570,7 +572,14 @@ def _open_gpu(path: Path, contract: ModelContract, cpu: Segmenter, candidates: l
     segmenter.precision = precision if on_trt else 'fp32'
     reason = next((line.strip() for line in banner.getvalue().splitlines()
                    if line.startswith('EP Error')), '')
-    return _GpuTry(segmenter, reason[:300], engines)
+    return _GpuTry(segmenter, reason[:300], engines, cached)
+
+
+def _set_aside(folder: Path) -> Path:
+    """Rename an engine folder that cannot be used; return its new name (kept for a look)."""
+    aside = folder.with_name(f'{folder.name}.unusable-{time.strftime("%Y%m%dT%H%M%S")}')
+    os.replace(folder, aside)
+    return aside
 
 
 def _check_engine(gpu: _GpuTry, cpu: Segmenter,
@@ -621,6 +630,16 @@ def _load_gpu(path: Path, cpu: Segmenter, candidates: list[str], fp16: bool,
         precision = 'fp32'
     gpu = _open_gpu(path, cpu.contract, cpu, candidates, precision, folder(precision),
                     threads, progress, layer)
+    if gpu.segmenter is None and gpu.cached:
+        # A cached engine that TensorRT cannot load (a corrupt or truncated file, a driver
+        # update the key does not see) would fail every start the same way: build anew.
+        aside = _set_aside(folder(precision))
+        line = (f'the cached TensorRT engine cannot be used ({gpu.reason}); its folder is '
+                f'now {aside}, building a new one')
+        progress(ProgressWarning(line))
+        notes.append(line)
+        gpu = _open_gpu(path, cpu.contract, cpu, candidates, precision, folder(precision),
+                        threads, progress, layer)
     record = _check_engine(gpu, cpu, parity_frames)
     if record is not None and not record['passed'] and precision == 'fp16':
         line = (f'TensorRT fp16 engine FAILED parity: {_agreement_text(record)}; '
