@@ -21,6 +21,7 @@ from fvt_segmentation.tools.bench import (
     parse_transports,
     render_tables,
     summarize_run,
+    worst_runs,
 )
 from fvt_segmentation.tools.dds_profiles import CYCLONEDDS_VARIABLE, FASTDDS_VARIABLES
 
@@ -122,3 +123,22 @@ def test_a_run_without_masks_reports_no_latency() -> None:
     assert row['overhead_ms'] is None and row['lag_first_p50_ms'] is None
     assert row['lag_p50_by_window_ms'] == [None] and row['lag_slope_ms_per_min'] is None
     assert '| 1024x512 | default | 30 (30.0) | 0 (0.0 %) | - |' in render_tables([row], 'h')
+
+
+def test_repeated_runs_are_labelled_and_the_worst_is_named() -> None:
+    def row(run: int, processed: float) -> dict:
+        return {'size': '480x360', 'transport': 'profile', 'run': run, 'runs': 3,
+                'published': 1800, 'processed': processed}
+
+    rows = [row(1, 1800.0), row(2, 1791.0), row(3, 1799.0)]
+    [worst] = worst_runs(rows)
+    assert worst['run'] == 2
+    raw = {'camera': {'published': 1800, 'rate_hz': 30.0, 'publish_p50_ms': 1.0,
+                      'first_stamp_ns': 1, 'last_stamp_ns': 2},
+           'receiver': {'masks': [], 'shapes': [], 'statuses': [{'frames_received': '0'}]},
+           'cpu': {'stream_s': 60.0, 'node_s': None, 'receiver_s': None}}
+    text = render_tables([{**summarize_run(Configuration(480, 360, 'profile', 150, r['run'], 3),
+                                           raw, [10.0]), 'processed': r['processed']}
+                          for r in rows], 'h')
+    assert '| 480x360 run 2/3 | profile |' in text
+    assert '| 480x360 | profile | 100.0 99.5 99.9 | 2: 1791 of 1800 |' in text

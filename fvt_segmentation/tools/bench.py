@@ -65,6 +65,8 @@ class Configuration:
     height: int
     transport: str
     domain: int
+    run: int = 1
+    runs: int = 1
 
     @property
     def size(self) -> str:
@@ -321,6 +323,23 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return '-' if value is None else f'{value:.{digits}f}'
 
 
+def _frames(row: dict[str, Any]) -> str:
+    runs = row.get('runs', 1)
+    return row['size'] if runs == 1 else f"{row['size']} run {row['run']}/{runs}"
+
+
+def worst_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per frame size and transport, the run that processed the smallest share of frames."""
+    worst: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row['size'], row['transport'])
+        share = (row['processed'] or 0) / max(row['published'], 1)
+        if key not in worst or share < (worst[key]['processed'] or 0) / max(
+                worst[key]['published'], 1):
+            worst[key] = row
+    return list(worst.values())
+
+
 def render_tables(rows: list[dict[str, Any]], header: str) -> str:
     """Return the header line and the two markdown tables (delivery/latency, stages)."""
     lines = [header, '',
@@ -331,7 +350,7 @@ def render_tables(rows: list[dict[str, Any]], header: str) -> str:
              '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
     for row in rows:
         lines.append(
-            f"| {row['size']} | {row['transport']} | {row['published']} "
+            f"| {_frames(row)} | {row['transport']} | {row['published']} "
             f"({_fmt(row['camera_rate_hz'])}) | {_fmt(row['received_by_node'], 0)} "
             f"({_fmt(row['received_pct'])} %) | {_fmt(row['processed'], 0)} | "
             f"{_fmt(row['masks_published'], 0)} | {row['masks_received']} | "
@@ -355,12 +374,12 @@ def render_tables(rows: list[dict[str, Any]], header: str) -> str:
         cells = [_fmt(stages[name], 2) for name in STAGES]
         cells.insert(STAGES.index('preprocess') + 1, _fmt(row['node_inference_p50_ms'], 2))
         cells += [_fmt(node_e2e, 2), _fmt(outside, 2), _fmt(row['camera_publish_p50_ms'], 2)]
-        lines.append(f"| {row['size']} | {row['transport']} | " + ' | '.join(cells) + ' |')
+        lines.append(f"| {_frames(row)} | {row['transport']} | " + ' | '.join(cells) + ' |')
     lines += ['', '| frames | transport | node CPU ms per camera frame | node CPU (% of one '
               'core) | receiver CPU ms per camera frame | receiver CPU (% of one core) |',
               '| --- | --- | --- | --- | --- | --- |']
     for row in rows:
-        lines.append(f"| {row['size']} | {row['transport']} | "
+        lines.append(f"| {_frames(row)} | {row['transport']} | "
                      f"{_fmt(row.get('node_cpu_ms_per_frame'), 2)} | "
                      f"{_fmt(row.get('node_cpu_pct_of_core'), 0)} | "
                      f"{_fmt(row.get('receiver_cpu_ms_per_frame'), 2)} | "
@@ -369,8 +388,19 @@ def render_tables(rows: list[dict[str, Any]], header: str) -> str:
               'trend of e2e over the stream (ms per minute) |', '| --- | --- | --- | --- |']
     for row in rows:
         windows = ' '.join(_fmt(v) for v in row['lag_p50_by_window_ms'])
-        lines.append(f"| {row['size']} | {row['transport']} | {windows} | "
+        lines.append(f"| {_frames(row)} | {row['transport']} | {windows} | "
                      f"{_fmt(row['lag_slope_ms_per_min'], 2)} |")
+    if any(row.get('runs', 1) > 1 for row in rows):
+        lines += ['', '| frames | transport | processed per run (% of published) | worst run |',
+                  '| --- | --- | --- | --- |']
+        for worst in worst_runs(rows):
+            same = [r for r in rows if (r['size'], r['transport']) == (
+                worst['size'], worst['transport'])]
+            shares = ' '.join(f"{_fmt(100.0 * (r['processed'] or 0) / max(r['published'], 1))}"
+                              for r in same)
+            lines.append(f"| {worst['size']} | {worst['transport']} | {shares} | "
+                         f"{worst['run']}: {_fmt(worst['processed'], 0)} of "
+                         f"{worst['published']} |")
     return '\n'.join(lines)
 
 
@@ -394,6 +424,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help='comma-separated frame sizes WIDTHxHEIGHT')
     parser.add_argument('--transport', type=parse_transports, default=list(TRANSPORTS),
                         help='comma-separated: profile (shipped DDS profiles), default')
+    parser.add_argument('--repeat', type=int, default=1,
+                        help='runs of each configuration, one after the other (the tables '
+                             'show each run and the worst; default: %(default)s)')
     parser.add_argument('--duration', type=float, default=60.0,
                         help='seconds of frames per configuration')
     parser.add_argument('--rate', type=float, default=30.0, help='camera frames per second')
@@ -425,11 +458,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'bench: {err}\n  write a benchmark model with: python '
               'scripts/make_bench_model.py output/bench.onnx', file=sys.stderr)
         return 1
+    if args.repeat < 1:
+        print(f'bench: --repeat must be at least 1; got {args.repeat}', file=sys.stderr)
+        return 2
+    plan = [(size, transport, run) for size in args.sizes for transport in args.transport
+            for run in range(1, args.repeat + 1)]
     base = (args.domain_base if args.domain_base is not None
-            else random.Random(os.getpid()).randrange(120, 200 - 8))
-    configs = [Configuration(width, height, transport, base + i)
-               for i, ((width, height), transport) in enumerate(
-                   (s, t) for s in args.sizes for t in args.transport)]
+            else random.Random(os.getpid()).randrange(120, max(121, 232 - len(plan))))
+    configs = [Configuration(width, height, transport, base + i, run, args.repeat)
+               for i, ((width, height), transport, run) in enumerate(plan)]
     load_before = _load_text()
     rows = []
     with tempfile.TemporaryDirectory(prefix='fvt_bench_') as tmp:
