@@ -460,8 +460,11 @@ class SegmentationNode(Node):
         segmenter = self.segmenter
         assert segmenter is not None
         height, width = segmenter.input_size
+        # Nested records (metrics, calibration frames, encoder weights) are in the file's
+        # metadata; one startup line names them only.
         provenance = ', '.join(
-            f'{k}={v}' for k, v in sorted(segmenter.contract.provenance.items()))
+            f'{k}={v}' if not isinstance(v, (dict, list)) else f'{k}=({len(v)} entries)'
+            for k, v in sorted(segmenter.contract.provenance.items()))
         outputs = ', '.join(self.resolve_topic_name(f'~/{n}') for n in (*OUTPUTS, 'categories'))
         values = model_values(segmenter)
 
