@@ -157,6 +157,10 @@ class StopGuard:
         if self.signum is not None:
             raise TrainingStopped(self.signum)
 
+    def waiting(self) -> None:
+        """Report that the process starts to wait for the other workers of the cluster."""
+        self.notify('waiting')
+
     def joined(self) -> None:
         """Report that every worker of the cluster is there."""
         self.notify('joined')
@@ -198,7 +202,7 @@ def supervise(entry: str, args: tuple, task: WorkerTask, timeout_s: float,
     """Run one multiworker training process as a child; return the command's exit status.
 
     ``entry`` (``module:function``) is called in a fresh process as ``function(notify,
-    *args)``. While the child has not reported ``joined``: one line after
+    *args)``. Between its ``waiting`` and ``joined`` reports: one line after
     :data:`WAIT_NOTICE_S` naming the peers, and after ``timeout_s`` the child is ended and the
     status is 2. SIGTERM and SIGINT are passed on; a child still running ``grace_s`` later
     (at once while it waits for peers) is killed, after any epoch-end writes. ``scratch`` is
@@ -229,7 +233,7 @@ def supervise(entry: str, args: tuple, task: WorkerTask, timeout_s: float,
 def _watch(process: multiprocessing.Process, conn: Connection, task: WorkerTask, label: str,
            timeout_s: float, grace_s: float, received: list[int]) -> int:
     """Follow the child until it ends or is ended; print why; return the exit status."""
-    started = time.monotonic()
+    waiting_since: float | None = None
     joined = told = saving = False
     last = ''
     kill_at: float | None = None
@@ -242,6 +246,8 @@ def _watch(process: multiprocessing.Process, conn: Connection, task: WorkerTask,
                 process.join(0.2)
                 continue
             joined |= message == 'joined'
+            if message == 'waiting':
+                waiting_since = time.monotonic()
             saving = {'saving': True, 'saved': False}.get(message, saving)
             last = message
         now = time.monotonic()
@@ -256,13 +262,15 @@ def _watch(process: multiprocessing.Process, conn: Connection, task: WorkerTask,
             if not last.startswith('stopped'):
                 last = f'stopped {received[0]} ' + (
                     f'the current step did not end within {grace_s:g} s; the run folder '
-                    'holds the last finished epoch' if joined else '')
+                    'holds the last finished epoch' if joined else
+                    'the cluster had not come together, nothing was written')
             break
-        if not joined and not told and now - started >= WAIT_NOTICE_S:
+        waited = 0.0 if joined or waiting_since is None else now - waiting_since
+        if not told and waited >= WAIT_NOTICE_S:
             told = True
             print(f'{label}: waiting for the other workers of TF_CONFIG: {peers} (giving up '
                   f'after {timeout_s:g} s, train.worker_timeout_s)', file=sys.stderr, flush=True)
-        if not joined and now - started >= timeout_s:
+        if waited >= timeout_s:
             process.kill()
             process.join()
             last = (f'error the cluster did not come together within {timeout_s:g} s '

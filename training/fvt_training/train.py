@@ -119,7 +119,11 @@ class _Session:
 
 def _barrier(strategy: tf.distribute.Strategy) -> None:
     """Return once every worker of the cluster has got here (one all-reduce)."""
-    strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)),
+    def ones() -> Any:
+        return strategy.run(lambda: tf.constant(1.0))
+
+    # In a function: run() called eagerly warns of its overhead.
+    strategy.reduce(tf.distribute.ReduceOp.SUM, tf.function(ones, autograph=False)(),
                     axis=None)
 
 
@@ -134,6 +138,8 @@ def _session(train_cfg: Mapping, notify: Callable[[str], None],
     name = train_cfg['strategy']
     task = read_tf_config(os.environ.get('TF_CONFIG')) if name == 'multiworker' else None
     with StopGuard(notify) as guard:
+        if task is not None:
+            guard.waiting()
         strategy = make_strategy(name)
         if task is not None:
             _barrier(strategy)
