@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-from fvt_training.run_files import RunError
+from fvt_training.run_files import RunError, resume_hint
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 WORKER_TYPES = ('chief', 'worker')
@@ -236,6 +236,7 @@ def _watch(process: multiprocessing.Process, conn: Connection, task: WorkerTask,
     waiting_since: float | None = None
     joined = told = saving = False
     last = ''
+    run_dir: Path | None = None  # the chief's, once it has made it
     kill_at: float | None = None
     peers = ', '.join(task.peers)
     while process.is_alive():
@@ -248,6 +249,8 @@ def _watch(process: multiprocessing.Process, conn: Connection, task: WorkerTask,
             joined |= message == 'joined'
             if message == 'waiting':
                 waiting_since = time.monotonic()
+            if message.startswith('run_dir '):
+                run_dir = Path(message.removeprefix('run_dir '))
             saving = {'saving': True, 'saved': False}.get(message, saving)
             last = message
         now = time.monotonic()
@@ -260,10 +263,10 @@ def _watch(process: multiprocessing.Process, conn: Connection, task: WorkerTask,
             process.kill()
             process.join()
             if not last.startswith('stopped'):
+                hint = resume_hint(run_dir) if run_dir else 'no run folder written here'
                 last = f'stopped {received[0]} ' + (
-                    f'the current step did not end within {grace_s:g} s; the run folder '
-                    'holds the last finished epoch' if joined else
-                    'the cluster had not come together, nothing was written')
+                    f'the current step did not end within {grace_s:g} s; {hint}' if joined
+                    else 'the cluster had not come together, nothing was written')
             break
         waited = 0.0 if joined or waiting_since is None else now - waiting_since
         if not told and waited >= WAIT_NOTICE_S:

@@ -53,6 +53,7 @@ from fvt_training.run_files import (
     STATE_FILE,
     TENSORBOARD_DIR,
     RunError,
+    resume_hint,
     write_json,
 )
 
@@ -109,12 +110,7 @@ class _Session:
             return f'scratch folder {self.scratch} removed (the chief writes the run folder)'
         if self.run_dir is None:
             return 'no run folder was written'
-        state = self.run_dir / STATE_FILE
-        if not state.is_file():
-            return f'{self.run_dir} has no finished epoch, so it cannot be resumed'
-        epoch = json.loads(state.read_text())['epoch']
-        return (f'{self.run_dir} holds {epoch} finished epochs; continue with: '
-                f'fvt-train train --resume {self.run_dir}')
+        return resume_hint(self.run_dir)
 
 
 def _barrier(strategy: tf.distribute.Strategy) -> None:
@@ -514,6 +510,7 @@ def _train(config: dict, notify: Callable[[str], None], scratch: Path | None) ->
     with _session(config['train'], notify, scratch) as session:
         if session.scratch is None:
             folder = session.run_dir = create_run_dir(config['runs_dir'], config['name'])
+            session.guard.notify(f'run_dir {folder}')
             _record_command(folder)
             print(f'run folder: {folder}')
         else:
@@ -566,6 +563,7 @@ def _resume(run_dir: str | os.PathLike, epochs: int | None, notify: Callable[[st
         # Every worker of a multiworker run reads the folder; only the chief writes to it.
         if session.scratch is None:
             session.run_dir = folder
+            session.guard.notify(f'run_dir {folder}')
             if epochs is not None:
                 write_config(config, folder / CONFIG_FILE, header=f'Resolved configuration '
                              f'of run {folder.name} (fvt-train train; epoch budget set on '
