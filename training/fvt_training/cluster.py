@@ -13,6 +13,7 @@ however the child ends.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+import ctypes
 from dataclasses import dataclass
 import importlib
 import json
@@ -29,6 +30,7 @@ from typing import Any
 from fvt_training.run_files import RunError, resume_hint
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WORKER_TYPES = ('chief', 'worker')
 STOP_GRACE_S = 10.0
 """Seconds a signalled worker has to stop between batches before it is ended."""
@@ -183,6 +185,8 @@ def _child(entry: str, conn: Connection, args: tuple) -> None:
 
     A user error or a stop is sent to the parent as the last message, which it prints.
     """
+    if sys.platform == 'linux':  # die with the parent, even one ended by SIGKILL
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     from fvt_training.cli import _user_errors
 
     module, function = entry.split(':')
