@@ -280,14 +280,17 @@ def test_sigterm_stops_training_between_batches_and_says_how_to_resume(prepared,
                                  str(config)], stdout=out, stderr=subprocess.STDOUT,
                                 env=dict(os.environ))
     state = tmp_path / 'long' / 'state.json'
-    deadline = time.monotonic() + 120
-    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert state.is_file(), log.read_text()
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 143, log.read_text()
-    assert time.monotonic() - sent < 15
+    try:
+        deadline = time.monotonic() + 120
+        while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert state.is_file(), log.read_text()
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143, log.read_text()
+        assert time.monotonic() - sent < 15
+    finally:
+        proc.kill()
     assert f'stopped by SIGTERM; {state.parent} holds' in log.read_text()
     assert f'fvt-train train --resume {state.parent}' in log.read_text()
     assert json.loads(state.read_text())['finished'] is False
