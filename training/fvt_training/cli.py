@@ -134,10 +134,14 @@ def _run_supervised(config: dict | None, resume: str | None, epochs: int | None,
     from fvt_training.cluster import read_tf_config, supervise
 
     task = read_tf_config(os.environ.get('TF_CONFIG'))
-    scratch = None if task.chief else Path(tempfile.mkdtemp(prefix='fvt-worker-'))
+    work_dir = Path(tempfile.mkdtemp(prefix='fvt-worker-'))
+    scratch = None
+    if not task.chief:
+        scratch = work_dir / 'scratch'
+        scratch.mkdir()
     return supervise('fvt_training.train:worker_main',
                      (config, resume, epochs, None if scratch is None else str(scratch)),
-                     task, settings['train']['worker_timeout_s'], scratch=scratch)
+                     task, settings['train']['worker_timeout_s'], work_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,8 +6,8 @@ Ctrl-C do nothing. ``fvt-train train`` therefore runs a ``multiworker`` worker i
 process under :func:`supervise`, a parent without TensorFlow that stays responsive: it says
 whom the worker waits for, ends it when the cluster does not come together in time, passes
 SIGTERM and SIGINT on (the child stops between batches, see :class:`StopGuard`), ends the
-child when it does not stop within seconds, and removes a non-chief worker's scratch folder
-however the child ends.
+child when it does not stop within seconds, and removes the child's temporary folder (a
+non-chief worker's scratch folder, TensorFlow's own temporary files) however the child ends.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import importlib
 import json
 import multiprocessing
 from multiprocessing.connection import Connection
+import os
 from pathlib import Path
 import shutil
 import signal
@@ -202,15 +203,16 @@ def _child(entry: str, conn: Connection, args: tuple) -> None:
 
 
 def supervise(entry: str, args: tuple, task: WorkerTask, timeout_s: float,
-              scratch: Path | None = None, grace_s: float = STOP_GRACE_S) -> int:
+              work_dir: Path, grace_s: float = STOP_GRACE_S) -> int:
     """Run one multiworker training process as a child; return the command's exit status.
 
     ``entry`` (``module:function``) is called in a fresh process as ``function(notify,
     *args)``. Between its ``waiting`` and ``joined`` reports: one line after
     :data:`WAIT_NOTICE_S` naming the peers, and after ``timeout_s`` the child is ended and the
     status is 2. SIGTERM and SIGINT are passed on; a child still running ``grace_s`` later
-    (at once while it waits for peers) is killed, after any epoch-end writes. ``scratch`` is
-    removed at the end, however the child ended.
+    (at once while it waits for peers) is killed, after any epoch-end writes. ``work_dir``
+    is the child's TMPDIR, removed at the end however the child ended (a killed TensorFlow
+    leaves its AutoGraph files there).
     """
     label = f'fvt-train train ({task.name})'
     received: list[int] = []
@@ -219,8 +221,15 @@ def supervise(entry: str, args: tuple, task: WorkerTask, timeout_s: float,
     parent_conn, child_conn = multiprocessing.Pipe(duplex=False)
     process = multiprocessing.get_context('spawn').Process(
         target=_child, args=(entry, child_conn, args), name=f'fvt-train {task.name}')
+    tmp = os.environ.get('TMPDIR')
     try:
-        process.start()
+        os.environ['TMPDIR'] = str(work_dir)  # the child's environment is the parent's
+        try:
+            process.start()
+        finally:
+            os.environ.pop('TMPDIR')
+            if tmp is not None:
+                os.environ['TMPDIR'] = tmp
         child_conn.close()
         code = _watch(process, parent_conn, task, label, timeout_s, grace_s, received)
     finally:
@@ -229,8 +238,7 @@ def supervise(entry: str, args: tuple, task: WorkerTask, timeout_s: float,
             process.join()
         for signum, handler in old.items():
             signal.signal(signum, handler)
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
     return code
 
 
