@@ -106,13 +106,43 @@ def _run_train(args: argparse.Namespace) -> int:
     if not args.resume and not args.config:
         raise ConfigError('expected CONFIG (an experiment YAML file) or --resume RUN_DIR')
     config = None if args.resume else load_config(args.config, args.overrides)
+    saved = Path(args.resume or '') / 'config.yaml'
+    settings = config or (load_config(saved) if args.resume and saved.is_file() else None)
+    if settings and settings['train']['strategy'] == 'multiworker':
+        return _run_supervised(config, args.resume, epochs, settings)
     from fvt_training import train
+    from fvt_training.cluster import TrainingStopped
 
-    if args.resume:
-        train.resume(args.resume, epochs=epochs)
-    else:
-        train.train(config)
+    try:
+        if args.resume:
+            train.resume(args.resume, epochs=epochs)
+        else:
+            train.train(config)
+    except TrainingStopped as stop:
+        print(f'fvt-train train: {stop}' + (f'; {stop.hint}' if stop.hint else ''),
+              file=sys.stderr)
+        return stop.exit_code
     return 0
+
+
+def _run_supervised(config: dict | None, resume: str | None, epochs: int | None,
+                    settings: dict) -> int:
+    # A multiworker process blocks in C++ (GIL held) while it waits for its peers: it runs
+    # as a child of this TensorFlow-free process, which stays able to stop it.
+    import os
+    import tempfile
+
+    from fvt_training.cluster import read_tf_config, supervise
+
+    task = read_tf_config(os.environ.get('TF_CONFIG'))
+    work_dir = Path(tempfile.mkdtemp(prefix='fvt-worker-'))
+    scratch = None
+    if not task.chief:
+        scratch = work_dir / 'scratch'
+        scratch.mkdir()
+    return supervise('fvt_training.train:worker_main',
+                     (config, resume, epochs, None if scratch is None else str(scratch)),
+                     task, settings['train']['worker_timeout_s'], work_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -256,6 +256,9 @@ SCHEMA: dict[str, Any] = {
                                'split', _int(0), 'train.validation_steps: 0'),
         'strategy': _f('default', '|'.join(STRATEGIES), 'tf.distribute strategy (multiworker '
                        'reads TF_CONFIG)', _choice(STRATEGIES), 'train.strategy: mirrored'),
+        'worker_timeout_s': _f(300, 'int >= 1', 'multiworker: seconds a worker waits for the '
+                               'others of TF_CONFIG to start before it gives up with an error',
+                               _int(1), 'train.worker_timeout_s: 600'),
         'init_weights': _f(None, 'str or null', 'warm start: a finished run folder (its best '
                            'weights) or a .weights.h5 file of the same architecture, loaded '
                            'before the first epoch of a new run (null: random initialisation)',

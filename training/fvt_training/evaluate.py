@@ -271,14 +271,15 @@ def pick_samples(ids: Sequence[str], count: int) -> list[str]:
 
 
 def evaluate(source: str | os.PathLike, data: str | os.PathLike | None = None,
-             split: str = 'test', *, out_dir: str | os.PathLike | None = None,
+             split: str | None = None, *, out_dir: str | os.PathLike | None = None,
              batch_size: int = 8, limit: int | None = None, samples: int = 4,
              timing_runs: int = 30, timing_warmup: int = 5, timing_batch: int = 8,
              providers: Sequence[str] = DEFAULT_PROVIDERS, weights: str = 'best') -> dict:
     """Evaluate a run folder or ONNX file on ``split`` of a prepared folder; return the report.
 
     Writes the JSON report and the figures (see ``report_paths`` of the model kinds, or
-    ``out_dir`` for both). ``data`` defaults to a run's own prepared folder; ``timing_runs=0``
+    ``out_dir`` for both). ``data`` defaults to a run's own prepared folder; ``split`` to
+    ``test``, or ``val`` where the data has no test split (a prepared CamVid); ``timing_runs=0``
     skips the timing.
     """
     from fvt_training.prepared import load_pair, read_manifest, write_png_atomic
@@ -289,6 +290,11 @@ def evaluate(source: str | os.PathLike, data: str | os.PathLike | None = None,
         raise EvaluationError(f'{model.source}: an ONNX file does not name its data; pass '
                               '--data with a prepared folder (holding manifest.json)')
     manifest = read_manifest(data)
+    if split is None:
+        split = 'test' if 'test' in manifest.splits else 'val'
+        if split != 'test':
+            print(f'{manifest.folder} has no test split: scoring val, the split that picked '
+                  'the best weights (so an optimistic score)')
     ids = manifest.ids(split)[:limit]
     chosen = pick_samples(ids, samples)
     cm, kept = confusion_over_split(model, manifest, split, batch_size, limit, chosen)
@@ -371,7 +377,8 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument('source', metavar='RUN_OR_MODEL', help='run folder or .onnx file')
     parser.add_argument('--data', help='prepared folder (holds manifest.json); default: the '
                         "run's data.prepared_dir (required for an .onnx file)")
-    parser.add_argument('--split', default='test', help='split to score (default: test)')
+    parser.add_argument('--split', help='split to score (default: test, or val where the '
+                        'data has no test split)')
     parser.add_argument('--batch-size', type=positive_int, default=8,
                         help='images per forward pass (default: 8)')
     parser.add_argument('--limit', type=positive_int, help='score only the first N images')

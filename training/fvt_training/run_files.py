@@ -55,6 +55,15 @@ def write_json(path: str | os.PathLike, payload: Any, sort_keys: bool = False) -
     write_bytes_atomic(Path(path), text.encode('utf-8'))
 
 
+def resume_hint(run_dir: Path) -> str:
+    """Say how far an interrupted run folder got, and how to continue it."""
+    state = read_json(run_dir / STATE_FILE)
+    if state is None:
+        return f'{run_dir} has no finished epoch, so it cannot be resumed'
+    return (f'{run_dir} holds {state["epoch"]} finished epochs; continue with: '
+            f'fvt-train train --resume {run_dir}')
+
+
 def summary_text(lines: list[str], report: Mapping[str, Any]) -> str:
     """Join a command's summary lines, ending with where its JSON report was written."""
     return '\n'.join([*lines, f'report: {report.get("report_path", "—")}'])

@@ -9,13 +9,16 @@ confusion matrix). Only weights are saved: resuming rebuilds the model from conf
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+import contextlib
 import csv
+from dataclasses import dataclass
 import json
 import math
 import os
 from pathlib import Path
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -28,6 +31,7 @@ from tqdm import tqdm
 from fvt_segmentation.core.contract import CATEGORIES, VOID
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
 from fvt_training import data
+from fvt_training.cluster import StopGuard, TrainingStopped, WorkerTask, read_tf_config
 from fvt_training.config import MONITOR_MODES, load_config, write_config
 from fvt_training.keras_metrics import StreamingMeanIoU
 from fvt_training.losses import make_loss, resolve_class_weights
@@ -49,6 +53,7 @@ from fvt_training.run_files import (
     STATE_FILE,
     TENSORBOARD_DIR,
     RunError,
+    resume_hint,
     write_json,
 )
 
@@ -84,20 +89,69 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == 'mirrored':
         return tf.distribute.MirroredStrategy()
     if name == 'multiworker':
-        if 'TF_CONFIG' not in os.environ:
-            raise RunError('train.strategy: multiworker needs the TF_CONFIG environment '
-                           'variable describing the cluster (see tf.distribute docs)')
+        read_tf_config(os.environ.get('TF_CONFIG'))  # one-line errors before TensorFlow's
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise RunError(f'train.strategy must be default, mirrored or multiworker; got {name!r}')
 
 
-def _is_chief(strategy: tf.distribute.Strategy) -> bool:
-    resolver = getattr(strategy, 'cluster_resolver', None)
-    if resolver is None or not resolver.task_type:
-        return True
-    has_chief = 'chief' in resolver.cluster_spec().as_dict()
-    return resolver.task_type == 'chief' or (
-        not has_chief and resolver.task_type == 'worker' and resolver.task_id == 0)
+@dataclass
+class _Session:
+    """What a training process works with: its strategy, stop guard and folders."""
+
+    strategy: tf.distribute.Strategy
+    guard: StopGuard
+    task: WorkerTask | None
+    scratch: Path | None  # a non-chief worker's throw-away output folder
+    run_dir: Path | None = None
+
+    def stop_hint(self) -> str:
+        """Say what a stopped process leaves behind, and how to go on."""
+        if self.scratch is not None:
+            return f'scratch folder {self.scratch} removed (the chief writes the run folder)'
+        if self.run_dir is None:
+            return 'no run folder was written'
+        return resume_hint(self.run_dir)
+
+
+def _barrier(strategy: tf.distribute.Strategy) -> None:
+    """Return once every worker of the cluster has got here (one all-reduce)."""
+    def ones() -> Any:
+        return strategy.run(lambda: tf.constant(1.0))
+
+    # In a function: run() called eagerly warns of its overhead.
+    strategy.reduce(tf.distribute.ReduceOp.SUM, tf.function(ones, autograph=False)(),
+                    axis=None)
+
+
+@contextlib.contextmanager
+def _session(train_cfg: Mapping, notify: Callable[[str], None],
+             scratch: Path | None) -> Iterator[_Session]:
+    """Start the strategy (waiting for the cluster's other workers) under a stop guard.
+
+    A non-chief worker writes into ``scratch`` (given by a supervising parent, which removes
+    it) or into a temporary folder of its own, removed when the session ends.
+    """
+    name = train_cfg['strategy']
+    task = read_tf_config(os.environ.get('TF_CONFIG')) if name == 'multiworker' else None
+    with StopGuard(notify) as guard:
+        if task is not None:
+            guard.waiting()
+        strategy = make_strategy(name)
+        if task is not None:
+            _barrier(strategy)
+            guard.joined()
+        own = task is not None and not task.chief and scratch is None
+        if own:
+            scratch = Path(tempfile.mkdtemp(prefix='fvt-worker-'))
+        session = _Session(strategy, guard, task, scratch)
+        try:
+            yield session
+        except TrainingStopped as stop:
+            stop.hint = session.stop_hint()
+            raise
+        finally:
+            if own:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 class _ResumableCounters:
@@ -236,6 +290,75 @@ class RunState(tf.keras.callbacks.Callback):
         }, sort_keys=True)
 
 
+PROGRESS_EVERY_S = 30.0
+"""With output to a file (a cluster log), a progress line at most this often during an epoch."""
+
+
+class StopBetweenBatches(tf.keras.callbacks.Callback):
+    """Raise TrainingStopped between batches once a stop signal came; guard epoch-end files.
+
+    Used twice: first in the list (its ``on_epoch_end`` starts the epoch-end writes, which a
+    forced stop lets finish) and, with ``last``, at the end of it (which ends them).
+    """
+
+    def __init__(self, guard: StopGuard, last: bool = False) -> None:
+        super().__init__()
+        self.guard = guard
+        self.last = last
+
+    def on_train_batch_end(self, batch: int, logs: Mapping | None = None) -> None:
+        """Stop here if asked."""
+        self.guard.check()
+
+    def on_test_batch_end(self, batch: int, logs: Mapping | None = None) -> None:
+        """Stop here if asked (validation)."""
+        self.guard.check()
+
+    def on_epoch_end(self, epoch: int, logs: Mapping | None = None) -> None:
+        """Begin (first instance) or end (``last``) the epoch-end writes."""
+        if self.last:
+            self.guard.end_saving()
+        else:
+            self.guard.begin_saving()
+
+
+class ProgressLines(tf.keras.callbacks.Callback):
+    """Print a line of progress at most every ``every_s`` seconds during training/validation.
+
+    For output that is not a terminal, where Keras prints one line per epoch.
+    """
+
+    def __init__(self, every_s: float, validation_steps: int) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.validation_steps = validation_steps
+        self.epoch = 0
+        self._last = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping | None = None) -> None:
+        """Remember the epoch for the lines."""
+        self.epoch = epoch
+        self._last = time.monotonic()
+
+    def _line(self, phase: str, batch: int, steps: int, logs: Mapping | None) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        values = ', '.join(f'{k} {float(v):.4f}' for k, v in (logs or {}).items()
+                           if k in ('loss', 'miou'))
+        print(f'epoch {self.epoch + 1}/{self.params["epochs"]} {phase} batch {batch + 1}/'
+              f'{steps}' + (f': {values}' if values else ''), flush=True)
+
+    def on_train_batch_end(self, batch: int, logs: Mapping | None = None) -> None:
+        """Report training progress if it is time."""
+        self._line('train', batch, self.params.get('steps'), logs)
+
+    def on_test_batch_end(self, batch: int, logs: Mapping | None = None) -> None:
+        """Report validation progress if it is time."""
+        self._line('validation', batch, self.validation_steps, logs)
+
+
 class PlotHistory(tf.keras.callbacks.Callback):
     """Redraw ``plot.png`` (loss and mIoU curves) from ``history.csv`` after each epoch."""
 
@@ -332,10 +455,15 @@ def resolve_config(config: dict) -> tuple[dict, Manifest]:
     return config, manifest
 
 
-def evaluate_confusion(model: tf.keras.Model, sequence: Any, desc: str = 'evaluate') -> np.ndarray:
-    """Return the confusion matrix of ``model`` over every batch of ``sequence``."""
+def evaluate_confusion(model: tf.keras.Model, sequence: Any, desc: str = 'evaluate',
+                       between_batches: Callable[[], None] = lambda: None) -> np.ndarray:
+    """Return the confusion matrix of ``model`` over every batch of ``sequence``.
+
+    ``between_batches`` runs before each batch (it may raise to stop).
+    """
     cm = np.zeros((len(CATEGORIES), len(CATEGORIES)), dtype=np.int64)
     for i in tqdm(range(len(sequence)), desc=desc, unit='batch'):
+        between_batches()
         x, y = sequence[i][:2]
         pred = np.argmax(model.predict_on_batch(x), axis=-1)
         cm += confusion_matrix(np.argmax(y, axis=-1), pred, len(CATEGORIES))
@@ -349,24 +477,49 @@ def _compile(model: tf.keras.Model, loss: tf.keras.losses.Loss, learning_rate: f
     model.compile(optimizer=optimizer, loss=loss, metrics=[StreamingMeanIoU(name='miou')])
 
 
-def train(config: dict, run_dir: str | os.PathLike | None = None) -> Path:
+def train(config: dict, run_dir: str | os.PathLike | None = None) -> Path | None:
     """Train a validated config from scratch into a new run folder; return the folder.
 
     With ``run_dir`` given, that existing folder is resumed instead (see :func:`resume`).
+    A non-chief worker of a ``multiworker`` run writes no run folder and returns None.
+    Raises :class:`~fvt_training.cluster.TrainingStopped` on SIGTERM or SIGINT.
     """
     if run_dir is not None:
         return resume(run_dir)
+    return _train(config, lambda message: None, None)
+
+
+def worker_main(notify: Callable[[str], None], config: dict | None, resume_dir: str | None,
+                epochs: int | None, scratch: str | None) -> int:
+    """Train (``config``) or resume (``resume_dir``) as one supervised multiworker process.
+
+    Called by :func:`fvt_training.cluster.supervise` in its child; returns the exit status.
+    """
+    folder = Path(scratch) if scratch else None
+    if resume_dir is not None:
+        _resume(resume_dir, epochs, notify, folder)
+    else:
+        _train(config, notify, folder)
+    return 0
+
+
+def _train(config: dict, notify: Callable[[str], None], scratch: Path | None) -> Path | None:
     config, manifest = resolve_config(config)
-    strategy = make_strategy(config['train']['strategy'])
-    chief = _is_chief(strategy)
-    folder = (create_run_dir(config['runs_dir'], config['name']) if chief
-              else Path(tempfile.mkdtemp(prefix='fvt-worker-')))
-    write_config(config, folder / CONFIG_FILE,
-                 header=f'Resolved configuration of run {folder.name} (fvt-train train).')
-    if chief:
-        _record_command(folder)
-    print(f'run folder: {folder}')
-    return _fit(config, manifest, folder, strategy, state=None)
+    # The run folder is made once the cluster has come together: a worker that gives up
+    # waiting leaves none behind.
+    with _session(config['train'], notify, scratch) as session:
+        if session.scratch is None:
+            folder = session.run_dir = create_run_dir(config['runs_dir'], config['name'])
+            session.guard.notify(f'run_dir {folder}')
+            _record_command(folder)
+            print(f'run folder: {folder}')
+        else:
+            folder = session.scratch
+            print(f'{session.task.name}: scratch folder {folder} (removed at the end; the '
+                  'chief writes the run folder)')
+        write_config(config, folder / CONFIG_FILE,
+                     header=f'Resolved configuration of run {folder.name} (fvt-train train).')
+        return _fit(config, manifest, folder, session, state=None)
 
 
 def _record_command(folder: Path) -> None:
@@ -377,12 +530,19 @@ def _record_command(folder: Path) -> None:
         file.write(' '.join(shlex.quote(w) for w in words) + '\n')
 
 
-def resume(run_dir: str | os.PathLike, epochs: int | None = None) -> Path:
+def resume(run_dir: str | os.PathLike, epochs: int | None = None) -> Path | None:
     """Continue an interrupted run from its last epoch: weights, lr and counters restored.
 
     ``epochs`` sets a new epoch budget: larger extends the run, the epochs already done
     finish it at once (the final scores are then computed from its best weights).
+    Every worker of a multiworker run resumes the same folder (a shared file system or a
+    copy); only the chief writes to it. A non-chief worker returns None.
     """
+    return _resume(run_dir, epochs, lambda message: None, None)
+
+
+def _resume(run_dir: str | os.PathLike, epochs: int | None, notify: Callable[[str], None],
+            scratch: Path | None) -> Path | None:
     folder = Path(run_dir)
     state_path = folder / STATE_FILE
     if not (folder / CONFIG_FILE).is_file() or not state_path.is_file():
@@ -398,13 +558,20 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None) -> Path:
             raise RunError(f'{folder} has done {state["epoch"]} epochs already; expected a '
                            f'budget of at least that many, got train.epochs={epochs}')
         config['train']['epochs'] = epochs
-        write_config(config, folder / CONFIG_FILE, header=f'Resolved configuration of run '
-                     f'{folder.name} (fvt-train train; epoch budget set on resume).')
     config, manifest = resolve_config(config)
-    strategy = make_strategy(config['train']['strategy'])
-    _record_command(folder)
-    print(f'resuming {folder} after epoch {state["epoch"]}')
-    return _fit(config, manifest, folder, strategy, state)
+    with _session(config['train'], notify, scratch) as session:
+        # Every worker of a multiworker run reads the folder; only the chief writes to it.
+        if session.scratch is None:
+            session.run_dir = folder
+            session.guard.notify(f'run_dir {folder}')
+            if epochs is not None:
+                write_config(config, folder / CONFIG_FILE, header=f'Resolved configuration '
+                             f'of run {folder.name} (fvt-train train; epoch budget set on '
+                             'resume).')
+            _record_command(folder)
+            _truncate_history(folder / HISTORY_FILE, state['epoch'])
+        print(f'resuming {folder} after epoch {state["epoch"]}')
+        return _fit(config, manifest, folder, session, state)
 
 
 def init_weights_path(source: str | os.PathLike) -> Path:
@@ -431,8 +598,9 @@ def _load_init_weights(model: tf.keras.Model, path: Path) -> None:
                        f'{err}') from err
 
 
-def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute.Strategy,
-         state: Mapping | None) -> Path:
+def _fit(config: dict, manifest: Manifest, folder: Path, session: _Session,
+         state: Mapping | None) -> Path | None:
+    out = session.scratch or folder  # a resumed non-chief reads the run folder, writes here
     tf.keras.utils.set_random_seed(config['seed'])
     train_cfg = config['train']
     loss_spec = config['loss']
@@ -442,7 +610,7 @@ def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute
                    if needs_freq else None)
     train_seq, val_seq = _sequences(config)
 
-    with strategy.scope():
+    with session.strategy.scope():
         model = build_model(config)
         # Before compile: a weights file must not meet compiled metric variables.
         if state:
@@ -455,15 +623,13 @@ def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute
         class_weights = resolve_class_weights(loss_spec, frequencies)
         learning_rate = state['learning_rate'] if state else train_cfg['learning_rate']
         _compile(model, loss, learning_rate)
-    if state:
-        _truncate_history(folder / HISTORY_FILE, state['epoch'])
     monitor = train_cfg['monitor']
     mode = MONITOR_MODES[monitor]
     stopping = ResumableEarlyStopping(
         restore=state['early_stopping'] if state else None, monitor=monitor, mode=mode,
         patience=train_cfg['early_stopping_patience'], verbose=1)
     checkpoint = tf.keras.callbacks.ModelCheckpoint(
-        str(folder / BEST_WEIGHTS), monitor=monitor, mode=mode, save_best_only=True,
+        str(out / BEST_WEIGHTS), monitor=monitor, mode=mode, save_best_only=True,
         save_weights_only=True, verbose=0,
         initial_value_threshold=state['early_stopping']['best'] if state else None)
     plateau = None
@@ -481,28 +647,43 @@ def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute
         schedule.append(plateau)
     if train_cfg['encoder_freeze_epochs']:
         schedule.append(EncoderFreezeSchedule(train_cfg['encoder_freeze_epochs']))
+    guard = session.guard
+    tty = os.isatty(1)
     callbacks = [
+        StopBetweenBatches(guard),
+        *([] if tty else [ProgressLines(PROGRESS_EVERY_S,
+                                        train_cfg['validation_steps'] or len(val_seq))]),
         *schedule, checkpoint, stopping,
-        tf.keras.callbacks.CSVLogger(str(folder / HISTORY_FILE), append=state is not None),
-        tf.keras.callbacks.TensorBoard(str(folder / TENSORBOARD_DIR), profile_batch=0),
-        PlotHistory(folder),
-        RunState(folder, stopping, plateau, state['training_time_s'] if state else 0.0),
+        tf.keras.callbacks.CSVLogger(str(out / HISTORY_FILE), append=state is not None),
+        tf.keras.callbacks.TensorBoard(str(out / TENSORBOARD_DIR), profile_batch=0),
+        PlotHistory(out),
+        RunState(out, stopping, plateau, state['training_time_s'] if state else 0.0),
+        StopBetweenBatches(guard, last=True),
     ]
     initial_epoch = state['epoch'] if state else 0
     train_seq.set_epoch(initial_epoch)  # the shuffle order the interrupted run would have used
-    model.fit(train_seq, validation_data=val_seq, epochs=train_cfg['epochs'],
-              initial_epoch=initial_epoch, callbacks=callbacks,
-              steps_per_epoch=train_cfg['steps_per_epoch'] or None,
-              validation_steps=train_cfg['validation_steps'] or None,
-              verbose=1 if os.isatty(1) else 2)
+    try:
+        model.fit(train_seq, validation_data=val_seq, epochs=train_cfg['epochs'],
+                  initial_epoch=initial_epoch, callbacks=callbacks,
+                  steps_per_epoch=train_cfg['steps_per_epoch'] or None,
+                  validation_steps=train_cfg['validation_steps'] or None,
+                  verbose=1 if tty else 2)
+    finally:
+        guard.end_saving()
+    if session.scratch is not None:
+        # Each epoch's validation above is sharded across the workers; the final scores
+        # below are not a collective, and would only be thrown away with the scratch folder.
+        return None
 
     run_state = json.loads((folder / STATE_FILE).read_text())
     # The final scores come from the model as load_run gives it to evaluate and export:
     # rebuilt outside the strategy with the best weights (the last if val_loss never was a
     # number and so no best was saved).
     _, model = load_run(folder, 'best' if (folder / BEST_WEIGHTS).is_file() else 'last')
-    cm = evaluate_confusion(model, val_seq, desc=f'{config["data"]["val_split"]} metrics')
+    cm = evaluate_confusion(model, val_seq, desc=f'{config["data"]["val_split"]} metrics',
+                            between_batches=guard.check)
     normalization, color_order = model_normalization(config)
+    guard.begin_saving()
     write_json(folder / METRICS_FILE, {
         'split': config['data']['val_split'],
         'metrics': summarize(cm, CATEGORIES, VOID),
@@ -519,6 +700,7 @@ def _fit(config: dict, manifest: Manifest, folder: Path, strategy: tf.distribute
         'color_order': color_order,
     }, sort_keys=True)
     write_json(folder / STATE_FILE, {**run_state, 'finished': True}, sort_keys=True)
+    guard.end_saving()
     print(f'done: {folder} (val mIoU {summarize(cm, CATEGORIES, VOID)["miou"]:.4f})')
     return folder
 

@@ -155,3 +155,12 @@ def test_evaluate_rejects_what_is_neither_run_nor_model(tmp_path, capsys):
     (tmp_path / 'notes.txt').write_text('x')
     assert main(['evaluate', str(tmp_path / 'notes.txt'), '--data', str(tmp_path)]) == 2
     assert 'expected a run folder' in capsys.readouterr().err
+
+
+def test_the_default_split_is_test_else_val(coded, tmp_path, capsys):
+    model, data = coded
+    assert evaluate(model, data, samples=0, timing_runs=0)['split'] == 'test'
+    val_only = make_coded_prepared(tmp_path / 'data', {'val': _hand_made_pairs()})
+    report = evaluate(model, val_only, samples=0, timing_runs=0, out_dir=tmp_path / 'out')
+    assert report['split'] == 'val'
+    assert 'no test split: scoring val' in capsys.readouterr().out

@@ -243,3 +243,55 @@ def test_pretrained_light_fpn_trains_with_a_frozen_then_unfrozen_encoder(prepare
                for g, e in zip(_encoder_weights(run), imagenet.get_weights(), strict=True)]
     assert sum(changed) > len(changed) // 2
     assert [int(r['epoch']) for r in _history(run)] == [0, 1]
+
+
+def test_progress_lines_report_batches_when_output_is_not_a_terminal(capsys):
+    import tensorflow as tf
+
+    from fvt_training.train import ProgressLines
+
+    model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
+    model.compile(optimizer='sgd', loss='mse')
+    x = np.zeros((6, 2), np.float32)
+    model.fit(x, x[:, :1], batch_size=2, epochs=1, verbose=0, validation_data=(x, x[:, :1]),
+              callbacks=[ProgressLines(0.0, 3)])
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(':')[0] for ln in lines] == [
+        'epoch 1/1 train batch 1/3', 'epoch 1/1 train batch 2/3', 'epoch 1/1 train batch 3/3',
+        'epoch 1/1 validation batch 1/3', 'epoch 1/1 validation batch 2/3',
+        'epoch 1/1 validation batch 3/3']
+    assert lines[0].startswith('epoch 1/1 train batch 1/3: loss ')
+
+
+def test_sigterm_stops_training_between_batches_and_says_how_to_resume(prepared, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / 'long.yaml'
+    config.write_text(yaml.safe_dump({
+        'data': {'prepared_dir': str(prepared), 'batch_size': 4}, 'runs_dir': str(tmp_path),
+        'model': {'architecture': 'unet_like', 'filters': [8, 16]}, 'train': {'epochs': 500}}))
+    log = tmp_path / 'log.txt'
+    with log.open('w') as out:
+        proc = subprocess.Popen([sys.executable, '-m', 'fvt_training.cli', 'train',
+                                 str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                env=dict(os.environ))
+    state = tmp_path / 'long' / 'state.json'
+    try:
+        deadline = time.monotonic() + 120
+        while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert state.is_file(), log.read_text()
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143, log.read_text()
+        assert time.monotonic() - sent < 15
+    finally:
+        proc.kill()
+    assert f'stopped by SIGTERM; {state.parent} holds' in log.read_text()
+    assert f'fvt-train train --resume {state.parent}' in log.read_text()
+    assert json.loads(state.read_text())['finished'] is False
+    assert not (state.parent / 'metrics.json').exists()
