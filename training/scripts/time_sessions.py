@@ -7,14 +7,17 @@ Shows why ``fvt_training.latency.time_interleaved`` needs sessions that do not s
 spinning session's threads steal the cores from the next session's run. ``--profile`` adds
 ONNX Runtime's per-operator times of each file (its own profiler, alone, not spinning), and
 its convolutions split by kind: depthwise, 1x1 (pointwise) and the rest, which gain very
-differently from int8.
+differently from int8. Each file gets its own input from a frame of the bundled recording (a
+uint8-input file takes the pixels); "per frame" adds the node's preprocessing.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections import Counter
+import functools
 import json
+import os
 from pathlib import Path
 import re
 import sys
@@ -24,6 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from fvt_segmentation.bag.bundled_recording import sample_frames
 from fvt_segmentation.core.inference import load_segmenter
 from fvt_training.latency import time_calls, time_interleaved
 
@@ -93,25 +97,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = {'first': args.first, 'second': args.second}
 
-    size = load_segmenter(args.first, providers=['cpu']).input_size
-    x = np.random.default_rng(0).random((1, *size, 3), dtype=np.float32)
-    print(f'{args.first.name} / {args.second.name}, batch 1, median ms of {args.runs} runs')
+    # A real camera frame, each file fed its own input (a uint8-input file takes the pixels).
+    frame = sample_frames(1)[0]
+    print(f'{args.first.name} / {args.second.name}, batch 1, median ms of {args.runs} runs; '
+          f'load average {os.getloadavg()[0]:.2f} before')
     for spinning in (True, False):
         models = {tag: load_segmenter(p, providers=['cpu'], intra_op_spinning=spinning)
                   for tag, p in paths.items()}
-        calls = {tag: (lambda m=m: m.infer(x)) for tag, m in models.items()}
+        tensors = {tag: m.preprocess(frame) for tag, m in models.items()}
+        calls = {tag: functools.partial(m.infer, tensors[tag]) for tag, m in models.items()}
         alone = {tag: time_calls(c, args.runs, args.warmup)['median_ms']
                  for tag, c in calls.items()}
         turns = {tag: s['median_ms'] for tag, s in
                  time_interleaved(calls, args.runs, args.warmup).items()}
-        print(f'spinning {"on " if spinning else "off"}: alone {alone["first"]:.1f} / '
-              f'{alone["second"]:.1f} ({alone["first"] / alone["second"]:.2f}x), in turns '
-              f'{turns["first"]:.1f} / {turns["second"]:.1f} '
-              f'({turns["first"] / turns["second"]:.2f}x)')
-        del models, calls
+        # Per camera frame: the node's preprocessing too (a float32 file's normalisation is
+        # numpy work outside the graph, a uint8-input file's is inside).
+        frames = {tag: (lambda m=m: m.segment(frame)) for tag, m in models.items()}
+        per_frame = {tag: s['median_ms'] for tag, s in
+                     time_interleaved(frames, args.runs, args.warmup).items()}
+        print(f'spinning {"on " if spinning else "off"}: network alone {alone["first"]:.1f} / '
+              f'{alone["second"]:.1f} ({alone["first"] / alone["second"]:.2f}x), network in '
+              f'turns {turns["first"]:.1f} / {turns["second"]:.1f} '
+              f'({turns["first"] / turns["second"]:.2f}x), per frame in turns '
+              f'{per_frame["first"]:.1f} / {per_frame["second"]:.1f} '
+              f'({per_frame["first"] / per_frame["second"]:.2f}x)')
+        del models, calls, frames
+    print(f'load average {os.getloadavg()[0]:.2f} after')
     if args.profile:
         for path in paths.values():
-            per_op, per_conv = _operator_ms(path, x, args.runs)
+            tensor = load_segmenter(path, providers=['cpu']).preprocess(frame)
+            per_op, per_conv = _operator_ms(path, tensor, args.runs)
             total = sum(per_op.values())
             print(f'\n{path.name}: {total:.2f} ms in operators')
             for op, ms in per_op.most_common(8):
