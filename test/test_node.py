@@ -6,6 +6,7 @@ import array
 import functools
 import json
 from pathlib import Path
+import threading
 import time
 
 import cv2
@@ -452,6 +453,23 @@ def test_default_providers_say_why_the_gpu_is_not_used(ros: RosHarness, model: P
         f'CUDAExecutionProvider: its library does not load: {MISSING[CUDA]}')
     assert status['precision'] == 'fp32' and status['trt_engine'] == 'none'
     assert status['intra_op_threads'] == 'default (no spinning)'
+
+
+def test_shutdown_during_an_engine_build_starts_and_publishes_nothing(
+        model: Path, tmp_path: Path, fake_gpu: FakeGpu, monkeypatch: pytest.MonkeyPatch) -> None:
+    errors: list[BaseException] = []
+    monkeypatch.setattr(threading, 'excepthook', lambda args: errors.append(args.exc_value))
+    fake_gpu.build_gate = threading.Event()
+    harness = RosHarness()
+    node = harness.start_node(model, wait=False, providers=['tensorrt'],
+                              trt_cache_dir=str(tmp_path / 'trt'))
+    assert fake_gpu.building.wait(30.0), 'the engine build did not start'
+    harness.close()  # the node is destroyed while TensorRT builds
+    fake_gpu.build_gate.set()  # the build ends after the shutdown
+    node._loader.join(30.0)
+    assert not node._loader.is_alive()
+    assert errors == [] and node.segmenter is None and node._threads == []
+    assert fake_gpu.built == ['fp16']
 
 
 def test_an_fp16_parity_failure_is_an_error_once_then_a_warning(

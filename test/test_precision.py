@@ -10,6 +10,7 @@ a runtime change of ``precision`` that reloads while the running model keeps ser
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from fake_providers import OUT_OF_MEMORY, FakeGpu
@@ -126,6 +127,19 @@ def wait_status(ros: RosHarness, predicate, what: str) -> dict:
     return latest_status(ros)
 
 
+def serving(ros: RosHarness) -> tuple[Any, Any, np.ndarray]:
+    """Start the node on the shipped stand-ins, mask and diagnostics subscribed.
+
+    Returns the node, a camera publisher and a frame to publish.
+    """
+    ros.subscribe(f'{NS}/mask', Image, 'mask')
+    ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
+    node = ros.start_node('', diagnostics_period=0.1)
+    ros.wait_matched('mask')
+    pixels = np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    return node, ros.publisher('/image'), pixels
+
+
 def test_node_runs_int8_on_the_cpu_and_says_why(ros: RosHarness, shipped: Path) -> None:
     ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
     node = ros.start_node('', diagnostics_period=0.1)
@@ -160,12 +174,7 @@ def test_node_explicit_model_path_runs_as_it_is(ros: RosHarness, shipped: Path,
 
 def test_node_precision_change_reloads_while_the_old_model_serves(
         ros: RosHarness, shipped: Path) -> None:
-    ros.subscribe(f'{NS}/mask', Image, 'mask')
-    ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
-    node = ros.start_node('', diagnostics_period=0.1)
-    ros.wait_matched('mask')
-    pub = ros.publisher('/image')
-    pixels = np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    node, pub, pixels = serving(ros)
     sent = 0
 
     def serve_one() -> None:
@@ -218,12 +227,7 @@ def test_shutdown_during_a_load_starts_and_publishes_nothing(
 
 def test_model_files_deleted_while_running(ros: RosHarness, shipped: Path) -> None:
     """The running model lives in memory; a reload then finds what is left, or fails."""
-    ros.subscribe(f'{NS}/mask', Image, 'mask')
-    ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
-    node = ros.start_node('', diagnostics_period=0.1)
-    ros.wait_matched('mask')
-    pub = ros.publisher('/image')
-    pixels = np.random.default_rng(4).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    node, pub, pixels = serving(ros)
     int8_path(shipped).unlink()
     pub.publish(image_msg(pixels, 'rgb8', 1))
     ros.wait_count('mask', 1)  # served by the int8 model already loaded

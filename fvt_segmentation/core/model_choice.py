@@ -13,6 +13,7 @@ No rclpy here: the node asks :func:`load_model`, and the tests check every choic
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,3 +108,13 @@ def load_model(model_path: str, precision: str, providers: Sequence[str],
             choice = ModelChoice(fallback.path, 'int8',
                                  f'auto: no GPU provider started ({why}); int8 on the CPU')
     return segmenter, choice
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--model`` and ``--precision`` to a tool that starts the node (demo, bench)."""
+    parser.add_argument('--model', default='',
+                        help='ONNX model, run as it is (default: the shipped model, its file '
+                             'chosen by --precision)')
+    parser.add_argument('--precision', default='auto', choices=PRECISIONS,
+                        help="the node's precision parameter: which shipped file runs "
+                             '(default: %(default)s: int8 on the CPU, float32 on a GPU)')

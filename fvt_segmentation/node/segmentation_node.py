@@ -272,7 +272,8 @@ class SegmentationNode(Node):
 
     def _install(self, segmenter: Segmenter, choice: ModelChoice) -> None:
         """Make ``segmenter`` the one the next frame runs through (the first or a reload)."""
-        self._style = OutputStyle.of(segmenter.contract, self._image_kwargs)
+        # One assignment: the inference thread never pairs one model with another's style.
+        self._serving = (segmenter, OutputStyle.of(segmenter.contract, self._image_kwargs))
         self.segmenter, self.choice = segmenter, choice
         self._categories_pub.publish(String(data=segmenter.contract.categories_json()))
 
@@ -297,8 +298,7 @@ class SegmentationNode(Node):
                 self._install(segmenter, choice)
             self.get_logger().info(
                 f'precision {precision}: now running {choice.path} ({choice.precision}; '
-                f'{choice.reason}) on {segmenter.active_provider}'
-                + (f'\n  {choice.warning}' if choice.warning else ''))
+                f'{choice.reason}) on {segmenter.active_provider}')
             if choice.warning:
                 self.get_logger().warning(choice.warning)
 
@@ -393,7 +393,7 @@ class SegmentationNode(Node):
         self.stats.stage('conversion', (time.perf_counter() - start) * 1e3)
         wanted = frozenset(name for name in OUTPUTS if settings.enabled(name)
                            and self._outputs[name].get_subscription_count() > 0)
-        segmenter, style = self.segmenter, self._style  # a reload may swap both meanwhile
+        segmenter, style = self._serving  # a reload may swap it meanwhile
         result = segmenter.segment(frame.pixels, frame.color_order,
                                    want_confidence='confidence' in wanted)
         self.stats.segmented(result.timings_ms)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 import fvt_segmentation
 from fvt_segmentation.core.contract import ModelLoadError
 from fvt_segmentation.core.inference import Segmenter
-from fvt_segmentation.core.model_choice import PRECISIONS, load_model
+from fvt_segmentation.core.model_choice import add_model_options, load_model
 from fvt_segmentation.core.sizes import format_size, parse_sizes
 from fvt_segmentation.node.pipeline_stats import STAGES
 from fvt_segmentation.node.segmentation_node import NODE_NAME
@@ -413,12 +413,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.splitlines()[0],
         epilog='Without models/default.onnx, write a model of a few GFLOPs first: '
                'python scripts/make_bench_model.py output/bench.onnx')
-    parser.add_argument('--model', default='',
-                        help='ONNX model, run as it is (default: the shipped model, its file '
-                             'chosen by --precision)')
-    parser.add_argument('--precision', default='auto', choices=PRECISIONS,
-                        help="the node's precision parameter: which shipped file runs "
-                             '(default: auto, int8 on the CPU)')
+    add_model_options(parser)
     parser.add_argument('--sizes', default='1024x512,2048x1024',
                         type=lambda text: parse_sizes([text]),
                         help='comma-separated frame sizes WIDTHxHEIGHT')

@@ -50,7 +50,7 @@ from fvt_segmentation.bag.record import BagRecorder
 from fvt_segmentation.bag.replay import BagPlayer, BagPublisher
 from fvt_segmentation.core.conversions import stamp_ns
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
-from fvt_segmentation.core.model_choice import PRECISIONS, choose_model
+from fvt_segmentation.core.model_choice import add_model_options, choose_model
 from fvt_segmentation.node.segmentation_node import NODE_NAME as NODE
 from fvt_segmentation.tools.dds_profiles import apply_transport_environment
 
@@ -86,12 +86,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--bag', type=Path, default=None,
                         help='rosbag2 recording with camera frames on '
                         f'{CAMERA_TOPIC} (default: the bundled one)')
-    parser.add_argument('--model', default='',
-                        help='ONNX model, run as it is (default: the shipped model, its file '
-                             'chosen by --precision)')
-    parser.add_argument('--precision', default='auto', choices=PRECISIONS,
-                        help="the node's precision parameter: which shipped file runs "
-                             '(default: %(default)s: int8 on the CPU, float32 on a GPU)')
+    add_model_options(parser)
     parser.add_argument('--out', type=Path, default=Path('output/demo'),
                         help='output folder (default: %(default)s)')
     parser.add_argument('--rate', type=float, default=5.0,
@@ -462,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         failure = failure or f'expected to write the GIF and summary.json, got {err} (disk full?)'
     print('\n'.join(['', '== summary', *lines,
-                     f'outputs     {args.out}/overlays/*.png, {gif.name}, masks_bag/ '
+                     f'outputs     {args.out}/overlays/*.png, '
+                     + ('' if args.no_gif else f'{gif.name}, ') + 'masks_bag/ '
                      f'(rosbag2, {recorded} masks), summary.json, node.log']))
     if failure is not None:
         print(f'error: {failure}', file=sys.stderr)
