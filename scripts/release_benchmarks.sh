@@ -39,10 +39,27 @@ bench "${cam480[@]}" --json "$OUT/bench_480x360_auto.json" | tee "$OUT/bench_480
 # 1024x512), then a camera the node never waits for: 10 Hz.
 bench --sizes 2048x1024 --rate 20 --duration 60 --transport profile --repeat "$REPEAT" \
   --json "$OUT/bench_2048x1024_20hz.json" | tee "$OUT/bench_2048x1024_20hz.txt"
+bench --sizes 2048x1024 --rate 30 --duration 60 --transport profile --repeat "$REPEAT" \
+  --json "$OUT/bench_2048x1024_30hz.json" | tee "$OUT/bench_2048x1024_30hz.txt"
 bench --duration 30 --repeat "$REPEAT" --json "$OUT/bench_30hz.json" \
   | tee "$OUT/bench_30hz.txt"
 bench --duration 30 --rate 10 --transport profile --repeat "$REPEAT" \
   --json "$OUT/bench_10hz.json" | tee "$OUT/bench_10hz.txt"
+# A camera slow enough that the model idles between frames (5 Hz), float32 file: ONNX
+# Runtime threads spinning (the default until this release) or sleeping (the default now).
+for spinning in true false; do
+  bench --sizes 480x360 --rate 5 --duration 30 --transport profile --repeat "$REPEAT" \
+    --precision float32 --node-param "intra_op_spinning:=$spinning" \
+    --json "$OUT/bench_5hz_spinning_$spinning.json" | tee "$OUT/bench_5hz_spinning_$spinning.txt"
+done
+# The two files' network time and time per frame, in turns (the int8 target: >= 1.4x).
+for i in $(seq "$REPEAT"); do
+  python training/scripts/time_sessions.py models/default.onnx models/default.int8.onnx \
+    --runs 60
+done | tee "$OUT/time_sessions.txt"
+for i in $(seq "$REPEAT"); do
+  python scripts/bench_node_outputs.py
+done | tee "$OUT/node_outputs.txt"
 uptime | tee "$OUT/load_after.txt"
 
 python scripts/review_screenshot.py --data data/camvid/480x360 --model models/default.onnx \

@@ -92,6 +92,11 @@ def test_run_figures_from_raw_measurements() -> None:
                                                           start + 20 * second + 70 * MS]]
     assert summarize_run(Configuration(2048, 1024, 'profile', 150), raw, [60.0])[
         'lag_p50_by_window_ms'] == pytest.approx([50.0, 70.0])
+    # 20.03 s, as a real 20 s stream measures: still two windows, no one-frame third.
+    raw['camera']['last_stamp_ns'] = start + 20 * second + 30 * MS
+    raw['receiver']['masks'][1] = [start + 20 * second + 30 * MS, start + 20 * second + 100 * MS]
+    assert summarize_run(Configuration(2048, 1024, 'profile', 150), raw, [60.0])[
+        'lag_p50_by_window_ms'] == pytest.approx([50.0, 70.0])
     # Least-squares line through (0 s, 80), (15 s, 100), (29 s, 90): 21.4 ms per minute.
     assert row['lag_slope_ms_per_min'] == pytest.approx(21.39, abs=0.01)
     text = render_tables([row], 'header')

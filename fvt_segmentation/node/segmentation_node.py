@@ -48,6 +48,7 @@ from fvt_segmentation.core.inference import (
     check_model_file,
 )
 from fvt_segmentation.core.model_choice import ModelChoice, choose_model, load_model
+from fvt_segmentation.core.providers import TENSORRT
 from fvt_segmentation.core.sizes import format_size
 from fvt_segmentation.node.diagnostics import (
     HealthSnapshot,
@@ -485,7 +486,9 @@ class SegmentationNode(Node):
             f'  model precision: {choice.precision} ({choice.reason}; parameter precision '
             f'{self._param("precision")})\n'
             f'  provider: {segmenter.active_provider} (requested {self._requested}), '
-            f'precision {segmenter.precision}, threads {values["intra_op_threads"]}, IO '
+            + (f'TensorRT precision {segmenter.precision}, '
+               if segmenter.active_provider == TENSORRT else '')
+            + f'threads {values["intra_op_threads"]}, IO '
             f'binding {values["io_binding"]}; loaded in {segmenter.load_seconds:.1f} s, '
             f'warm-up run {segmenter.warmup_ms:.1f} ms'
             + (f'\n  provider fallback: {segmenter.fallback_reason}'

@@ -263,8 +263,8 @@ def summarize_run(config: Configuration, raw: dict[str, Any],
     lag_first = percentiles_ms(latency_ms[masks[:, 0] < first + window_ns].tolist(), 50)[0]
     lag_last = percentiles_ms(latency_ms[masks[:, 0] > last - window_ns].tolist(), 50)[0]
     # Whole windows from the first frame; the last one takes the stream's end (a 60 s stream
-    # at 30 Hz is 6 windows, not 6 and a one-frame seventh).
-    windows = max(1, -(-(last - first) // window_ns))
+    # at 30 Hz is 6 windows, not 6 and a one-frame seventh: its last stamp is 60.0x s in).
+    windows = max(1, round((last - first) / window_ns))
     window_of = np.minimum((masks[:, 0] - first) // window_ns, windows - 1)
     lag_windows = [percentiles_ms(latency_ms[window_of == i].tolist(), 50)[0]
                    for i in range(windows)]
