@@ -70,6 +70,7 @@ from fvt_segmentation.node.ros_compat import add_post_set_parameters_callback, m
 
 NODE_NAME = 'segmentation_node'
 LOG_THROTTLE_S = 5.0
+LOG_LIST_ITEMS = 12
 PARITY_FRAMES = 4
 LOAD_RETRY_DELAY_S = 2.0
 FAILURE_REPORT_S = 1.0
@@ -111,6 +112,15 @@ def _qos(reliability: str, depth: int) -> QoSProfile:
         reliability=(ReliabilityPolicy.RELIABLE if reliability == 'reliable'
                      else ReliabilityPolicy.BEST_EFFORT),
         durability=DurabilityPolicy.VOLATILE)
+
+
+def _compact(value: Any) -> Any:
+    """``value`` for one log line: long lists (e.g. calibration frame ids) only counted."""
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, list) and len(value) > LOG_LIST_ITEMS:
+        return f'({len(value)} entries)'
+    return value
 
 
 def _stamp_text(msg: Any) -> str:
@@ -461,11 +471,8 @@ class SegmentationNode(Node):
         segmenter = self.segmenter
         assert segmenter is not None
         height, width = segmenter.input_size
-        # Nested records (metrics, calibration frames, encoder weights) are in the file's
-        # metadata; one startup line names them only.
-        provenance = ', '.join(
-            f'{k}={v}' if not isinstance(v, (dict, list)) else f'{k}=({len(v)} entries)'
-            for k, v in sorted(segmenter.contract.provenance.items()))
+        provenance = ', '.join(f'{k}={_compact(v)}'
+                               for k, v in sorted(segmenter.contract.provenance.items()))
         outputs = ', '.join(self.resolve_topic_name(f'~/{n}') for n in (*OUTPUTS, 'categories'))
         values = model_values(segmenter)
 
