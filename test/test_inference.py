@@ -212,15 +212,15 @@ def test_name_shows_architecture_and_backbone_when_known(model_factory):
 
 
 
-def test_intra_op_spinning_false_reaches_the_session(tiny_model):
+def test_threads_sleep_by_default_and_spin_when_asked(tiny_model):
     key = 'session.intra_op.allow_spinning'
-    quiet = load_segmenter(tiny_model, providers=['cpu'], intra_op_spinning=False)
+    quiet = load_segmenter(tiny_model, providers=['cpu'])
     assert quiet.session.get_session_options().get_session_config_entry(key) == '0'
-    default = load_segmenter(tiny_model, providers=['cpu'])
+    spinning = load_segmenter(tiny_model, providers=['cpu'], intra_op_spinning=True)
     with pytest.raises(RuntimeError):  # unset: ONNX Runtime's default, spinning
-        default.session.get_session_options().get_session_config_entry(key)
+        spinning.session.get_session_options().get_session_config_entry(key)
     image = frame(*quiet.input_size)
-    np.testing.assert_array_equal(quiet.segment(image).classes, default.segment(image).classes)
+    np.testing.assert_array_equal(quiet.segment(image).classes, spinning.segment(image).classes)
 
 
 @pytest.mark.parametrize('version', [1, 2])

@@ -6,8 +6,8 @@ Each subcommand comes from a registrar ``add_<name>_parser(subparsers)`` listed 
 import TensorFlow at module level (handlers import it when they run), so ``fvt-train --help``
 stays fast. To add a subcommand, write its registrar and append it here.
 
-Handlers raise the errors of :data:`USER_ERRORS` for problems a user can fix: :func:`main`
-prints their message as one line and exits with status 2.
+Handlers raise the errors of :data:`fvt_training.user_errors.USER_ERRORS` for problems a
+user can fix: :func:`main` prints their message as one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import sys
 
 from fvt_training.config import ConfigError, load_config, render_config
+from fvt_training.user_errors import user_errors
 
 REGISTRARS = [
     'fvt_training.prepare:add_prepare_parser',
@@ -30,25 +31,6 @@ REGISTRARS = [
     'fvt_training.export:add_export_parser',
     'fvt_training.adopt:add_adopt_parser',
 ]
-
-USER_ERRORS = {
-    'fvt_training.config': ('ConfigError',),
-    'fvt_training.prepared': ('DataError',),
-    'fvt_training.run_files': ('RunError',),
-    'fvt_training.models': ('ModelConfigError', 'EncoderWeightsUnavailableError'),
-    'fvt_segmentation.core.contract': ('ModelLoadError',),
-    'fvt_training.evaluate': ('EvaluationError',),
-    'fvt_training.export': ('ExportError',),
-    'fvt_training.compare': ('CompareError',),
-    'fvt_training.review.app': ('ReviewSetupError',),
-    'fvt_training.adopt': ('AdoptError',),
-    'fvt_training.label_sets': ('LabelSetError',),
-    'fvt_training.torch_checkpoint': ('CheckpointError',),
-}
-"""Errors whose message is the whole story for a user (no traceback), by module. A module's
-errors count once it is loaded: none can be raised before, and looking them up this way
-keeps TensorFlow and Flask unloaded until a command needs them."""
-
 
 def add_config_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``fvt-train config``: print a resolved, commented configuration."""
@@ -158,21 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [FileNotFoundError]
-    for module, names in USER_ERRORS.items():
-        loaded = sys.modules.get(module)
-        errors.extend(getattr(loaded, n) for n in names if loaded is not None)
-    return tuple(errors)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fvt-train``; user errors print one line and return 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as err:
+    except user_errors() as err:
         print(f'fvt-train {args.command}: error: {err}', file=sys.stderr)
         return 2
 

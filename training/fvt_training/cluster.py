@@ -188,7 +188,7 @@ def _child(entry: str, conn: Connection, args: tuple) -> None:
     """
     if sys.platform == 'linux':  # die with the parent, even one ended by SIGKILL
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    from fvt_training.cli import _user_errors
+    from fvt_training.user_errors import user_errors
 
     module, function = entry.split(':')
     try:
@@ -196,7 +196,7 @@ def _child(entry: str, conn: Connection, args: tuple) -> None:
     except TrainingStopped as stop:
         conn.send(f'stopped {stop.signum} {stop.hint}')
         status = stop.exit_code
-    except _user_errors() as err:
+    except user_errors() as err:
         conn.send(f'error {err}')
         status = 2
     sys.exit(status)
