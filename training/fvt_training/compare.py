@@ -1,7 +1,8 @@
 """``fvt-train compare``: one markdown table of many runs, sortable by any column.
 
 Each row reads what a run folder holds: ``config.yaml`` (model, loss, augmentation),
-``metrics.json`` (validation scores, parameters, training time), any ``eval_<split>.json``
+``metrics.json`` (validation scores of the best weights and of the last epoch, or a held-out
+sequence's at the last epoch; parameters, training time), any ``eval_<split>.json``
 (``fvt-train evaluate``) and ``export.json`` (``fvt-train export``: GFLOPs, median CPU time of
 the float32 and INT8 files, INT8 mIoU change). A value a run does not have shows as '—'.
 
@@ -34,6 +35,9 @@ from fvt_training.run_files import (
 )
 
 MISSING = '—'
+JUDGED_CATEGORIES = ('object', 'human')
+"""Categories shown at the last epoch and on a held-out sequence too: the weakest on CamVid
+(``models/README.md``), where a gain picked on val is most likely."""
 
 
 class CompareError(ValueError):
@@ -119,6 +123,20 @@ def _warm_start(run: dict) -> str | None:
     return Path(source).name if source else None
 
 
+def _val(run: dict, *path: str) -> Any:
+    """Read ``metrics.json`` of a run validated on the validation split (not a held-out one)."""
+    if _dig(run, 'metrics', 'holdout_sequence'):
+        return None
+    return _dig(run, 'metrics', *path)
+
+
+def _held_out(run: dict, *path: str) -> Any:
+    """Read the held-out sequence's scores at the last epoch (a fixed schedule's)."""
+    if not _dig(run, 'metrics', 'holdout_sequence'):
+        return None
+    return _dig(run, 'metrics', 'last_epoch', 'metrics', *path)
+
+
 def _eval(run: dict, split: str) -> dict:
     return run['evals'].get(split) or {}
 
@@ -145,18 +163,30 @@ def columns(eval_splits: Sequence[str] = ()) -> list[Column]:
         Column('encoder_init', 'encoder init', _encoder_init, text),
         Column('warm_start', 'warm start from', _warm_start, text),
         Column('epochs', 'epochs', lambda r: _dig(r, 'metrics', 'epochs'), str),
-        Column('val_miou', 'val mIoU', lambda r: _dig(r, 'metrics', 'metrics', 'miou'),
+        Column('val_miou', 'val mIoU', lambda r: _val(r, 'metrics', 'miou'), _num(4)),
+        Column('val_miou_all', 'val 8-class mean', lambda r: _val(r, 'metrics', 'miou_all'),
                _num(4)),
-        Column('val_miou_all', 'val 8-class mean',
-               lambda r: _dig(r, 'metrics', 'metrics', 'miou_all'), _num(4)),
-        Column('val_dice', 'val Dice', lambda r: _dig(r, 'metrics', 'metrics', 'dice'),
-               _num(4)),
+        Column('val_dice', 'val Dice', lambda r: _val(r, 'metrics', 'dice'), _num(4)),
     ]
     for index, name in enumerate(CATEGORIES):
         if index == VOID:
             continue
         cols.append(Column(f'iou_{name}', f'IoU {name}',
-                           lambda r, n=name: _dig(r, 'metrics', 'metrics', 'iou', n), _num(3)))
+                           lambda r, n=name: _val(r, 'metrics', 'iou', n), _num(3)))
+    cols.append(Column('val_miou_last', 'val mIoU (last epoch)',
+                       lambda r: _val(r, 'last_epoch', 'metrics', 'miou'), _num(4)))
+    cols += [Column(f'iou_{name}_last', f'IoU {name} (last epoch)',
+                    lambda r, n=name: _val(r, 'last_epoch', 'metrics', 'iou', n), _num(3))
+             for name in JUDGED_CATEGORIES]
+    cols += [
+        Column('holdout', 'held-out sequence',
+               lambda r: _dig(r, 'metrics', 'holdout_sequence'), text),
+        Column('holdout_miou', 'held-out sequence mIoU', lambda r: _held_out(r, 'miou'),
+               _num(4)),
+        *(Column(f'holdout_iou_{name}', f'held-out IoU {name}',
+                 lambda r, n=name: _held_out(r, 'iou', n), _num(3))
+          for name in JUDGED_CATEGORIES),
+    ]
     for split in eval_splits:
         # `fvt-train evaluate` on the validation split would share the training scores' names.
         key, header = ((f'eval_{split}', f'{split} (evaluate)')
@@ -274,9 +304,11 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     parser = subparsers.add_parser(
         'compare', help='markdown table of runs (scores, size, speed), sortable',
         description='Print one markdown row per run folder: model, loss, augmentation, '
-                    'validation mIoU (void ignored), 8-class mean, Dice, per-category IoU, '
-                    'scores of fvt-train evaluate, parameters, GFLOPs, training time and '
-                    'inference times (eval and exported ONNX float32/int8 on the CPU).')
+                    'validation mIoU (void ignored), 8-class mean, Dice, per-category IoU '
+                    '(best weights), mIoU and object/human IoU at the last epoch, the '
+                    'held-out sequence and its mIoU (data.holdout_sequence runs), scores of '
+                    'fvt-train evaluate, parameters, GFLOPs, training time and inference '
+                    'times (eval and exported ONNX float32/int8 on the CPU).')
     parser.add_argument('runs', nargs='+', metavar='RUN',
                         help='run folders (e.g. runs/*) or exported .onnx files')
     parser.add_argument('--sort', metavar='COLUMN', help=f'column to sort by: {keys}')

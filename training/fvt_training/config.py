@@ -26,6 +26,7 @@ ARCHITECTURES = ('unet_like', 'light_fpn', 'unet', 'fpn', 'linknet', 'pspnet')
 LR_SCHEDULES = ('plateau', 'cosine')
 MONITOR_MODES = {'val_loss': 'min', 'val_miou': 'max'}  # Keras' mode: is lower or higher better
 MONITORS = tuple(MONITOR_MODES)
+SELECTIONS = ('best', 'last')
 LOSS_NAMES = ('cce', 'dice', 'weighted_dice', 'focal', 'cce_dice', 'jaccard')
 STRATEGIES = ('default', 'mirrored', 'multiworker')
 NUM_CATEGORIES = len(CATEGORIES)
@@ -168,8 +169,13 @@ SCHEMA: dict[str, Any] = {
                            'data.prepared_dir: data/camvid/256x192', required=True),
         'train_split': _f('train', 'str', 'split used for training', _str,
                           'data.train_split: train'),
-        'val_split': _f('val', 'str', 'split used for validation, checkpoints and metrics.json',
-                        _str, 'data.val_split: val'),
+        'val_split': _f('val', 'str', 'split used for validation, checkpoints and metrics.json '
+                        '(unless holdout_sequence is set)', _str, 'data.val_split: val'),
+        'holdout_sequence': _f(None, 'str or null', 'leave-one-sequence-out: train on '
+                               'train_split without the frames whose id starts with '
+                               '<sequence>_, validate and score on those (val_split unused; '
+                               'needs train.select: last); null: off', _opt_str,
+                               'data.holdout_sequence: 0006R0'),
         'augment': _f('none', 'str', 'augmentation: preset none|light|flip_rotate|heavy|'
                       'scale_crop or path of a serialized albumentations pipeline file', _str,
                       'data.augment: flip_rotate'),
@@ -240,6 +246,10 @@ SCHEMA: dict[str, Any] = {
         'monitor': _f('val_loss', '|'.join(MONITORS), 'value that picks the best weights, '
                       'early stopping and the plateau schedule watch', _choice(MONITORS),
                       'train.monitor: val_miou'),
+        'select': _f('best', '|'.join(SELECTIONS), 'epoch a run is judged by: best (the best '
+                     'monitored value; early stopping on) or last (a fixed schedule: every '
+                     'epoch runs, no early stopping; needs lr_schedule: cosine); metrics.json '
+                     'scores both', _choice(SELECTIONS), 'train.select: last'),
         'plateau_factor': _f(0.2, 'float in (0, 1)', 'ReduceLROnPlateau factor',
                              _float(0.0, 1.0, open_min=True), 'train.plateau_factor: 0.2'),
         'plateau_patience': _f(4, 'int >= 0', 'ReduceLROnPlateau patience (epochs)', _int(0),
@@ -247,8 +257,8 @@ SCHEMA: dict[str, Any] = {
         'min_learning_rate': _f(1e-7, 'float >= 0', 'lowest learning rate (plateau) or the '
                                 'last one (cosine)',
                                 _float(0.0), 'train.min_learning_rate: 1.0e-7'),
-        'early_stopping_patience': _f(9, 'int >= 0', 'EarlyStopping patience; the '
-                                      'best weights are kept', _int(0),
+        'early_stopping_patience': _f(9, 'int >= 0', 'EarlyStopping patience (select: '
+                                      'best); the best weights are kept', _int(0),
                                       'train.early_stopping_patience: 9'),
         'steps_per_epoch': _f(0, 'int >= 0', 'training batches per epoch; 0: the whole split',
                               _int(0), 'train.steps_per_epoch: 0'),
@@ -342,7 +352,23 @@ def validate(flat: Mapping[str, Any], source: str = '<config>',
         if check_required and field.required and _get(config, path) is None:
             raise ConfigError(f'{source}: {path} is required ({field.doc}), e.g. '
                               f'`{field.example}`')
+    _check_fixed_schedule(config, source)
     return config
+
+
+def _check_fixed_schedule(config: Mapping, source: str) -> None:
+    """Refuse a run judged by an unseen score whose training still watches that score."""
+    train = config['train']
+    sequence = config['data']['holdout_sequence']
+    if sequence is not None and train['select'] != 'last':
+        raise ConfigError(f'{source}: data.holdout_sequence: {sequence} needs '
+                          'train.select: last (a held-out sequence that picked the epoch or '
+                          'stopped the run would no longer be unseen); got train.select: '
+                          f'{train["select"]}')
+    if train['select'] == 'last' and train['lr_schedule'] != 'cosine':
+        raise ConfigError(f'{source}: train.select: last needs train.lr_schedule: cosine (a '
+                          'fixed schedule; plateau lowers the rate when the validation score '
+                          f'stalls); got train.lr_schedule: {train["lr_schedule"]}')
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -10,6 +10,7 @@ every sample exactly once in a new order that depends only on ``seed`` and the e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 import copy
 import math
@@ -67,14 +68,15 @@ class SegmentationSequence(tf_keras.utils.Sequence):
     """Batches ``(x float32 [B, H, W, 3], y one-hot float32 [B, H, W, 8])`` of one split.
 
     ``len()`` is the number of batches (the last one may be smaller). Keras calls
-    :meth:`on_epoch_end` after every epoch, which moves to the next epoch's order.
+    :meth:`on_epoch_end` after every epoch, which moves to the next epoch's order. ``ids``
+    (default: all of the split, in the manifest's order) takes part of a split.
     """
 
     def __init__(self, prepared: PreparedSource, split: str, *, batch_size: int = 8,
                  shuffle: bool = False, seed: int = 0,
                  augment: str | A.BaseCompose | None = None,
                  normalization: Normalization | None = None, color_order: str = 'RGB',
-                 workers: int = 1) -> None:
+                 workers: int = 1, ids: Sequence[str] | None = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise DataError(f'batch_size must be a positive integer; got {batch_size}')
@@ -86,6 +88,13 @@ class SegmentationSequence(tf_keras.utils.Sequence):
         self.manifest = _manifest(prepared)
         self.split = split
         self.sample_ids = self.manifest.ids(split)
+        if ids is not None:
+            unknown = sorted(set(ids) - set(self.sample_ids))
+            if unknown:
+                more = f' and {len(unknown) - 5} more' if len(unknown) > 5 else ''
+                raise DataError(f'{self.manifest.folder}: ids {unknown[:5]}{more} are not in '
+                                f'split {split!r}; expected ids of that split')
+            self.sample_ids = tuple(ids)
         if not self.sample_ids:
             raise DataError(f'{self.manifest.folder}: split {split!r} has no samples')
         self.batch_size = batch_size
@@ -193,13 +202,14 @@ def make_sequence(prepared: PreparedSource, split: str, *, batch_size: int = 8,
                   shuffle: bool = False, seed: int = 0,
                   augment: str | A.BaseCompose | None = None,
                   normalization: Normalization | None = None, color_order: str = 'RGB',
-                  workers: int = 1) -> SegmentationSequence:
+                  workers: int = 1, ids: Sequence[str] | None = None) -> SegmentationSequence:
     """Return the batches of ``split`` of a prepared folder (``OUT/<W>x<H>``) or manifest.
 
     ``augment`` is a preset name, a pipeline file (see :func:`build_augmentation`), a built
     albumentations pipeline or None; ``normalization`` and ``color_order`` are the model's
-    (default: pixel / 255 in RGB); ``workers`` threads decode each batch.
+    (default: pixel / 255 in RGB); ``workers`` threads decode each batch; ``ids`` takes only
+    those samples of the split, in that order (default: all).
     """
     return SegmentationSequence(prepared, split, batch_size=batch_size, shuffle=shuffle,
                                 seed=seed, augment=augment, normalization=normalization,
-                                color_order=color_order, workers=workers)
+                                color_order=color_order, workers=workers, ids=ids)

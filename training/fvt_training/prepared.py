@@ -4,12 +4,13 @@ One prepared dataset is one folder ``OUT/<W>x<H>/`` holding ``<split>/images/<id
 ``<split>/labels/<id>.png`` (single-channel uint8 category ids) and ``manifest.json``. The
 manifest is written last, so its presence means every file it lists is complete.
 ``prepare.py`` writes this layout and ``data.py`` reads it; both go through this module, which
-never imports TensorFlow (so tools that only read samples start fast).
+never imports TensorFlow (so tools that only read samples start fast). It also groups a
+split's frames by recording sequence, for training that holds one sequence out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from fvt_segmentation.core.contract import CATEGORIES
 
@@ -231,3 +233,64 @@ def load_pair(manifest: Manifest, split: str, sample_id: str) -> tuple[np.ndarra
         raise DataError(f'{paths[1]}: expected category ids 0..{len(CATEGORIES) - 1}; found '
                         f'{int(label.max())}')
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), label
+
+
+def sequence_of(sample_id: str) -> str:
+    """Return the recording sequence of a frame id: the id up to its first ``_``.
+
+    CamVid names frames ``<sequence>_<frame>`` (``0006R0_f03780``); a Cityscapes id
+    (``<city>_<sequence>_<frame>``) gives its city. Raises :class:`DataError` for an id
+    without that form.
+    """
+    sequence, separator, frame = sample_id.partition('_')
+    if not sequence or not separator or not frame:
+        raise DataError(f'frame id {sample_id!r} names no sequence: expected '
+                        '<sequence>_<frame>, as CamVid names its frames (0006R0_f03780)')
+    return sequence
+
+
+def sequence_folds(ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Group frame ids by :func:`sequence_of`: ``{sequence: its ids}``, sequences sorted.
+
+    Each entry is one fold of a leave-one-sequence-out check; ids keep their given order.
+    """
+    folds: dict[str, list[str]] = {}
+    for sample_id in ids:
+        folds.setdefault(sequence_of(sample_id), []).append(sample_id)
+    return {sequence: tuple(folds[sequence]) for sequence in sorted(folds)}
+
+
+def holdout_split(manifest: Manifest, split: str,
+                  sequence: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Return ``(training ids, held-out ids)`` of ``split``, holding ``sequence`` out.
+
+    The held-out ids are the frames of ``sequence`` (by file name, :func:`sequence_of`), the
+    training ids every other frame of the split, both in the manifest's order. Raises
+    :class:`DataError` naming the sequences found when ``sequence`` is not one of them or is
+    the only one.
+    """
+    try:
+        folds = sequence_folds(manifest.ids(split))
+    except DataError as err:
+        raise DataError(f'{manifest.folder}: split {split!r}: {err}') from None
+    found = ', '.join(f'{name} ({len(ids)} frames)' for name, ids in folds.items())
+    if sequence not in folds:
+        raise DataError(f'{manifest.folder}: split {split!r} has no sequence {sequence!r}; '
+                        f'expected one of the sequences its frame ids start with: {found}')
+    if len(folds) == 1:
+        raise DataError(f'{manifest.folder}: split {split!r} holds only sequence {sequence!r} '
+                        f'({found}); holding it out leaves no frame to train on')
+    held_out = folds[sequence]
+    return tuple(i for i in manifest.ids(split) if sequence_of(i) != sequence), held_out
+
+
+def label_frequencies(manifest: Manifest, split: str, ids: Sequence[str]) -> np.ndarray:
+    """Return the fraction of pixels per category over the labels of ``ids`` of ``split``.
+
+    For a part of a split, whose frequencies the manifest does not hold: every label is read.
+    """
+    counts = np.zeros(len(CATEGORIES), np.float64)
+    for sample_id in tqdm(ids, desc=f'{split} class frequencies', unit='frame'):
+        counts += np.bincount(load_pair(manifest, split, sample_id)[1].ravel(),
+                              minlength=len(CATEGORIES))
+    return counts / counts.sum()

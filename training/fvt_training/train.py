@@ -3,8 +3,10 @@
 A run folder holds ``config.yaml`` (the resolved configuration the model is rebuilt from),
 ``best.weights.h5`` / ``last.weights.h5``, ``state.json`` (epoch, learning rate, early-stopping
 and plateau counters, written after every epoch), ``history.csv``, ``plot.png``,
-``tensorboard/`` and, at the end, ``metrics.json`` (validation scores from one dataset-level
-confusion matrix). Only weights are saved: resuming rebuilds the model from config.yaml.
+``tensorboard/`` and, at the end, ``metrics.json`` (validation scores of the best weights and
+of the last epoch's, each from one dataset-level confusion matrix). Only weights are saved:
+resuming rebuilds the model from config.yaml. With ``data.holdout_sequence`` a run trains on
+the training split without one recording sequence and validates on that sequence.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from fvt_training.models import (
     model_normalization,
     set_encoder_trainable,
 )
-from fvt_training.prepared import Manifest, read_manifest
+from fvt_training.prepared import Manifest, holdout_split, label_frequencies, read_manifest
 from fvt_training.run_files import (
     BEST_WEIGHTS,
     COMMAND_FILE,
@@ -425,23 +427,64 @@ def plot_history(history_csv: Path, out_png: Path) -> None:
     os.replace(tmp, out_png)
 
 
-def _sequences(config: Mapping, with_train: bool = True) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class RunFrames:
+    """The frames a run trains on and validates (and is scored) on, by split and id."""
+
+    manifest: Manifest
+    train_split: str
+    train_ids: tuple[str, ...]
+    val_split: str
+    val_ids: tuple[str, ...]
+    holdout_sequence: str | None
+
+    @property
+    def scored(self) -> str:
+        """Name the validation frames, as metrics.json and the progress bars do."""
+        if self.holdout_sequence is None:
+            return self.val_split
+        return f'{self.train_split} sequence {self.holdout_sequence} (held out)'
+
+    def train_frequencies(self) -> np.ndarray:
+        """Return the fraction of pixels per category over the training frames."""
+        if self.holdout_sequence is None:
+            return self.manifest.class_frequencies(self.train_split)
+        # The split's frequencies in the manifest would count the held-out labels too.
+        return label_frequencies(self.manifest, self.train_split, self.train_ids)
+
+
+def run_frames(config: Mapping, manifest: Manifest) -> RunFrames:
+    """Return the frames a run trains and validates on.
+
+    With ``data.holdout_sequence`` set: the training split without that sequence to train on,
+    the sequence to validate on, and the validation split not read at all.
+    """
+    spec = config['data']
+    train_split, sequence = spec['train_split'], spec['holdout_sequence']
+    if sequence is None:
+        return RunFrames(manifest, train_split, manifest.ids(train_split), spec['val_split'],
+                         manifest.ids(spec['val_split']), None)
+    train_ids, held_out = holdout_split(manifest, train_split, sequence)
+    return RunFrames(manifest, train_split, train_ids, train_split, held_out, sequence)
+
+
+def _sequences(config: Mapping, frames: RunFrames) -> tuple[Any, Any]:
     normalization, color_order = model_normalization(config)
     spec = config['data']
     common = dict(batch_size=spec['batch_size'], normalization=normalization,
-                  color_order=color_order, workers=spec['workers'])
-    train_seq = None
-    if with_train:
-        train_seq = data.make_sequence(spec['prepared_dir'], spec['train_split'],
-                                       augment=spec['augment'], shuffle=True,
-                                       seed=config['seed'], **common)
-    val_seq = data.make_sequence(spec['prepared_dir'], spec['val_split'], augment='none',
-                                 shuffle=False, seed=config['seed'], **common)
+                  color_order=color_order, workers=spec['workers'], seed=config['seed'])
+    train_seq = data.make_sequence(frames.manifest, frames.train_split, ids=frames.train_ids,
+                                   augment=spec['augment'], shuffle=True, **common)
+    val_seq = data.make_sequence(frames.manifest, frames.val_split, ids=frames.val_ids,
+                                 augment='none', shuffle=False, **common)
     return train_seq, val_seq
 
 
-def resolve_config(config: dict) -> tuple[dict, Manifest]:
-    """Fill ``model.input_size`` from the prepared data (or check it matches); return manifest."""
+def resolve_config(config: dict) -> tuple[dict, RunFrames]:
+    """Fill ``model.input_size`` from the prepared data (or check it matches); return frames.
+
+    Every check that needs the prepared data runs here, before a run folder is made.
+    """
     manifest = read_manifest(config['data']['prepared_dir'])
     size = list(manifest.height_width)
     spec = config['model']
@@ -452,7 +495,7 @@ def resolve_config(config: dict) -> tuple[dict, Manifest]:
                        f'{config["data"]["prepared_dir"]} is {size} ([height, width]); set '
                        'model.input_size: null or prepare the data at that size')
     check_input_size(spec['architecture'], spec['input_size'], spec['filters'])
-    return config, manifest
+    return config, run_frames(config, manifest)
 
 
 def evaluate_confusion(model: tf.keras.Model, sequence: Any, desc: str = 'evaluate',
@@ -504,7 +547,7 @@ def worker_main(notify: Callable[[str], None], config: dict | None, resume_dir: 
 
 
 def _train(config: dict, notify: Callable[[str], None], scratch: Path | None) -> Path | None:
-    config, manifest = resolve_config(config)
+    config, frames = resolve_config(config)
     # The run folder is made once the cluster has come together: a worker that gives up
     # waiting leaves none behind.
     with _session(config['train'], notify, scratch) as session:
@@ -519,7 +562,7 @@ def _train(config: dict, notify: Callable[[str], None], scratch: Path | None) ->
                   'chief writes the run folder)')
         write_config(config, folder / CONFIG_FILE,
                      header=f'Resolved configuration of run {folder.name} (fvt-train train).')
-        return _fit(config, manifest, folder, session, state=None)
+        return _fit(config, frames, folder, session, state=None)
 
 
 def _record_command(folder: Path) -> None:
@@ -558,7 +601,7 @@ def _resume(run_dir: str | os.PathLike, epochs: int | None, notify: Callable[[st
             raise RunError(f'{folder} has done {state["epoch"]} epochs already; expected a '
                            f'budget of at least that many, got train.epochs={epochs}')
         config['train']['epochs'] = epochs
-    config, manifest = resolve_config(config)
+    config, frames = resolve_config(config)
     with _session(config['train'], notify, scratch) as session:
         # Every worker of a multiworker run reads the folder; only the chief writes to it.
         if session.scratch is None:
@@ -571,7 +614,7 @@ def _resume(run_dir: str | os.PathLike, epochs: int | None, notify: Callable[[st
             _record_command(folder)
             _truncate_history(folder / HISTORY_FILE, state['epoch'])
         print(f'resuming {folder} after epoch {state["epoch"]}')
-        return _fit(config, manifest, folder, session, state)
+        return _fit(config, frames, folder, session, state)
 
 
 def init_weights_path(source: str | os.PathLike) -> Path:
@@ -598,7 +641,7 @@ def _load_init_weights(model: tf.keras.Model, path: Path) -> None:
                        f'{err}') from err
 
 
-def _fit(config: dict, manifest: Manifest, folder: Path, session: _Session,
+def _fit(config: dict, frames: RunFrames, folder: Path, session: _Session,
          state: Mapping | None) -> Path | None:
     out = session.scratch or folder  # a resumed non-chief reads the run folder, writes here
     tf.keras.utils.set_random_seed(config['seed'])
@@ -606,9 +649,8 @@ def _fit(config: dict, manifest: Manifest, folder: Path, session: _Session,
     loss_spec = config['loss']
     needs_freq = loss_spec['class_weights'] == 'auto' or (
         loss_spec['name'] == 'weighted_dice' and loss_spec['class_weights'] is None)
-    frequencies = (manifest.class_frequencies(config['data']['train_split']).tolist()
-                   if needs_freq else None)
-    train_seq, val_seq = _sequences(config)
+    frequencies = frames.train_frequencies().tolist() if needs_freq else None
+    train_seq, val_seq = _sequences(config, frames)
 
     with session.strategy.scope():
         model = build_model(config)
@@ -625,9 +667,14 @@ def _fit(config: dict, manifest: Manifest, folder: Path, session: _Session,
         _compile(model, loss, learning_rate)
     monitor = train_cfg['monitor']
     mode = MONITOR_MODES[monitor]
+    # select: last still records the best epoch but never stops early: the wait counter
+    # grows by at most one per epoch, so a patience of the whole budget is reached, if ever,
+    # at the last epoch, after which training ends anyway.
+    patience = (train_cfg['early_stopping_patience'] if train_cfg['select'] == 'best'
+                else train_cfg['epochs'])
     stopping = ResumableEarlyStopping(
         restore=state['early_stopping'] if state else None, monitor=monitor, mode=mode,
-        patience=train_cfg['early_stopping_patience'], verbose=1)
+        patience=patience, verbose=1)
     checkpoint = tf.keras.callbacks.ModelCheckpoint(
         str(out / BEST_WEIGHTS), monitor=monitor, mode=mode, save_best_only=True,
         save_weights_only=True, verbose=0,
@@ -676,18 +723,27 @@ def _fit(config: dict, manifest: Manifest, folder: Path, session: _Session,
         return None
 
     run_state = json.loads((folder / STATE_FILE).read_text())
-    # The final scores come from the model as load_run gives it to evaluate and export:
-    # rebuilt outside the strategy with the best weights (the last if val_loss never was a
-    # number and so no best was saved).
-    _, model = load_run(folder, 'best' if (folder / BEST_WEIGHTS).is_file() else 'last')
-    cm = evaluate_confusion(model, val_seq, desc=f'{config["data"]["val_split"]} metrics',
-                            between_batches=guard.check)
+
+    def score(weights: str) -> tuple[np.ndarray, tf.keras.Model]:
+        # The final scores come from the model as load_run gives it to evaluate and export:
+        # rebuilt outside the strategy.
+        _, model = load_run(folder, weights)
+        return evaluate_confusion(model, val_seq, desc=f'{frames.scored}, {weights} weights',
+                                  between_batches=guard.check), model
+
+    last_cm, model = score('last')
+    # No best weights were saved if the monitored value never was a number.
+    best_cm = score('best')[0] if (folder / BEST_WEIGHTS).is_file() else last_cm
+    best, last = (summarize(cm, CATEGORIES, VOID) for cm in (best_cm, last_cm))
     normalization, color_order = model_normalization(config)
     guard.begin_saving()
     write_json(folder / METRICS_FILE, {
-        'split': config['data']['val_split'],
-        'metrics': summarize(cm, CATEGORIES, VOID),
-        'confusion_matrix': cm.tolist(),
+        'split': frames.scored,
+        'holdout_sequence': frames.holdout_sequence,
+        'metrics': best,
+        'confusion_matrix': best_cm.tolist(),
+        'last_epoch': {'epoch': run_state['epoch'], 'metrics': last,
+                       'confusion_matrix': last_cm.tolist()},
         'epochs': run_state['epoch'],
         'best_epoch': run_state['early_stopping']['best_epoch'] + 1,
         'monitor': config['train']['monitor'],
@@ -701,7 +757,8 @@ def _fit(config: dict, manifest: Manifest, folder: Path, session: _Session,
     }, sort_keys=True)
     write_json(folder / STATE_FILE, {**run_state, 'finished': True}, sort_keys=True)
     guard.end_saving()
-    print(f'done: {folder} (val mIoU {summarize(cm, CATEGORIES, VOID)["miou"]:.4f})')
+    print(f'done: {folder} ({frames.scored} mIoU: best weights {best["miou"]:.4f}, last epoch '
+          f'{last["miou"]:.4f})')
     return folder
 
 

@@ -9,9 +9,15 @@ from fvt_training.config import load_config, write_config
 NON_VOID = ('flat', 'construction', 'object', 'nature', 'sky', 'human', 'vehicle')
 
 
+def _scores(miou):
+    iou = {n: miou + 0.01 * i for i, n in enumerate(NON_VOID)}
+    return {'miou': miou, 'miou_all': miou - 0.05, 'dice': miou + 0.1, 'pixel_accuracy': 0.9,
+            'iou': iou}
+
+
 def _run(root, name, *, arch, backbone='efficientnetb0', loss='cce', augment='none',
          miou=None, training_time=None, params=None, test_miou=None, export=None,
-         extra=()):
+         extra=(), last_miou=None, holdout=None):
     folder = root / name
     folder.mkdir()
     config = load_config(None, [f'name={name}', f'data.prepared_dir={root}/none/256x192',
@@ -19,11 +25,13 @@ def _run(root, name, *, arch, backbone='efficientnetb0', loss='cce', augment='no
                                 f'loss.name={loss}', f'data.augment={augment}', *extra])
     write_config(config, folder / 'config.yaml')
     if miou is not None:
-        iou = {n: miou + 0.01 * i for i, n in enumerate(NON_VOID)}
-        (folder / 'metrics.json').write_text(json.dumps({
-            'split': 'val', 'training_time_s': training_time, 'params': params,
-            'metrics': {'miou': miou, 'miou_all': miou - 0.05, 'dice': miou + 0.1,
-                        'pixel_accuracy': 0.9, 'iou': iou}}))
+        # The layout train.py writes; runs from before the last-epoch scores lack those.
+        metrics = {'split': 'val', 'training_time_s': training_time, 'params': params,
+                   'metrics': _scores(miou)}
+        if last_miou is not None:
+            metrics.update(holdout_sequence=holdout,
+                           last_epoch={'epoch': 20, 'metrics': _scores(last_miou)})
+        (folder / 'metrics.json').write_text(json.dumps(metrics))
     if test_miou is not None:
         (folder / 'eval_test.json').write_text(json.dumps({
             'split': 'test', 'params': params, 'gflops': 1.5,
@@ -147,3 +155,25 @@ def test_an_exported_model_file_is_a_row_of_its_own(runs, tmp_path):
         '32x32', 'ImageNet', '0.8100', '0.700')
     assert (row['params'], row['GFLOPs'], row['ONNX fp32 CPU ms']) == ('4.90M', '3.50', '19.0')
     assert row['val (evaluate) mIoU'] == '0.8000' and row['training time'] == '—'
+
+
+def test_last_epoch_and_held_out_columns(runs):
+    fixed = ['train.select=last', 'train.lr_schedule=cosine']
+    _run(runs, 'fixed', arch='fpn', miou=0.70, last_miou=0.66, extra=fixed)
+    _run(runs, 'loso_0006R0', arch='fpn', miou=0.58, last_miou=0.52, holdout='0006R0',
+         extra=[*fixed, 'data.holdout_sequence=0006R0'])
+    header, rows = _rows(compare([runs / n for n in ('fixed', 'loso_0006R0', 'fpn_b0')],
+                                 sort='holdout_miou', desc=True))
+    added = ['val mIoU (last epoch)', 'IoU object (last epoch)', 'IoU human (last epoch)',
+             'held-out sequence', 'held-out sequence mIoU', 'held-out IoU object',
+             'held-out IoU human']
+    assert header[18:25] == added
+    assert [r['run'] for r in rows] == ['loso_0006R0', 'fixed', 'fpn_b0']
+    loso, fixed, old = rows
+    # object and human are the 3rd and 6th non-void categories: miou + 0.02 and + 0.05.
+    assert [fixed[h] for h in ('val mIoU', *added)] == [
+        '0.7000', '0.6600', '0.680', '0.710', '—', '—', '—', '—']
+    # A held-out run was never scored on val: its scores are the sequence's, at the last epoch.
+    assert [loso[h] for h in ('val mIoU', 'IoU object', *added)] == [
+        '—', '—', '—', '—', '—', '0006R0', '0.5200', '0.540', '0.570']
+    assert all(old[h] == '—' for h in added) and old['val mIoU'] == '0.6200'

@@ -79,6 +79,22 @@ def test_required_keys_and_unknown_sections(tmp_path):
         load_config(tmp_path / 'missing.yaml')
 
 
+def test_a_run_judged_unseen_cannot_let_validation_steer_it():
+    fixed = ['data.prepared_dir=x', 'train.select=last', 'train.lr_schedule=cosine']
+    config = load_config(None, [*fixed, 'data.holdout_sequence=0006R0'])
+    assert config['data']['holdout_sequence'] == '0006R0'
+    assert config['train']['select'] == 'last'
+    with pytest.raises(ConfigError, match='data.holdout_sequence: 0006R0 needs train.select: '
+                                          'last .*; got train.select: best'):
+        load_config(None, ['data.prepared_dir=x', 'train.lr_schedule=cosine',
+                           'data.holdout_sequence=0006R0'])
+    with pytest.raises(ConfigError, match='train.select: last needs train.lr_schedule: cosine '
+                                          '.*; got train.lr_schedule: plateau'):
+        load_config(None, ['data.prepared_dir=x', 'train.select=last'])
+    with pytest.raises(ConfigError, match=r"train.select must be best\|last .*got 'final'"):
+        load_config(None, ['data.prepared_dir=x', 'train.select=final'])
+
+
 def test_bare_keys_resolve_to_their_section():
     assert parse_override('backbone=resnet34') == ('model.backbone', 'resnet34')
     assert parse_override('name=exp1') == ('name', 'exp1')
