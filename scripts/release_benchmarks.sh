@@ -55,7 +55,7 @@ done
 # The two files' network time and time per frame, in turns (the int8 target: >= 1.4x).
 for i in $(seq "$REPEAT"); do
   python training/scripts/time_sessions.py models/default.onnx models/default.int8.onnx \
-    --runs 60
+    --runs 100
 done | tee "$OUT/time_sessions.txt"
 for i in $(seq "$REPEAT"); do
   python scripts/bench_node_outputs.py
