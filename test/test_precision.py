@@ -10,6 +10,7 @@ a runtime change of ``precision`` that reloads while the running model keeps ser
 from __future__ import annotations
 
 from pathlib import Path
+import time
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -240,3 +241,14 @@ def test_model_files_deleted_while_running(ros: RosHarness, shipped: Path) -> No
     pub.publish(image_msg(pixels, 'rgb8', 2))
     ros.wait_count('mask', 2)
     assert node.segmenter.model_path == int8_path(shipped)
+
+
+def test_precision_change_with_a_model_path_of_yours_reloads_nothing(
+        ros: RosHarness, shipped: Path, tmp_path: Path) -> None:
+    mine = build_model(tmp_path / 'mine.onnx', size=(24, 40))
+    node = ros.start_node(mine)
+    segmenter = node.segmenter
+    [result] = ros.set_params(precision='int8')
+    assert result.successful
+    time.sleep(1.0)  # a reload of this tiny file would be done by now
+    assert node._reload_state == '' and node.segmenter is segmenter

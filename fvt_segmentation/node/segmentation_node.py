@@ -331,8 +331,13 @@ class SegmentationNode(Node):
             self.settings = replace(self.settings, **changes)
             self.get_logger().info(f'parameters changed: {changes}')
         for parameter in parameters:
-            if parameter.name == 'precision' and self._ready.is_set():
-                self._start_reload(parameter.value)  # before that, the loader looks itself
+            if parameter.name != 'precision' or not self._ready.is_set():
+                continue  # before the first load ends, the loader looks itself
+            if self._param('model_path').strip():
+                self.get_logger().info(f'precision {parameter.value}: no effect, model_path '
+                                       'is set and runs as it is')
+            else:
+                self._start_reload(parameter.value)
 
     def _start_reload(self, precision: str) -> None:
         threading.Thread(target=self._reload, args=(precision,), name='segmentation_reload',
