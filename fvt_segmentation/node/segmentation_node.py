@@ -96,6 +96,12 @@ class _Pending(NamedTuple):
     received_ns: int  # the node clock then, for the delivery time
 
 
+class _Serving(NamedTuple):
+    segmenter: Segmenter
+    style: OutputStyle
+    choice: ModelChoice
+
+
 class _Result(NamedTuple):
     pending: _Pending
     frame: Frame
@@ -138,8 +144,7 @@ class SegmentationNode(Node):
         # A wrong model_path or provider name fails right here, before any thread starts.
         check_model_file(choose_model(self._param('model_path'), 'float32', False).path,
                          self._requested)
-        self.segmenter: Segmenter | None = None
-        self.choice: ModelChoice | None = None
+        self._serving: _Serving | None = None
         self.load_error: ModelLoadError | None = None
         self._ready = threading.Event()
         self._closing = threading.Event()
@@ -164,6 +169,16 @@ class SegmentationNode(Node):
         self._loader = threading.Thread(target=self._load, name='segmentation_load',
                                         daemon=True)
         self._loader.start()
+
+    @property
+    def segmenter(self) -> Segmenter | None:
+        """The model the next frame runs through; None until the first load ends."""
+        return None if self._serving is None else self._serving.segmenter
+
+    @property
+    def choice(self) -> ModelChoice | None:
+        """Which file that model is and why; None until the first load ends."""
+        return None if self._serving is None else self._serving.choice
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until the model is loaded (True) or loading failed or timed out (False)."""
@@ -283,9 +298,9 @@ class SegmentationNode(Node):
 
     def _install(self, segmenter: Segmenter, choice: ModelChoice) -> None:
         """Make ``segmenter`` the one the next frame runs through (the first or a reload)."""
-        # One assignment: the inference thread never pairs one model with another's style.
-        self._serving = (segmenter, OutputStyle.of(segmenter.contract, self._image_kwargs))
-        self.segmenter, self.choice = segmenter, choice
+        # One assignment: a frame never pairs one model with another's style or choice.
+        self._serving = _Serving(segmenter, OutputStyle.of(segmenter.contract,
+                                                           self._image_kwargs), choice)
         self._categories_pub.publish(String(data=segmenter.contract.categories_json()))
 
     def _reload(self, precision: str) -> None:
@@ -409,7 +424,7 @@ class SegmentationNode(Node):
         self.stats.stage('conversion', (time.perf_counter() - start) * 1e3)
         wanted = frozenset(name for name in OUTPUTS if settings.enabled(name)
                            and self._outputs[name].get_subscription_count() > 0)
-        segmenter, style = self._serving  # a reload may swap it meanwhile
+        segmenter, style, _ = self._serving  # a reload may swap it meanwhile
         result = segmenter.segment(frame.pixels, frame.color_order,
                                    want_confidence='confidence' in wanted)
         self.stats.segmented(result.timings_ms)
@@ -443,8 +458,8 @@ class SegmentationNode(Node):
 
     def health(self) -> HealthSnapshot:
         """Sample rates, latencies and counters now (the model must be loaded)."""
-        assert self.segmenter is not None, 'health() before the model was loaded'
-        segmenter, settings, choice = self.segmenter, self.settings, self.choice
+        assert self._serving is not None, 'health() before the model was loaded'
+        (segmenter, _, choice), settings = self._serving, self.settings
         return self.stats.snapshot(segmenter.active_provider, segmenter.name, {
             'input_topic': self.input_topic,
             'model_file': str(segmenter.model_path),

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.core.contract import CONTRACT_V2, ModelContract, parse_contract
-from fvt_training.onnx_rewrites import axes_as_input, default_opset
+from fvt_training.onnx_rewrites import axes_as_input, consumers, default_opset
 
 CLASSES_NAME = 'class_ids'
 CONFIDENCE_NAME = 'confidence'
@@ -159,16 +159,13 @@ def _pixels_are_quantized_input(graph: Any, contract: ModelContract) -> bool:
     """
     from onnx import numpy_helper
 
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    readers = consumers(graph)
     initializers = {i.name: i for i in graph.initializer}
     tensor, layout_nodes = graph.input[0].name, []
-    while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type == 'Transpose':
-        layout_nodes.append(consumers[tensor][0])
+    while len(readers.get(tensor, [])) == 1 and readers[tensor][0].op_type == 'Transpose':
+        layout_nodes.append(readers[tensor][0])
         tensor = layout_nodes[-1].output[0]
-    found = consumers.get(tensor, [])
+    found = readers.get(tensor, [])
     if (len(found) != 1 or found[0].op_type != 'QuantizeLinear' or len(found[0].input) != 3
             or not all(name in initializers for name in found[0].input[1:])):
         return False

@@ -44,7 +44,12 @@ import numpy as np
 from fvt_segmentation.core.contract import CONTRACT_VERSION, MIN_ARGMAX_AGREEMENT, ModelContract
 from fvt_training.arg_types import non_negative_int, positive_int
 from fvt_training.keras_onnx import INPUT_NAME, OPSET, keras_to_onnx, rename_output
-from fvt_training.onnx_rewrites import output_source, simplify_for_cpu, strip_output_softmax
+from fvt_training.onnx_rewrites import (
+    consumers,
+    output_source,
+    simplify_for_cpu,
+    strip_output_softmax,
+)
 from fvt_training.run_files import summary_text
 
 LOGITS_NAME = 'logits'
@@ -452,13 +457,10 @@ def to_contract_v1(proto: Any, contract: ModelContract, source: Path) -> ModelCo
 
 def _uint8_prologue_output(graph: Any, image: str, source: Path) -> str:
     """Return the output of the ``Cast -> Mul -> Add`` chain that normalises ``image``."""
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    readers = consumers(graph)
     tensor, ops = image, []
     for op in ('Cast', 'Mul', 'Add'):
-        nodes = consumers.get(tensor, [])
+        nodes = readers.get(tensor, [])
         ops.append('/'.join(n.op_type for n in nodes) or 'nothing')
         if len(nodes) != 1 or nodes[0].op_type != op:
             raise ExportError(f'{source}: expected the uint8 input {image!r} to go through '

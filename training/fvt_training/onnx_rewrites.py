@@ -43,6 +43,15 @@ def _initializers(graph: Any) -> dict[str, Any]:
     return {init.name: init for init in graph.initializer}
 
 
+def consumers(graph: Any) -> dict[str, list[Any]]:
+    """Return, for each tensor name, the nodes that read it (in graph order)."""
+    found: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
 def _uses(graph: Any, name: str) -> int:
     """Return how many node inputs and graph outputs read the tensor ``name``."""
     return (sum(list(node.input).count(name) for node in graph.node)
