@@ -186,7 +186,7 @@ class PublicSource:
         return 1 if self.layout == 'NCHW' else 3
 
     def adopt_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``fvt_training.adopt.AdoptOptions`` (licence aside)."""
+        """Keyword arguments of ``fvt_training.adopt.adopt.AdoptOptions`` (licence aside)."""
         size = (self.size[1], self.size[0]) if self.needs_size else None
         return {'labels': self.labels, 'color_order': self.color_order, 'mean': self.mean,
                 'std': self.std, 'size': size}
@@ -217,7 +217,7 @@ def official_mapping(labels: str) -> dict[int, int]:
     """Class index -> category id, built straight from the official tables."""
     if labels == 'camvid11':
         from fvt_segmentation.core.contract import CATEGORIES
-        from fvt_training.label_sets import CAMVID_CLASSES
+        from fvt_training.data.label_sets import CAMVID_CLASSES
 
         return {i: CATEGORIES.index(c) for i, (_, c) in enumerate(CAMVID_CLASSES[:11])}
     from cityscapesscripts.helpers.labels import labels as table

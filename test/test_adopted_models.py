@@ -24,7 +24,8 @@ if importlib.util.find_spec('fvt_training') is None:
     pytest.skip('adopting needs the training package, not installed here',
                 allow_module_level=True)
 # Installed: an import error inside the package fails this module instead of skipping it.
-from fvt_training import adopt  # noqa: E402
+from fvt_training.adopt import adopt  # noqa: E402
+from fvt_training.adopt.inspection import AdoptOptions  # noqa: E402
 
 NS = '/segmentation_node'
 LICENCE = 'stand-in weights, test only'
@@ -38,7 +39,7 @@ def adopted(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     source = spec.build(folder / f'{request.param}.onnx')
     out = folder / 'adopted.onnx'
-    adopt.adopt(source, out, adopt.AdoptOptions(licence=LICENCE, **spec.adopt_kwargs()))
+    adopt.adopt(source, out, AdoptOptions(licence=LICENCE, **spec.adopt_kwargs()))
     return spec, source, out
 
 

@@ -33,10 +33,10 @@ import numpy as np
 
 from fvt_segmentation.bag.bundled_recording import CAMERA_TOPIC, default_recording, read_images
 from fvt_segmentation.core.inference import load_segmenter, preprocess_frame, scores_to_classes
-from fvt_training.config import load_config
-from fvt_training.models import build_model, model_normalization
-from fvt_training.run_contract import run_contract
-from fvt_training.train import load_run
+from fvt_training.models.factories import build_model, model_normalization
+from fvt_training.runs.config import load_config
+from fvt_training.runs.run_contract import run_contract
+from fvt_training.runs.train import load_run
 
 WARMUP = 5
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     frames = list(read_images(default_recording(), CAMERA_TOPIC).values())
     # Not spinning: TensorFlow and two ONNX Runtime sessions share this process (see
-    # fvt_training.evaluate.OnnxFileModel); the node rows run the node's own defaults.
+    # fvt_training.evaluation.evaluate.OnnxFileModel); the node rows run the node's own defaults.
     fp32 = load_segmenter(args.model, providers=['cpu'], intra_op_spinning=False)
     contract = fp32.contract
     if args.run is not None:

@@ -46,7 +46,7 @@ def variant_settings(float_path: Path) -> dict[str, dict]:
     """Return the quantization settings probed, by tag (``int8``: what the export ships)."""
     import onnx
 
-    from fvt_training.export import int8_settings
+    from fvt_training.onnx.export import int8_settings
 
     graph = onnx.load(str(float_path)).graph
     base = int8_settings()
@@ -66,9 +66,9 @@ def probe_quantization(float_path: Path, data: Path, frames: int, runs: int) -> 
     from tqdm import tqdm
 
     from fvt_segmentation.core.inference import load_segmenter
-    from fvt_training.evaluate import pick_samples
-    from fvt_training.export import FrameCalibrationReader, quantize_int8, score_variants
-    from fvt_training.prepared import load_pair, read_manifest
+    from fvt_training.data.prepared import load_pair, read_manifest
+    from fvt_training.evaluation.evaluate import pick_samples
+    from fvt_training.onnx.export import FrameCalibrationReader, quantize_int8, score_variants
 
     manifest = read_manifest(data)
     contract = load_segmenter(float_path, providers=['cpu']).contract
@@ -111,7 +111,7 @@ def probe_resize(runs: int = 200) -> None:
     """Time a uint8 nearest x2 Resize laid out NHWC (as in the int8 file) and NCHW."""
     import onnxruntime as ort
 
-    from fvt_training.latency import time_calls
+    from fvt_training.evaluation.latency import time_calls
 
     print(f'uint8 nearest x2 Resize of {RESIZE_INPUT_NHWC} (NHWC), median of {runs} runs')
     for layout in ('NHWC', 'NCHW'):

@@ -5,7 +5,7 @@
 
 Builds a stand-in of a PyTorch export (NCHW logits over ``--classes`` classes at the input
 size: a strided 3x3 convolution, a 1x1 classifier, a bilinear x2 upsampling), adopts it with
-``fvt_training.adopt.adopt`` (a YAML label set spreading the classes over the 8 categories),
+``fvt_training.adopt.adopt.adopt`` (a YAML label set spreading the classes over the 8 categories),
 then times the source and the adopted file in turns (``time_interleaved``, batch 1, the same
 tensor, sessions that do not spin) and prints both medians, their difference and the load
 average: the difference is the head's cost.
@@ -22,9 +22,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from fvt_segmentation.core.contract import CATEGORIES
-from fvt_training.adopt import adopt
-from fvt_training.adopt_source import AdoptOptions, cpu_session
-from fvt_training.latency import time_interleaved
+from fvt_training.adopt.adopt import adopt
+from fvt_training.adopt.inspection import AdoptOptions, cpu_session
+from fvt_training.evaluation.latency import time_interleaved
 
 
 def stand_in(path: Path, classes: int, size: tuple[int, int]) -> Path:

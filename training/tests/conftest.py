@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fvt_training import prepare
+from fvt_training.data import prepare
 
 # The fixture modules next to this file (fixtures_cityscapes, prepared_fixture) import by name.
 sys.path.insert(0, str(Path(__file__).parent))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fvt_segmentation.core.contract import CATEGORIES, PALETTE, VOID
-from fvt_training.prepared import (
+from fvt_training.data.prepared import (
     IMAGES,
     LABELS,
     Manifest,

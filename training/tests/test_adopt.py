@@ -28,11 +28,11 @@ import pytest
 
 from fvt_segmentation.core.contract import CATEGORIES, PALETTE
 from fvt_segmentation.core.inference import load_segmenter
-from fvt_training import label_sets
-from fvt_training.adopt import AdoptError, AdoptOptions, adopt, check_adopted
+from fvt_training.adopt.adopt import AdoptError, AdoptOptions, adopt, check_adopted
 from fvt_training.cli import main
-from fvt_training.evaluate import evaluate
-from fvt_training.label_sets import CAMVID_CLASSES, LabelSetError
+from fvt_training.data import label_sets
+from fvt_training.data.label_sets import CAMVID_CLASSES, LabelSetError
+from fvt_training.evaluation.evaluate import evaluate
 
 LICENCE = 'stand-in weights for tests, no restrictions'
 

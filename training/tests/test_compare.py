@@ -3,8 +3,8 @@ import json
 import pytest
 
 from fvt_training.cli import main
-from fvt_training.compare import CompareError, compare
-from fvt_training.config import load_config, write_config
+from fvt_training.evaluation.compare import CompareError, compare
+from fvt_training.runs.config import load_config, write_config
 
 NON_VOID = ('flat', 'construction', 'object', 'nature', 'sky', 'human', 'vehicle')
 
@@ -135,7 +135,7 @@ def test_an_exported_model_file_is_a_row_of_its_own(runs, tmp_path):
     import onnx
 
     from fvt_segmentation.core.contract import ModelContract
-    from fvt_training.export import attach_contract
+    from fvt_training.onnx.export import attach_contract
 
     path = make_class_coded_model(tmp_path / 'shipped.onnx', (32, 32))
     proto = onnx.load(str(path))

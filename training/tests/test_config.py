@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fvt_training.config import (
+from fvt_training.models.factories import check_input_size
+from fvt_training.runs.config import (
     FIELDS,
     ConfigError,
     defaults,
@@ -12,7 +13,6 @@ from fvt_training.config import (
     render_config,
     write_config,
 )
-from fvt_training.models import check_input_size
 
 CONFIGS = sorted((Path(__file__).parents[1] / 'configs').glob('*.yaml'))
 

@@ -8,7 +8,7 @@ import pytest
 
 from fvt_segmentation.core.contract import PALETTE
 from fvt_training.cli import main
-from fvt_training.evaluate import evaluate, pick_samples, sample_panel
+from fvt_training.evaluation.evaluate import evaluate, pick_samples, sample_panel
 
 VOID, FLAT, SKY, HUMAN, VEHICLE = 0, 1, 5, 6, 7
 H, W = 8, 16

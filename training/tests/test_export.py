@@ -8,11 +8,10 @@ import pytest
 
 from fvt_segmentation.core.contract import CATEGORIES, PALETTE
 from fvt_segmentation.core.inference import load_segmenter
-from fvt_training import export
 from fvt_training.cli import main
-from fvt_training.data import load_pair
-from fvt_training.prepared import read_manifest
-from fvt_training.train import load_run
+from fvt_training.data.prepared import load_pair, read_manifest
+from fvt_training.onnx import export
+from fvt_training.runs.train import load_run
 
 
 @pytest.fixture(scope='module')
@@ -169,8 +168,8 @@ def reexported(exported, tmp_path_factory):
     """A file as an older export wrote it (ConvTranspose, softmax output), re-exported."""
     import hashlib
 
-    from fvt_training import flops
-    from fvt_training.run_contract import run_contract
+    from fvt_training.evaluation import flops
+    from fvt_training.runs.run_contract import run_contract
 
     run, data, _, _ = exported
     root = tmp_path_factory.mktemp('reexport')

@@ -18,11 +18,11 @@ from fvt_segmentation.core.inference import (
     scores_to_confidence,
 )
 from fvt_segmentation.core.providers import file_sha256
-from fvt_training import export
 from fvt_training.cli import main
-from fvt_training.contract_v2 import write_v2_copy
-from fvt_training.evaluate import pick_samples
-from fvt_training.prepared import read_manifest
+from fvt_training.data.prepared import read_manifest
+from fvt_training.evaluation.evaluate import pick_samples
+from fvt_training.onnx import export
+from fvt_training.onnx.contract_v2 import write_v2_copy
 
 SIZE = (32, 32)
 
@@ -281,7 +281,7 @@ def test_version_2_confidence_is_the_top_class_probability_at_every_opset(
 
 
 def test_version_2_check_refuses_a_wrong_confidence(tmp_path, monkeypatch):
-    from fvt_training import contract_v2
+    from fvt_training.onnx import contract_v2
 
     original = contract_v2.to_contract_v2
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fvt_segmentation.core.contract import CATEGORIES
-from fvt_training.models import (
+from fvt_training.models.factories import (
     BACKBONES,
     EncoderWeightsUnavailableError,
     ModelConfigError,
@@ -63,8 +63,8 @@ def test_input_sizes_must_be_multiples(architecture, size, multiple):
 
 
 def test_light_fpn_starts_from_the_imagenet_encoder_and_outputs_a_softmax():
-    from fvt_training.efficientnet_lite import weights_file
-    from fvt_training.torch_checkpoint import load_state_dict
+    from fvt_training.models.efficientnet_lite import weights_file
+    from fvt_training.models.torch_checkpoint import load_state_dict
 
     model = build_model(_config(architecture='light_fpn', backbone='efficientnet_lite0',
                                 encoder_weights='imagenet', input_size=[64, 96]))

@@ -19,7 +19,7 @@ import pytest
 
 from fvt_segmentation.core.contract import CATEGORIES, PALETTE, ModelLoadError
 from fvt_training import cli
-from fvt_training.prepared import DataError
+from fvt_training.data.prepared import DataError
 from fvt_training.review.app import ReviewSetupError, create_app
 from fvt_training.review.reviews import ImageReview, ReviewCache
 

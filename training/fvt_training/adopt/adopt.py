@@ -1,10 +1,10 @@
 """``fvt-train adopt``: a public ONNX segmentation model -> one file under our model contract.
 
 The source file is inspected first (input and output shapes, class count against the label
-set: :mod:`fvt_training.adopt_source`), and anything it cannot tell (layout, colour order,
+set: :mod:`fvt_training.adopt.inspection`), and anything it cannot tell (layout, colour order,
 normalisation, size) must come from a flag: an ambiguity is refused with a message naming
 the flag to add. Then a small head is appended to the source graph
-(:mod:`fvt_training.category_head`), so the file outputs the probabilities of the 8
+(:mod:`fvt_training.adopt.category_head`), so the file outputs the probabilities of the 8
 categories of :mod:`fvt_segmentation.core.contract` (for each, the sum of its classes'
 probabilities; classes without a category count as void) and the node, the review app,
 ``evaluate`` and ``replay`` run it unchanged. An argmax-only model gets a class-id lookup
@@ -34,7 +34,8 @@ import numpy as np
 from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract, Normalization
 from fvt_segmentation.core.providers import file_sha256
 from fvt_segmentation.core.sizes import SizeError, parse_size
-from fvt_training.adopt_source import (
+from fvt_training.adopt.category_head import add_category_head, map_to_categories
+from fvt_training.adopt.inspection import (
     AdoptError,
     AdoptOptions,
     Inspection,
@@ -43,9 +44,8 @@ from fvt_training.adopt_source import (
     inspect_source,
     shape_text,
 )
-from fvt_training.arg_types import non_negative_int, positive_int
-from fvt_training.category_head import add_category_head, map_to_categories
-from fvt_training.label_sets import LabelSet, load_label_set
+from fvt_training.common.arg_types import non_negative_int, positive_int
+from fvt_training.data.label_sets import LabelSet, load_label_set
 
 LAYOUTS = ('NCHW', 'NHWC')
 COLOR_ORDERS = ('RGB', 'BGR')
@@ -118,7 +118,7 @@ def adopted_doc_string(contract: ModelContract, label_set: LabelSet) -> str:
 
 def _parity(segmenter: Any, frames: Sequence[np.ndarray], source_outputs: Sequence[np.ndarray],
             inspection: Inspection, label_set: LabelSet) -> dict[str, Any]:
-    from fvt_training.export import score_agreement
+    from fvt_training.onnx.export import score_agreement
 
     def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for frame, raw in zip(frames, source_outputs, strict=True):
@@ -138,13 +138,13 @@ def adopt(source: str | os.PathLike, out: str | os.PathLike,
           options: AdoptOptions) -> dict[str, Any]:
     """Adopt ``source`` into ``out`` (see the module doc); return what was found and done.
 
-    Raises :class:`AdoptError` (or :class:`~fvt_training.label_sets.LabelSetError`) before
+    Raises :class:`AdoptError` (or :class:`~fvt_training.data.label_sets.LabelSetError`) before
     anything is written when the file or the options do not fit.
     """
     import onnx
 
     from fvt_segmentation.core.inference import load_segmenter
-    from fvt_training.export import attach_contract, save_atomic
+    from fvt_training.onnx.export import attach_contract, save_atomic
 
     source, out = Path(source), Path(out)
     if out.suffix != '.onnx':
@@ -232,16 +232,20 @@ def check_adopted(adopted: str | os.PathLike, source: str | os.PathLike,
                   warmup: int = 3, limit: int | None = None) -> dict[str, Any]:
     """Score the adopted file on a prepared split and time it against the source.
 
-    mIoU comes from :func:`fvt_training.evaluate.confusion_over_split` (the node's pre- and
-    post-processing); both files are timed on the CPU, batch 1, in turns, on the same
+    mIoU comes from :func:`fvt_training.evaluation.evaluate.confusion_over_split` (the node's
+    pre- and post-processing); both files are timed on the CPU, batch 1, in turns, on the same
     preprocessed frame (the network alone). ``runs=0`` skips the timing.
     """
     import onnx
 
     from fvt_segmentation.core.metrics import summarize
-    from fvt_training.evaluate import OnnxFileModel, confusion_over_split, preprocess_batch
-    from fvt_training.latency import time_interleaved
-    from fvt_training.prepared import load_pair, read_manifest
+    from fvt_training.data.prepared import load_pair, read_manifest
+    from fvt_training.evaluation.evaluate import (
+        OnnxFileModel,
+        confusion_over_split,
+        preprocess_batch,
+    )
+    from fvt_training.evaluation.latency import time_interleaved
 
     manifest = read_manifest(data)
     model = OnnxFileModel(adopted)

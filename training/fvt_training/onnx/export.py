@@ -16,7 +16,7 @@ than float32 and cost 0.2 points of CamVid val mIoU on a Linknet trained for 6 e
 activations (S8S8) gained only 1.2-1.8x; the QOperator format was as fast as QDQ (QDQ is kept:
 TensorRT reads it too); reduce_range brought nothing.
 
-Before anything is written, the graph goes through :mod:`fvt_training.onnx_rewrites`: exact
+Before anything is written, the graph goes through :mod:`fvt_training.onnx.rewrites`: exact
 rewrites of what tf2onnx writes in a form ONNX Runtime runs slowly (stride-1 ConvTranspose ->
 Conv, nearest Resize -> its asymmetric equivalent), and the final softmax is dropped, so the
 file outputs logits (``fvt.output: logits``; the parity check compares Keras' probabilities
@@ -42,15 +42,15 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.core.contract import CONTRACT_VERSION, MIN_ARGMAX_AGREEMENT, ModelContract
-from fvt_training.arg_types import non_negative_int, positive_int
-from fvt_training.keras_onnx import INPUT_NAME, OPSET, keras_to_onnx, rename_output
-from fvt_training.onnx_rewrites import (
+from fvt_training.common.arg_types import non_negative_int, positive_int
+from fvt_training.models.keras_onnx import INPUT_NAME, OPSET, keras_to_onnx, rename_output
+from fvt_training.onnx.rewrites import (
     consumers,
     output_source,
     simplify_for_cpu,
     strip_output_softmax,
 )
-from fvt_training.run_files import summary_text
+from fvt_training.runs.run_files import summary_text
 
 LOGITS_NAME = 'logits'
 PRODUCER = 'fvt-train'
@@ -69,7 +69,7 @@ def attach_contract(proto: Any, contract: ModelContract, doc: str | None = None)
     """Write the contract metadata, producer, model version and doc string into ``proto``.
 
     ``doc`` is the one-sentence doc string; by default, the one a training run's contract
-    gives (:func:`fvt_training.run_contract.doc_string`).
+    gives (:func:`fvt_training.runs.run_contract.doc_string`).
     """
     import onnx
 
@@ -86,7 +86,7 @@ def attach_contract(proto: Any, contract: ModelContract, doc: str | None = None)
     # The export time as the integer YYYYMMDDHHMM: it grows with every export.
     proto.model_version = int(stamp.strftime('%Y%m%d%H%M'))
     if doc is None:
-        from fvt_training.run_contract import doc_string
+        from fvt_training.runs.run_contract import doc_string
 
         doc = doc_string(contract)
     proto.doc_string = doc
@@ -94,7 +94,7 @@ def attach_contract(proto: Any, contract: ModelContract, doc: str | None = None)
 
 def save_atomic(proto: Any, path: Path) -> None:
     """Save an ONNX model through a temporary file in the same folder and a rename."""
-    from fvt_training.prepared import write_bytes_atomic
+    from fvt_training.data.prepared import write_bytes_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, proto.SerializeToString())
@@ -305,7 +305,7 @@ def write_contract_v2(path: Path, contract: ModelContract, uint8_input: bool,
     import onnx
 
     from fvt_segmentation.core.inference import load_segmenter
-    from fvt_training.contract_v2 import to_contract_v2
+    from fvt_training.onnx.contract_v2 import to_contract_v2
 
     before = load_segmenter(path, providers=['cpu'], intra_op_spinning=False)
     expected = [before.segment(frame, 'RGB', want_confidence=True) for frame in frames]
@@ -348,9 +348,13 @@ def score_variants(paths: Mapping[str, Path], manifest: Any, split: str, runs: i
     """
     from fvt_segmentation.core.contract import CATEGORIES, VOID
     from fvt_segmentation.core.metrics import summarize
-    from fvt_training.evaluate import OnnxFileModel, confusion_over_split, preprocess_batch
-    from fvt_training.latency import time_interleaved
-    from fvt_training.prepared import load_pair
+    from fvt_training.data.prepared import load_pair
+    from fvt_training.evaluation.evaluate import (
+        OnnxFileModel,
+        confusion_over_split,
+        preprocess_batch,
+    )
+    from fvt_training.evaluation.latency import time_interleaved
 
     models = {tag: OnnxFileModel(path) for tag, path in paths.items()}
     scores: dict[str, dict] = {}
@@ -400,10 +404,10 @@ class ExportSource:
 def keras_source(run_dir: Path, weights: str = 'best',
                  data: str | os.PathLike | None = None) -> ExportSource:
     """Load a run's Keras model and convert it with tf2onnx."""
-    from fvt_training import flops
-    from fvt_training.prepared import read_manifest
-    from fvt_training.run_contract import run_contract
-    from fvt_training.train import load_run
+    from fvt_training.data.prepared import read_manifest
+    from fvt_training.evaluation import flops
+    from fvt_training.runs.run_contract import run_contract
+    from fvt_training.runs.train import load_run
 
     config, model = load_run(run_dir, weights)
     manifest = read_manifest(data or config['data']['prepared_dir'])
@@ -429,7 +433,7 @@ def to_contract_v1(proto: Any, contract: ModelContract, source: Path) -> ModelCo
 
     For version 2: keeps only the ``scores`` output and the nodes and initializers it needs
     (the argmax, softmax and confidence nodes go), and a uint8 input prologue
-    (``Cast<float>``, ``Mul``, ``Add``, see :mod:`fvt_training.contract_v2`) gives way to a
+    (``Cast<float>``, ``Mul``, ``Add``, see :mod:`fvt_training.onnx.contract_v2`) gives way to a
     float32 input again. Returns the version 1 contract; a version 1 contract comes back as
     it is.
     """
@@ -516,8 +520,8 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
 
     from fvt_segmentation.core.inference import load_segmenter
     from fvt_segmentation.core.providers import file_sha256
-    from fvt_training import flops
-    from fvt_training.prepared import read_manifest
+    from fvt_training.data.prepared import read_manifest
+    from fvt_training.evaluation import flops
 
     if data is None:
         raise ExportError(f'{path}: an ONNX file does not name its data folder; pass --data '
@@ -587,13 +591,13 @@ def export_run(source: str | os.PathLike, out: str | os.PathLike, *,
     (:func:`write_report`). ``int8_trt`` adds ``OUT-stem.int8trt.onnx``
     (:func:`int8_trt_settings`). ``contract_version`` 2 writes every file with the
     class ids and confidence computed in the graph (and, with ``uint8_input``, the
-    normalisation too): see :mod:`fvt_training.contract_v2`; each must give the version 1
+    normalisation too): see :mod:`fvt_training.onnx.contract_v2`; each must give the version 1
     classes exactly. Returns the report written beside ``out``. Raises :class:`ExportError`
     when the float32 file fails the parity check (the file is then left as
     ``<out>.failed``).
     """
-    from fvt_training.evaluate import pick_samples
-    from fvt_training.prepared import load_pair
+    from fvt_training.data.prepared import load_pair
+    from fvt_training.evaluation.evaluate import pick_samples
 
     options = VariantOptions(
         fp16=fp16, int8=int8, int8_format=int8_format, int8_trt=int8_trt,
@@ -682,8 +686,8 @@ def _quantize_variant(src: ExportSource, out: Path, output: str, variants: _Vari
     Its provenance's ``quantization`` holds the settings and the calibration frames (data
     folder, split, count and ids); a re-export's ``reexported_from`` names the float file.
     """
-    from fvt_training.evaluate import pick_samples
-    from fvt_training.prepared import load_pair
+    from fvt_training.data.prepared import load_pair
+    from fvt_training.evaluation.evaluate import pick_samples
 
     manifest = src.manifest
     ids = pick_samples(manifest.ids(src.train_split), frame_count)
@@ -742,7 +746,7 @@ def write_variants(src: ExportSource, out: Path, contract: ModelContract, output
 def write_report(src: ExportSource, source: Path, out: Path, contract: ModelContract,
                  weights: str, results: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``OUT-stem.export.json`` (and the run's ``export.json``); return the report."""
-    from fvt_training.run_files import EXPORT_FILE, write_json
+    from fvt_training.runs.run_files import EXPORT_FILE, write_json
 
     provenance = contract.provenance
     report = {

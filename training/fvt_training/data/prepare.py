@@ -4,7 +4,7 @@ A source adapter (:func:`cityscapes_source`, :func:`camvid_source`) finds the im
 pairs of a dataset in its own layout, assigns them to our splits and gives the table from its
 label ids to the 8 categories of :data:`fvt_segmentation.core.contract.CATEGORIES`.
 :func:`prepare_dataset` then decodes each pair once, maps and resizes it to every requested
-size and writes ``OUT/<W>x<H>/`` in the layout of :mod:`fvt_training.prepared`.
+size and writes ``OUT/<W>x<H>/`` in the layout of :mod:`fvt_training.data.prepared`.
 
 Re-running is cheap and safe: complete files are kept (every file is written to a temporary
 name and renamed), partial work is finished, and ``manifest.json`` is written only once every
@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from fvt_segmentation.core.contract import CATEGORIES
 from fvt_segmentation.core.sizes import SizeError, parse_sizes
-from fvt_training.arg_types import positive_int
-from fvt_training.label_sets import CAMVID_CLASSES, cityscapes_labels
-from fvt_training.prepared import (
+from fvt_training.common.arg_types import positive_int
+from fvt_training.data.label_sets import CAMVID_CLASSES, cityscapes_labels
+from fvt_training.data.prepared import (
     IMAGES,
     LABELS,
     MANIFEST_NAME,

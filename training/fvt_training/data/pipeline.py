@@ -30,8 +30,8 @@ from fvt_segmentation.core.contract import (
     Normalization,
 )
 from fvt_segmentation.core.inference import preprocess_frame
-from fvt_training.augment import build_augmentation
-from fvt_training.prepared import DataError, Manifest, load_pair, read_manifest
+from fvt_training.data.augment import build_augmentation
+from fvt_training.data.prepared import DataError, Manifest, load_pair, read_manifest
 
 __all__ = ['DataError', 'SegmentationSequence', 'class_frequencies', 'list_ids', 'load_pair',
            'make_sequence', 'read_manifest', 'to_model_input']

@@ -115,7 +115,7 @@ def camvid11() -> LabelSet:
     named = [(n, c) for n, c in CAMVID_CLASSES if c != CATEGORIES[VOID]]
     return LabelSet('camvid11', tuple(n for n, _ in named),
                     tuple(CATEGORIES.index(c) for _, c in named),
-                    'fvt_training.label_sets.CAMVID_CLASSES')
+                    'fvt_training.data.label_sets.CAMVID_CLASSES')
 
 
 def from_yaml(path: str | os.PathLike) -> LabelSet:

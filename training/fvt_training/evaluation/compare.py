@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from fvt_segmentation.core.contract import CATEGORIES, VOID
-from fvt_training.prepared import read_manifest
-from fvt_training.run_files import (
+from fvt_training.data.prepared import read_manifest
+from fvt_training.runs.run_files import (
     CONFIG_FILE,
     EVAL_PREFIX,
     EXPORT_FILE,
@@ -323,7 +323,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
     table = compare(args.runs, args.sort, args.desc)
     sys.stdout.write(table)
     if args.out:
-        from fvt_training.prepared import write_bytes_atomic
+        from fvt_training.data.prepared import write_bytes_atomic
 
         write_bytes_atomic(Path(args.out), table.encode('utf-8'))
     return 0

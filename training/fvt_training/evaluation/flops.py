@@ -1,11 +1,11 @@
 """Model size and compute from an ONNX graph: parameter count and GFLOPs at the input size.
 
 Counting works on the ONNX graph, so it serves exported files and Keras models alike (a Keras
-model is converted in memory first, see :func:`fvt_training.keras_onnx.keras_to_onnx`). Only the
-multiply-accumulate layers of a float graph are counted (Conv, ConvTranspose, MatMul, Gemm);
-activations, additions, resizes and the softmax are a rounding error next to them. One
-multiply-accumulate counts as two FLOPs. A quantized file does the same work as the float
-file it was made from: report the float file's figures for it.
+model is converted in memory first, see :func:`fvt_training.models.keras_onnx.keras_to_onnx`).
+Only the multiply-accumulate layers of a float graph are counted (Conv, ConvTranspose, MatMul,
+Gemm); activations, additions, resizes and the softmax are a rounding error next to them. One
+multiply-accumulate counts as two FLOPs. A quantized file does the same work as the float file
+it was made from: report the float file's figures for it.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from fvt_training.run_files import RunError, resume_hint
+from fvt_training.runs.run_files import RunError, resume_hint
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -188,7 +188,7 @@ def _child(entry: str, conn: Connection, args: tuple) -> None:
     """
     if sys.platform == 'linux':  # die with the parent, even one ended by SIGKILL
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    from fvt_training.user_errors import user_errors
+    from fvt_training.common.user_errors import user_errors
 
     module, function = entry.split(':')
     try:

@@ -32,19 +32,19 @@ from tqdm import tqdm
 
 from fvt_segmentation.core.contract import CATEGORIES, VOID
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
-from fvt_training import data
-from fvt_training.cluster import StopGuard, TrainingStopped, WorkerTask, read_tf_config
-from fvt_training.config import MONITOR_MODES, load_config, write_config
-from fvt_training.keras_metrics import StreamingMeanIoU
-from fvt_training.losses import make_loss, resolve_class_weights
-from fvt_training.models import (
+from fvt_training.data import pipeline
+from fvt_training.data.prepared import Manifest, holdout_split, label_frequencies, read_manifest
+from fvt_training.models.factories import (
     build_model,
     check_input_size,
     model_normalization,
     set_encoder_trainable,
 )
-from fvt_training.prepared import Manifest, holdout_split, label_frequencies, read_manifest
-from fvt_training.run_files import (
+from fvt_training.runs.cluster import StopGuard, TrainingStopped, WorkerTask, read_tf_config
+from fvt_training.runs.config import MONITOR_MODES, load_config, write_config
+from fvt_training.runs.keras_metrics import StreamingMeanIoU
+from fvt_training.runs.losses import make_loss, resolve_class_weights
+from fvt_training.runs.run_files import (
     BEST_WEIGHTS,
     COMMAND_FILE,
     CONFIG_FILE,
@@ -473,9 +473,9 @@ def _sequences(config: Mapping, frames: RunFrames) -> tuple[Any, Any]:
     spec = config['data']
     common = dict(batch_size=spec['batch_size'], normalization=normalization,
                   color_order=color_order, workers=spec['workers'], seed=config['seed'])
-    train_seq = data.make_sequence(frames.manifest, frames.train_split, ids=frames.train_ids,
+    train_seq = pipeline.make_sequence(frames.manifest, frames.train_split, ids=frames.train_ids,
                                    augment=spec['augment'], shuffle=True, **common)
-    val_seq = data.make_sequence(frames.manifest, frames.val_split, ids=frames.val_ids,
+    val_seq = pipeline.make_sequence(frames.manifest, frames.val_split, ids=frames.val_ids,
                                  augment='none', shuffle=False, **common)
     return train_seq, val_seq
 
@@ -525,7 +525,7 @@ def train(config: dict, run_dir: str | os.PathLike | None = None) -> Path | None
 
     With ``run_dir`` given, that existing folder is resumed instead (see :func:`resume`).
     A non-chief worker of a ``multiworker`` run writes no run folder and returns None.
-    Raises :class:`~fvt_training.cluster.TrainingStopped` on SIGTERM or SIGINT.
+    Raises :class:`~fvt_training.runs.cluster.TrainingStopped` on SIGTERM or SIGINT.
     """
     if run_dir is not None:
         return resume(run_dir)
@@ -536,7 +536,7 @@ def worker_main(notify: Callable[[str], None], config: dict | None, resume_dir: 
                 epochs: int | None, scratch: str | None) -> int:
     """Train (``config``) or resume (``resume_dir``) as one supervised multiworker process.
 
-    Called by :func:`fvt_training.cluster.supervise` in its child; returns the exit status.
+    Called by :func:`fvt_training.runs.cluster.supervise` in its child; returns the exit status.
     """
     folder = Path(scratch) if scratch else None
     if resume_dir is not None:

@@ -14,7 +14,7 @@ import albumentations as A  # noqa: N812 - the library's own convention
 import cv2
 
 from fvt_segmentation.core.contract import VOID
-from fvt_training.prepared import DataError
+from fvt_training.data.prepared import DataError
 
 PIPELINE_SUFFIXES = {'.json': 'json', '.yaml': 'yaml', '.yml': 'yaml'}
 

@@ -14,7 +14,7 @@ def keras_to_onnx(model: Any, input_size: Sequence[int], opset: int = OPSET) -> 
     """Convert a Keras model to an ONNX ``ModelProto`` (float32 NHWC input, dynamic batch).
 
     The input is named ``image`` and the output ``probabilities`` (renamed ``logits`` when
-    :func:`fvt_training.export.export_run` drops the final softmax).
+    :func:`fvt_training.onnx.export.export_run` drops the final softmax).
     """
     import logging
 

@@ -1,7 +1,7 @@
 """The errors whose message is the whole story for a user: one line, no traceback.
 
 ``fvt-train`` (:mod:`fvt_training.cli`) and a supervised training worker
-(:mod:`fvt_training.cluster`) both print them as one line; this module sits below both.
+(:mod:`fvt_training.runs.cluster`) both print them as one line; this module sits below both.
 """
 
 from __future__ import annotations
@@ -9,18 +9,18 @@ from __future__ import annotations
 import sys
 
 USER_ERRORS = {
-    'fvt_training.config': ('ConfigError',),
-    'fvt_training.prepared': ('DataError',),
-    'fvt_training.run_files': ('RunError',),
-    'fvt_training.models': ('ModelConfigError', 'EncoderWeightsUnavailableError'),
+    'fvt_training.runs.config': ('ConfigError',),
+    'fvt_training.data.prepared': ('DataError',),
+    'fvt_training.runs.run_files': ('RunError',),
+    'fvt_training.models.factories': ('ModelConfigError', 'EncoderWeightsUnavailableError'),
     'fvt_segmentation.core.contract': ('ModelLoadError',),
-    'fvt_training.evaluate': ('EvaluationError',),
-    'fvt_training.export': ('ExportError',),
-    'fvt_training.compare': ('CompareError',),
+    'fvt_training.evaluation.evaluate': ('EvaluationError',),
+    'fvt_training.onnx.export': ('ExportError',),
+    'fvt_training.evaluation.compare': ('CompareError',),
     'fvt_training.review.app': ('ReviewSetupError',),
-    'fvt_training.adopt': ('AdoptError',),
-    'fvt_training.label_sets': ('LabelSetError',),
-    'fvt_training.torch_checkpoint': ('CheckpointError',),
+    'fvt_training.adopt.adopt': ('AdoptError',),
+    'fvt_training.data.label_sets': ('LabelSetError',),
+    'fvt_training.models.torch_checkpoint': ('CheckpointError',),
 }
 """Errors whose message is the whole story for a user (no traceback), by module. A module's
 errors count once it is loaded: none can be raised before, and looking them up this way

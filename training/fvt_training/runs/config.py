@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from fvt_segmentation.core.contract import CATEGORIES
-from fvt_training.prepared import write_bytes_atomic
+from fvt_training.data.prepared import write_bytes_atomic
 
 ARCHITECTURES = ('unet_like', 'light_fpn', 'unet', 'fpn', 'linknet', 'pspnet')
 LR_SCHEDULES = ('plateau', 'cosine')

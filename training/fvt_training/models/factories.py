@@ -2,8 +2,8 @@
 
 ``unet_like`` is the keras-io "Image segmentation with a U-Net-like architecture" network
 (Xception-style separable convolutions with residual adds), written here. ``light_fpn`` is a
-light FPN decoder on an EfficientNet-Lite encoder (:mod:`fvt_training.efficientnet_lite`, with
-ImageNet weights from a registry package), written here for the node's real-time budget.
+light FPN decoder on an EfficientNet-Lite encoder (:mod:`fvt_training.models.efficientnet_lite`,
+with ImageNet weights from a registry package), written here for the node's real-time budget.
 ``unet``, ``fpn``, ``linknet`` and ``pspnet`` come from segmentation-models with any of its
 backbones.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from fvt_segmentation.core.contract import CATEGORIES, Normalization
-from fvt_training import efficientnet_lite
+from fvt_training.models import efficientnet_lite
 
 keras = tf.keras
 layers = tf.keras.layers

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.core.contract import CONTRACT_V2, ModelContract, parse_contract
-from fvt_training.onnx_rewrites import axes_as_input, consumers, default_opset
+from fvt_training.onnx.rewrites import axes_as_input, consumers, default_opset
 
 CLASSES_NAME = 'class_ids'
 CONFIDENCE_NAME = 'confidence'

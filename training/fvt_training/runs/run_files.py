@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fvt_training.prepared import write_bytes_atomic
+from fvt_training.data.prepared import write_bytes_atomic
 
 CONFIG_FILE = 'config.yaml'
 STATE_FILE = 'state.json'

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.core.contract import ModelContract
-from fvt_training.label_sets import LabelSet, sets_with
-from fvt_training.onnx_rewrites import default_opset, output_source
+from fvt_training.data.label_sets import LabelSet, sets_with
+from fvt_training.onnx.rewrites import default_opset, output_source
 
 SUM_TOLERANCE = 1e-3
 # Ops an argmax's result may pass through before it becomes the graph output.

@@ -24,8 +24,8 @@ from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract
 from fvt_segmentation.core.conversions import resize_nearest
 from fvt_segmentation.core.inference import preprocess_frame, scores_to_classes
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
-from fvt_training.arg_types import non_negative_int, positive_int
-from fvt_training.run_files import EVAL_PREFIX, summary_text, write_json
+from fvt_training.common.arg_types import non_negative_int, positive_int
+from fvt_training.runs.run_files import EVAL_PREFIX, summary_text, write_json
 
 DEFAULT_PROVIDERS = ('cpu',)
 QUANTIZED_OPS = frozenset({'QuantizeLinear', 'DequantizeLinear', 'QLinearConv', 'ConvInteger',
@@ -45,8 +45,8 @@ class KerasRunModel:
                  prepared_dir: str | os.PathLike | None = None) -> None:
         import tensorflow as tf
 
-        from fvt_training.run_contract import run_contract
-        from fvt_training.train import load_run
+        from fvt_training.runs.run_contract import run_contract
+        from fvt_training.runs.train import load_run
 
         self.source = Path(run_dir)
         self.config, self.model = load_run(self.source, weights)
@@ -72,8 +72,8 @@ class KerasRunModel:
 
     def describe(self) -> dict[str, Any]:
         """Return Keras' parameter count and the GFLOPs of the graph export would write."""
-        from fvt_training import flops
-        from fvt_training.keras_onnx import keras_to_onnx
+        from fvt_training.evaluation import flops
+        from fvt_training.models.keras_onnx import keras_to_onnx
 
         return {'params': int(self.model.count_params()),
                 'gflops': flops.gflops(keras_to_onnx(self.model, self.input_size))}
@@ -125,7 +125,7 @@ class OnnxFileModel:
         """
         import onnx
 
-        from fvt_training import flops
+        from fvt_training.evaluation import flops
 
         prov = self.contract.provenance
         if 'params' in prov and 'gflops' in prov:
@@ -171,7 +171,7 @@ def confusion_over_split(model: KerasRunModel | OnnxFileModel, manifest: Any, sp
     """
     from tqdm import tqdm
 
-    from fvt_training.prepared import load_pair
+    from fvt_training.data.prepared import load_pair
 
     if tuple(model.contract.categories) != CATEGORIES:
         raise EvaluationError(f'{model.source}: the model predicts categories '
@@ -205,7 +205,7 @@ def confusion_over_split(model: KerasRunModel | OnnxFileModel, manifest: Any, sp
 def time_inference(model: KerasRunModel | OnnxFileModel, images: Sequence[np.ndarray],
                    runs: int, warmup: int, batch: int) -> dict[str, dict]:
     """Time the network alone (preprocessing excluded) at batch 1 and at ``batch``."""
-    from fvt_training.latency import time_calls
+    from fvt_training.evaluation.latency import time_calls
 
     single = preprocess_batch(model, images[:1])
     timings = {'batch_1': time_calls(lambda: model.predict(single), runs, warmup, 1)}
@@ -282,7 +282,7 @@ def evaluate(source: str | os.PathLike, data: str | os.PathLike | None = None,
     ``test``, or ``val`` where the data has no test split (a prepared CamVid); ``timing_runs=0``
     skips the timing.
     """
-    from fvt_training.prepared import load_pair, read_manifest, write_png_atomic
+    from fvt_training.data.prepared import load_pair, read_manifest, write_png_atomic
 
     model = open_model(source, providers, weights, data)
     data = data or model.prepared_dir
