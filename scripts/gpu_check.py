@@ -43,7 +43,7 @@ def derived_files(cpu: Segmenter, folder: Path, frames: list[np.ndarray]) -> dic
     """Make int8 (TensorRT) and contract v2 copies of ``cpu``'s file (needs fvt_training)."""
     try:
         from fvt_training.onnx.contract_v2 import write_v2_copy
-        from fvt_training.onnx.export import (
+        from fvt_training.onnx.quantize import (
             FrameCalibrationReader,
             int8_trt_settings,
             quantize_int8,

@@ -71,12 +71,12 @@ def test_node_publishes_the_official_mapping(ros: RosHarness, adopted, mask_reso
         ros.subscribe(f'{NS}/{name}', Image, name)
     ros.wait_matched(*OUTPUTS)
     for i, encoding in enumerate(('rgb8', 'bgr8')):
-        frame = patchwork(spec.size, seed=10 + i)
+        frame = patchwork(spec.input_size, seed=10 + i)
         probabilities, mask = spec.expected(source, frame)
         confidence = np.clip(probabilities.max(axis=-1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         if mask_resolution == 'input':
             # Nearest-neighbour upsampling by the output stride: each cell becomes a block.
-            rows, cols = (s // m for s, m in zip(spec.size, mask.shape, strict=True))
+            rows, cols = (s // m for s, m in zip(spec.input_size, mask.shape, strict=True))
             mask = np.repeat(np.repeat(mask, rows, axis=0), cols, axis=1)
             confidence = np.repeat(np.repeat(confidence, rows, axis=0), cols, axis=1)
         got = receive(ros, frame, encoding, i + 1)

@@ -5,7 +5,6 @@ import yaml
 
 from fvt_training.models.factories import check_input_size
 from fvt_training.runs.config import (
-    FIELDS,
     ConfigError,
     defaults,
     load_config,
@@ -13,6 +12,7 @@ from fvt_training.runs.config import (
     render_config,
     write_config,
 )
+from fvt_training.runs.config_schema import FIELDS
 
 CONFIGS = sorted((Path(__file__).parents[1] / 'configs').glob('*.yaml'))
 

@@ -54,7 +54,7 @@ def test_segmentation_models_linknet_builds_with_softmax_and_no_download():
     ('light_fpn', (64, 80), 32)])
 def test_input_sizes_must_be_multiples(architecture, size, multiple):
     with pytest.raises(ModelConfigError, match=f'multiples of {multiple}; got '
-                                               f'{size[0]}x{size[1]}'):
+                                               f'{size[1]}x{size[0]}'):
         check_input_size(architecture, size, [8, 16, 32])
     backbone = 'efficientnet_lite0' if architecture == 'light_fpn' else 'mobilenetv2'
     with pytest.raises(ModelConfigError, match=f'multiples of {multiple}'):

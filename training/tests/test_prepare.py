@@ -14,7 +14,7 @@ import pytest
 
 from fvt_segmentation.core.contract import CATEGORIES
 from fvt_training.cli import main
-from fvt_training.data.prepare import UNKNOWN_LABEL, cityscapes_label_table, split_train_val
+from fvt_training.data.datasets import UNKNOWN_LABEL, cityscapes_label_table, split_train_val
 from fvt_training.data.prepared import read_manifest
 
 # CamVid id -> category id, written out by hand from the dataset README's table.

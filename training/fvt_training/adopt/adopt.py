@@ -46,6 +46,8 @@ from fvt_training.adopt.inspection import (
 )
 from fvt_training.common.arg_types import non_negative_int, positive_int
 from fvt_training.data.label_sets import LabelSet, load_label_set
+from fvt_training.onnx.model_file import attach_contract, save_atomic
+from fvt_training.onnx.parity import score_agreement
 
 LAYOUTS = ('NCHW', 'NHWC')
 COLOR_ORDERS = ('RGB', 'BGR')
@@ -93,7 +95,7 @@ def adopted_contract(inspection: Inspection, normalization: Normalization, color
         'mapping': label_set.by_category(),
         'source_output': inspection.output,
         'source_classes': len(label_set),
-        'input_size': list(inspection.size),
+        'input_size': list(inspection.input_size),
         'output_stride': inspection.stride(),
         'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
     }
@@ -118,8 +120,6 @@ def adopted_doc_string(contract: ModelContract, label_set: LabelSet) -> str:
 
 def _parity(segmenter: Any, frames: Sequence[np.ndarray], source_outputs: Sequence[np.ndarray],
             inspection: Inspection, label_set: LabelSet) -> dict[str, Any]:
-    from fvt_training.onnx.export import score_agreement
-
     def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for frame, raw in zip(frames, source_outputs, strict=True):
             expected = map_to_categories(raw, inspection.output, inspection.class_axis,
@@ -144,7 +144,6 @@ def adopt(source: str | os.PathLike, out: str | os.PathLike,
     import onnx
 
     from fvt_segmentation.core.inference import load_segmenter
-    from fvt_training.onnx.export import attach_contract, save_atomic
 
     source, out = Path(source), Path(out)
     if out.suffix != '.onnx':
@@ -172,7 +171,7 @@ def adopt(source: str | os.PathLike, out: str | os.PathLike,
     contract = adopted_contract(inspection, normalization, options.color_order, label_set,
                                 source, digest, options.licence.strip())
 
-    fix_input_size(proto, inspection.layout, inspection.size)
+    fix_input_size(proto, inspection.layout, inspection.input_size)
     output_name = add_category_head(proto, inspection, label_set)
     attach_contract(proto, contract, adopted_doc_string(contract, label_set))
     tmp = out.with_name(f'.tmp-{os.getpid()}-{out.name}')
@@ -200,7 +199,7 @@ def adopt(source: str | os.PathLike, out: str | os.PathLike,
 def describe(result: dict[str, Any]) -> str:
     """Return a human summary of what :func:`adopt` found and wrote."""
     ins: Inspection = result['inspection']
-    height, width = ins.size
+    height, width = ins.input_size
     oh, ow = ins.output_size
     stride = ins.stride()
     fraction = ('the input size' if stride == 1 else f'1/{stride} of the input'
@@ -212,7 +211,7 @@ def describe(result: dict[str, Any]) -> str:
     lines = [
         f'source: {Path(result["source"]).name} (sha256 {result["sha256"][:16]}...)',
         f'  input {ins.input_name!r} {shape_text(ins.input_shape)} float32 {ins.layout}, run '
-        f'at {width}x{height} (from {ins.size_from})',
+        f'at {width}x{height} (from {ins.input_size_from})',
         f'  output {ins.output_name!r} {shape_text(ins.output_shape)} {ins.output_dtype}: '
         f'{ins.output}, {classes}, at {fraction}',
         f'wrote {result["out"]}: output {result["output_name"]!r} = probabilities of '
@@ -232,7 +231,7 @@ def check_adopted(adopted: str | os.PathLike, source: str | os.PathLike,
                   warmup: int = 3, limit: int | None = None) -> dict[str, Any]:
     """Score the adopted file on a prepared split and time it against the source.
 
-    mIoU comes from :func:`fvt_training.evaluation.evaluate.confusion_over_split` (the node's
+    mIoU comes from :func:`fvt_training.evaluation.scoring.confusion_over_split` (the node's
     pre- and post-processing); both files are timed on the CPU, batch 1, in turns, on the same
     preprocessed frame (the network alone). ``runs=0`` skips the timing.
     """
@@ -240,12 +239,12 @@ def check_adopted(adopted: str | os.PathLike, source: str | os.PathLike,
 
     from fvt_segmentation.core.metrics import summarize
     from fvt_training.data.prepared import load_pair, read_manifest
-    from fvt_training.evaluation.evaluate import (
+    from fvt_training.evaluation.latency import time_interleaved
+    from fvt_training.evaluation.scoring import (
         OnnxFileModel,
         confusion_over_split,
         preprocess_batch,
     )
-    from fvt_training.evaluation.latency import time_interleaved
 
     manifest = read_manifest(data)
     model = OnnxFileModel(adopted)

@@ -29,6 +29,7 @@ import numpy as np
 from fvt_segmentation.core.contract import CATEGORIES, VOID
 from fvt_training.adopt.inspection import Inspection
 from fvt_training.data.label_sets import LabelSet
+from fvt_training.onnx.parity import softmax
 from fvt_training.onnx.rewrites import axes_as_input
 
 OUTPUT_NAME = 'category_probabilities'
@@ -42,8 +43,6 @@ def map_to_categories(output: np.ndarray, kind: str, class_axis: int,
     ``output`` is the source's raw output for a batch (class ids with or without their
     size-1 class axis); the result has the 8 categories on ``class_axis``.
     """
-    from fvt_training.onnx.export import softmax
-
     if kind == 'class-ids':
         ids = output.astype(np.int64)
         if ids.ndim == 4:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.core.contract import ModelContract
+from fvt_segmentation.core.sizes import format_size
 from fvt_training.data.label_sets import LabelSet, sets_with
 from fvt_training.onnx.rewrites import default_opset, output_source
 
@@ -52,10 +53,10 @@ class Inspection:
     input_name: str
     input_shape: tuple[Any, ...]  # as declared: ints, names of dynamic axes or None
     layout: str
-    size: tuple[int, int]  # (height, width) the adopted file runs at
-    size_from: str  # 'file' or '--size'
+    input_size: tuple[int, int]  # (height, width) the adopted file runs at
+    input_size_from: str  # 'file' or '--size'
     output_name: str
-    output_shape: tuple[int, ...]  # measured on a probe frame at ``size``, batch 1
+    output_shape: tuple[int, ...]  # measured on a probe frame at ``input_size``, batch 1
     output_dtype: str
     output: str  # one of SOURCE_OUTPUTS
     class_axis: int  # where the classes are (ids: where the one-hot goes)
@@ -72,7 +73,7 @@ class Inspection:
 
     def stride(self) -> int | list[float]:
         """Return the input/output size ratio: an integer if both sides agree, else both."""
-        (h, w), (oh, ow) = self.size, self.output_size
+        (h, w), (oh, ow) = self.input_size, self.output_size
         if h % oh == 0 and w % ow == 0 and h // oh == w // ow:
             return h // oh
         return [h / oh, w / ow]
@@ -114,8 +115,12 @@ def _pick_layout(shape: tuple[Any, ...], requested: str | None, source: str) -> 
                      f'{shape_text(shape)}; add --input-layout NCHW or --input-layout NHWC')
 
 
-def _pick_size(shape: tuple[Any, ...], layout: str, wanted: tuple[int, int] | None,
-               source: str) -> tuple[tuple[int, int], str]:
+def _pick_input_size(shape: tuple[Any, ...], layout: str, wanted: tuple[int, int] | None,
+                     source: str) -> tuple[tuple[int, int], str]:
+    """Return the input size, (height, width), and where it came from.
+
+    ``wanted`` is ``--size`` as (width, height); a dimension the file fixes must match it.
+    """
     spatial = (shape[2], shape[3]) if layout == 'NCHW' else (shape[1], shape[2])
     fixed = all(isinstance(d, int) and d > 0 for d in spatial)
     if wanted is None:
@@ -133,12 +138,12 @@ def _pick_size(shape: tuple[Any, ...], layout: str, wanted: tuple[int, int] | No
     return (height, width), '--size'
 
 
-def fix_input_size(proto: Any, layout: str, size: tuple[int, int]) -> None:
-    """Give the (only) image input of ``proto`` 3 channels and the chosen height and width."""
+def fix_input_size(proto: Any, layout: str, input_size: tuple[int, int]) -> None:
+    """Give the (only) image input of ``proto`` 3 channels and ``input_size`` (height, width)."""
     image = graph_inputs(proto.graph)[0]
     dims = image.type.tensor_type.shape.dim
     axes = (1, 2, 3) if layout == 'NCHW' else (3, 1, 2)
-    for axis, value in zip(axes, (3, *size), strict=True):
+    for axis, value in zip(axes, (3, *input_size), strict=True):
         dims[axis].Clear()
         dims[axis].dim_value = value
 
@@ -152,9 +157,9 @@ def _argmax_source(graph: Any) -> tuple[str, int] | None:
     return node.input[0], axis
 
 
-def probe_frames(size: tuple[int, int], count: int = 2) -> list[np.ndarray]:
-    """Return ``count`` RGB uint8 frames of ``size`` (h, w): smooth colour ramps plus noise."""
-    height, width = size
+def probe_frames(input_size: tuple[int, int], count: int = 2) -> list[np.ndarray]:
+    """Return ``count`` RGB uint8 frames at ``input_size`` (height, width): colour ramps, noise."""
+    height, width = input_size
     rng = np.random.default_rng(13)
     yy, xx = np.mgrid[0:height, 0:width]
     frames = []
@@ -222,18 +227,19 @@ def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: La
         raise AdoptError(f'{source}: expected a batch dimension of 1 or dynamic; input shape '
                          f'{shape_text(shape)}')
     layout = _pick_layout(shape, options.input_layout, source)
-    size, size_from = _pick_size(shape, layout, options.size, source)
+    input_size, input_size_from = _pick_input_size(shape, layout, options.size, source)
 
     probe = copy.deepcopy(proto)
-    fix_input_size(probe, layout, size)
+    fix_input_size(probe, layout, input_size)
     argmax = _argmax_source(graph)
     if argmax is not None:
         probe.graph.output.append(helper.make_empty_tensor_value_info(argmax[0]))
-    print(f'probing {Path(source).name} at {size[1]}x{size[0]} on the CPU', file=sys.stderr)
+    print(f'probing {Path(source).name} at {format_size(input_size[1], input_size[0])} on the '
+          'CPU', file=sys.stderr)
     session = cpu_session(probe)
     feed = replace(contract, layout=layout)
-    frames = probe_frames(size)
-    runs = [session.run(None, {image.name: preprocess_frame(f, 'RGB', size, feed)})
+    frames = probe_frames(input_size)
+    runs = [session.run(None, {image.name: preprocess_frame(f, 'RGB', input_size, feed)})
             for f in frames]
     results = [r[0] for r in runs]
     first = results[0]
@@ -250,7 +256,7 @@ def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: La
     if is_ids:
         scores = None if argmax is None else (runs[0][1].shape, argmax[1])
         found = _check_ids(results, scores, class_axis, label_set, f'{source}: {what}')
-        return (Inspection(image.name, shape, layout, size, size_from, output.name,
+        return (Inspection(image.name, shape, layout, input_size, input_size_from, output.name,
                            out_shape, str(first.dtype), 'class-ids', class_axis, found,
                            default_opset(proto)), frames, results)
 
@@ -270,8 +276,9 @@ def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: La
         raise AdoptError(f'{source}: --output {kind}, but the scores of {what} {why} on the '
                          f'probe frames: they are {detected}; pass --output {detected} or omit '
                          '--output')
-    return (Inspection(image.name, shape, layout, size, size_from, output.name, out_shape,
-                       str(first.dtype), detected, class_axis, count, default_opset(proto)),
+    return (Inspection(image.name, shape, layout, input_size, input_size_from, output.name,
+                       out_shape, str(first.dtype), detected, class_axis, count,
+                       default_opset(proto)),
             frames, results)
 
 

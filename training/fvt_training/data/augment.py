@@ -19,7 +19,7 @@ from fvt_training.data.prepared import DataError
 PIPELINE_SUFFIXES = {'.json': 'json', '.yaml': 'yaml', '.yml': 'yaml'}
 
 
-def _light(size: Sequence[int]) -> list[A.BasicTransform]:
+def _light(height_width: Sequence[int]) -> list[A.BasicTransform]:
     return [
         A.HorizontalFlip(p=0.5),
         A.OneOf([A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=1.0),
@@ -27,7 +27,7 @@ def _light(size: Sequence[int]) -> list[A.BasicTransform]:
     ]
 
 
-def _flip_rotate(size: Sequence[int]) -> list[A.BasicTransform]:
+def _flip_rotate(height_width: Sequence[int]) -> list[A.BasicTransform]:
     return [
         A.HorizontalFlip(p=0.5),
         A.Rotate(limit=15, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
@@ -36,7 +36,7 @@ def _flip_rotate(size: Sequence[int]) -> list[A.BasicTransform]:
     ]
 
 
-def _heavy(size: Sequence[int]) -> list[A.BasicTransform]:
+def _heavy(height_width: Sequence[int]) -> list[A.BasicTransform]:
     geometric = dict(mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
                      fill=0, fill_mask=VOID, p=1.0)
     return [
@@ -52,17 +52,17 @@ def _heavy(size: Sequence[int]) -> list[A.BasicTransform]:
     ]
 
 
-def _scale_crop(size: Sequence[int]) -> list[A.BasicTransform]:
+def _scale_crop(height_width: Sequence[int]) -> list[A.BasicTransform]:
     # For pretrained encoders: objects at other distances (scale 0.75-1.5, then a crop back
     # to the input size, void where a smaller image leaves a border), plus the light preset.
-    height, width = (int(v) for v in size)
+    height, width = (int(v) for v in height_width)
     return [
         A.RandomScale(scale_limit=(-0.25, 0.5), interpolation=cv2.INTER_LINEAR,
                       mask_interpolation=cv2.INTER_NEAREST, p=1.0),
         A.PadIfNeeded(min_height=height, min_width=width, border_mode=cv2.BORDER_CONSTANT,
                       fill=0, fill_mask=VOID),
         A.RandomCrop(height=height, width=width),
-        *_light(size),
+        *_light(height_width),
     ]
 
 
@@ -118,18 +118,18 @@ def _load_pipeline(path: Path) -> A.Compose:
     return loaded
 
 
-def build_augmentation(spec: str | None, size: Sequence[int]) -> A.Compose | None:
+def build_augmentation(spec: str | None, height_width: Sequence[int]) -> A.Compose | None:
     """Return the augmentation pipeline for a preset name or a serialised pipeline file.
 
     ``spec`` is one of :data:`PRESETS` (``none`` and ``None`` give no augmentation) or a path
-    to a JSON/YAML file written by ``albumentations.save`` (the ``A.to_dict`` form); ``size``
-    is the ``(height, width)`` every output must keep.
+    to a JSON/YAML file written by ``albumentations.save`` (the ``A.to_dict`` form);
+    ``height_width`` is the ``(height, width)`` every output must keep.
     """
     if spec is None:
         return None
     if spec in PRESETS:
         factory = PRESETS[spec]
-        return None if factory is None else A.Compose(factory(size))
+        return None if factory is None else A.Compose(factory(height_width))
     path = Path(spec)
     if path.suffix.lower() in PIPELINE_SUFFIXES or path.exists():
         return _load_pipeline(path)

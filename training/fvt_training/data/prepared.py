@@ -1,11 +1,12 @@
-"""The prepared-dataset folder: its layout, its manifest and atomic file writing.
+"""The prepared-dataset folder: its layout and its manifest.
 
 One prepared dataset is one folder ``OUT/<W>x<H>/`` holding ``<split>/images/<id>.png`` (RGB),
 ``<split>/labels/<id>.png`` (single-channel uint8 category ids) and ``manifest.json``. The
 manifest is written last, so its presence means every file it lists is complete.
-``prepare.py`` writes this layout and ``data.py`` reads it; both go through this module, which
-never imports TensorFlow (so tools that only read samples start fast). It also groups a
-split's frames by recording sequence, for training that holds one sequence out.
+:mod:`fvt_training.data.prepare` writes this layout and :mod:`fvt_training.data.pipeline` reads
+it; both go through this module, which never imports TensorFlow (so tools that only read
+samples start fast). It also groups a split's frames by recording sequence, for training that
+holds one sequence out.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ import numpy as np
 from tqdm import tqdm
 
 from fvt_segmentation.core.contract import CATEGORIES
+from fvt_training.common.files import write_bytes_atomic
 
 MANIFEST_NAME = 'manifest.json'
 MANIFEST_FORMAT = 1
 SPLITS = ('train', 'val', 'test')
 IMAGES = 'images'
 LABELS = 'labels'
-TMP_PREFIX = '.tmp-'
 
 
 class DataError(ValueError):
@@ -50,27 +51,6 @@ def label_path(folder: Path, split: str, sample_id: str) -> Path:
     return Path(folder) / split / LABELS / f'{sample_id}.png'
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    tmp = path.with_name(f'{TMP_PREFIX}{os.getpid()}-{path.name}')
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_png_atomic(path: Path, array: np.ndarray, rgb: bool) -> None:
-    """Encode ``array`` as PNG and write it atomically; ``rgb`` says it is an RGB image."""
-    pixels = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if rgb else array
-    ok, encoded = cv2.imencode('.png', pixels)
-    if not ok:
-        raise OSError(f'{path}: OpenCV could not encode a {array.shape} {array.dtype} PNG')
-    write_bytes_atomic(path, encoded.tobytes())
-
-
 @dataclass(frozen=True)
 class SplitInfo:
     """One split of a prepared dataset as its manifest describes it."""
@@ -87,7 +67,7 @@ class Manifest:
     folder: Path
     dataset: str
     source_root: str
-    size: tuple[int, int]
+    size: tuple[int, int]  # (width, height), as the folder name <W>x<H>
     categories: tuple[str, ...]
     splits: Mapping[str, SplitInfo]
     seed: int | None

@@ -323,7 +323,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
     table = compare(args.runs, args.sort, args.desc)
     sys.stdout.write(table)
     if args.out:
-        from fvt_training.data.prepared import write_bytes_atomic
+        from fvt_training.common.files import write_bytes_atomic
 
         write_bytes_atomic(Path(args.out), table.encode('utf-8'))
     return 0

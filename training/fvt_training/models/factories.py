@@ -16,6 +16,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from fvt_segmentation.core.contract import CATEGORIES, Normalization
+from fvt_segmentation.core.sizes import format_size
 from fvt_training.models import efficientnet_lite
 
 keras = tf.keras
@@ -76,8 +77,8 @@ def check_input_size(architecture: str, input_size: Sequence[int],
             return max(multiple, round(v / multiple) * multiple)
         raise ModelConfigError(
             f'{architecture} needs an input height and width that are positive multiples of '
-            f'{multiple}; got {height}x{width} (nearest valid: {near(height)}x{near(width)}; '
-            'prepare the data at that size)')
+            f'{multiple}; got {format_size(width, height)} (nearest valid: '
+            f'{format_size(near(width), near(height))}; prepare the data at that size)')
 
 
 def _relu_conv_bn_twice(x: tf.Tensor, conv: type, filters: int) -> tf.Tensor:

@@ -16,22 +16,34 @@ uint8 outputs the node fetches instead, so a GPU copies 1 byte per pixel back to
 - optionally a uint8 ``image`` input: ``Cast<float>`` then ``* gain + offset`` per channel,
   the same float32 operations, in the same order, as the node's version 1 preprocessing.
 
-See ``docs/model-contract.md``.
+:func:`write_contract_v2` rewrites an exported file so and checks it against its version 1
+self; :func:`to_contract_v1` takes a version 2 graph back to version 1 (for a re-export). See
+``docs/model-contract.md``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.core.contract import CONTRACT_V2, ModelContract, parse_contract
+from fvt_segmentation.core.contract import (
+    CONTRACT_V2,
+    CONTRACT_VERSION,
+    ModelContract,
+    parse_contract,
+)
+from fvt_training.onnx.model_file import ExportError, attach_contract, save_atomic
 from fvt_training.onnx.rewrites import axes_as_input, consumers, default_opset
 
 CLASSES_NAME = 'class_ids'
 CONFIDENCE_NAME = 'confidence'
+# uint8 steps: float32 sums in another order may round an x.5 the other way.
+CONFIDENCE_TOLERANCE = 1
 
 
 def to_contract_v2(proto: Any, contract: ModelContract, uint8_input: bool = False,
@@ -39,7 +51,8 @@ def to_contract_v2(proto: Any, contract: ModelContract, uint8_input: bool = Fals
     """Append the version 2 outputs (and uint8 input) to ``proto`` in place.
 
     ``proto`` must follow ``contract`` (version 1: one float input, one float scores
-    output). Returns the version 2 contract; write it with ``export.attach_contract``.
+    output). Returns the version 2 contract; write it with
+    :func:`~fvt_training.onnx.model_file.attach_contract`.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -106,7 +119,7 @@ def write_v2_copy(source: str | os.PathLike, out: str | os.PathLike, uint8_input
     """Write a version 2 copy of the version 1 file ``source`` to ``out``; return its contract.
 
     The copy's metadata is its new contract only; ``fvt-train export`` writes its own files
-    with ``export.write_contract_v2``, which also checks the classes and confidence against
+    with :func:`write_contract_v2`, which also checks the classes and confidence against
     version 1.
     """
     import onnx
@@ -184,3 +197,113 @@ def _pixels_are_quantized_input(graph: Any, contract: ModelContract) -> bool:
     for info in [v for v in graph.value_info if v.name in layout_outputs]:
         graph.value_info.remove(info)
     return True
+
+
+def write_contract_v2(path: Path, contract: ModelContract, uint8_input: bool,
+                      frames: Sequence[np.ndarray]) -> ModelContract:
+    """Rewrite the version 1 file ``path`` as version 2; return its contract.
+
+    On ``frames`` (RGB), the classes the new file computes must equal the version 1 file's
+    and its confidence the node's version 1 confidence
+    (:func:`~fvt_segmentation.core.inference.scores_to_confidence` of the version 1 scores)
+    within ``CONFIDENCE_TOLERANCE``, or :class:`ExportError` names the frame and the pixels
+    that differ.
+    """
+    import onnx
+
+    from fvt_segmentation.core.inference import load_segmenter
+    from fvt_training.onnx.contract_v2 import to_contract_v2
+
+    before = load_segmenter(path, providers=['cpu'], intra_op_spinning=False)
+    expected = [before.segment(frame, 'RGB', want_confidence=True) for frame in frames]
+    proto = onnx.load(str(path))
+    v2 = to_contract_v2(proto, contract, uint8_input=uint8_input)
+    attach_contract(proto, v2)
+    tmp = path.with_name(f'.tmp-v2-{os.getpid()}-{path.name}')
+    save_atomic(proto, tmp)
+    try:
+        after = load_segmenter(tmp, providers=['cpu'], intra_op_spinning=False)
+        for i, (frame, want) in enumerate(zip(frames, expected, strict=True)):
+            got = after.segment(frame, 'RGB', want_confidence=True)
+            if not np.array_equal(got.classes, want.classes):
+                raise ExportError(f'{path}: the version 2 classes differ from version 1 on '
+                                  f'frame {i}: {int((got.classes != want.classes).sum())} of '
+                                  f'{want.classes.size} pixels')
+            off = np.abs(got.confidence.astype(np.int16) - want.confidence)
+            if off.max() > CONFIDENCE_TOLERANCE:
+                raise ExportError(
+                    f'{path}: the version 2 confidence differs from version 1 on frame {i} '
+                    f'by up to {int(off.max())}/255 (expected at most {CONFIDENCE_TOLERANCE}) '
+                    f'on {int((off > CONFIDENCE_TOLERANCE).sum())} of {off.size} pixels')
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return v2
+
+
+def to_contract_v1(proto: Any, contract: ModelContract, source: Path) -> ModelContract:
+    """Take the graph of a file following ``contract`` back to version 1, in place.
+
+    For version 2: keeps only the ``scores`` output and the nodes and initializers it needs
+    (the argmax, softmax and confidence nodes go), and a uint8 input prologue
+    (``Cast<float>``, ``Mul``, ``Add``, see :mod:`fvt_training.onnx.contract_v2`) gives way to a
+    float32 input again. Returns the version 1 contract; a version 1 contract comes back as
+    it is.
+    """
+    from onnx import TensorProto
+
+    if contract.version == CONTRACT_VERSION:
+        return contract
+    graph = proto.graph
+    scores = contract.outputs.get('scores')
+    if scores is None:
+        raise ExportError(f'{source}: re-export needs the float scores output; its '
+                          f'fvt.outputs has {sorted(contract.outputs)}')
+    kept = [o for o in graph.output if o.name == scores]
+    del graph.output[:]
+    graph.output.extend(kept)
+    if contract.input_type == 'uint8':
+        image = graph.input[0]
+        normalized = _uint8_prologue_output(graph, image.name, source)
+        for node in graph.node:
+            node.input[:] = [image.name if i == normalized else i for i in node.input]
+        image.type.tensor_type.elem_type = TensorProto.FLOAT
+    _drop_unused(graph)
+    return replace(contract, version=CONTRACT_VERSION, outputs={}, input_type='float32')
+
+
+def _uint8_prologue_output(graph: Any, image: str, source: Path) -> str:
+    """Return the output of the ``Cast -> Mul -> Add`` chain that normalises ``image``."""
+    readers = consumers(graph)
+    tensor, ops = image, []
+    for op in ('Cast', 'Mul', 'Add'):
+        nodes = readers.get(tensor, [])
+        ops.append('/'.join(n.op_type for n in nodes) or 'nothing')
+        if len(nodes) != 1 or nodes[0].op_type != op:
+            raise ExportError(f'{source}: expected the uint8 input {image!r} to go through '
+                              f'Cast -> Mul -> Add (the version 2 normalisation); found '
+                              f'{" -> ".join(ops)}')
+        tensor = nodes[0].output[0]
+    return tensor
+
+
+def _drop_unused(graph: Any) -> None:
+    """Remove the nodes, initializers and value infos no graph output depends on."""
+    producers = {out: node for node in graph.node for out in node.output}
+    needed, todo = set(), [o.name for o in graph.output]
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = producers.get(name)
+        if node is not None:
+            todo.extend(i for i in node.input if i)
+    nodes = [n for n in graph.node if any(o in needed for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    for field_name in ('initializer', 'value_info'):
+        entries = [e for e in getattr(graph, field_name) if e.name in needed]
+        del getattr(graph, field_name)[:]
+        getattr(graph, field_name).extend(entries)

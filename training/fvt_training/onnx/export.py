@@ -2,337 +2,58 @@
 
 The float32 file is converted with tf2onnx, carries the model contract in its metadata and
 is loaded back through the node's own loader, whose output must match Keras on real frames
-of the data set (max absolute probability difference <= 1e-3 and argmax agreement >= 99.9 %
-of pixels). A file that fails never takes the output name: it is renamed ``*.failed`` and the
-command exits non-zero with the measured numbers. ``--int8`` adds a statically quantized
-file (calibrated on training frames), ``--fp16`` a float16 one (float32 input and output);
-each is scored on the validation split against the float32 file. Every file is written to a
+of the data set (:mod:`fvt_training.onnx.parity`: max absolute probability difference
+<= 1e-3 and argmax agreement >= 99.9 % of pixels). A file that fails never takes the output
+name: it is renamed ``*.failed`` and the command exits non-zero with the measured numbers.
+``--int8`` adds a statically quantized file (calibrated on training frames), ``--fp16`` a
+float16 one (float32 input and output), see :mod:`fvt_training.onnx.quantize`; each is
+scored on the validation split against the float32 file. Every file is written to a
 temporary name and renamed into place.
 
-INT8 settings, measured on this project's 2-core AVX-512 VNNI CPU with ONNX Runtime 1.31
-(Linknet/MobileNetV2 and FPN/EfficientNet-B0 at 192x256, batch 1): QDQ format with uint8
-activations and int8 per-channel weights, after ``quant_pre_process``, ran 2.3-2.8x faster
-than float32 and cost 0.2 points of CamVid val mIoU on a Linknet trained for 6 epochs; int8
-activations (S8S8) gained only 1.2-1.8x; the QOperator format was as fast as QDQ (QDQ is kept:
-TensorRT reads it too); reduce_range brought nothing.
-
-Before anything is written, the graph goes through :mod:`fvt_training.onnx.rewrites`: exact
-rewrites of what tf2onnx writes in a form ONNX Runtime runs slowly (stride-1 ConvTranspose ->
-Conv, nearest Resize -> its asymmetric equivalent), and the final softmax is dropped, so the
-file outputs logits (``fvt.output: logits``; the parity check compares Keras' probabilities
-with the softmax of those logits).
+Before anything is written, the graph goes through :mod:`fvt_training.onnx.rewrites`: four
+exact rewrites of what tf2onnx writes in a form ONNX Runtime runs slowly (stride-1
+ConvTranspose -> Conv, nearest Resize -> its asymmetric equivalent, upsampling moved after
+an Add, the 1x1 classifier moved before the upsampling), and the final softmax is dropped, so
+the file outputs logits (``fvt.output: logits``; the parity check compares Keras'
+probabilities with the softmax of those logits).
 
 ``RUN`` may also be a float32 ``.onnx`` file of an earlier export, contract version 1 or 2
-(with ``--data``): it gets today's rewrites and variants without its Keras run, and the file
-itself is the parity reference. Its contract and provenance carry over, plus
-``reexported_from`` (file, SHA-256).
+(with ``--data``, :mod:`fvt_training.onnx.export_source`): it gets today's rewrites and
+variants without its Keras run, and the file itself is the parity reference. Its contract and
+provenance carry over, plus ``reexported_from`` (file, SHA-256).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 import os
 from pathlib import Path
-import tempfile
 from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.core.contract import CONTRACT_VERSION, MIN_ARGMAX_AGREEMENT, ModelContract
+from fvt_segmentation.core.contract import ModelContract
 from fvt_training.common.arg_types import non_negative_int, positive_int
-from fvt_training.models.keras_onnx import INPUT_NAME, OPSET, keras_to_onnx, rename_output
-from fvt_training.onnx.rewrites import (
-    consumers,
-    output_source,
-    simplify_for_cpu,
-    strip_output_softmax,
+from fvt_training.models.keras_onnx import OPSET, rename_output
+from fvt_training.onnx.contract_v2 import CONFIDENCE_TOLERANCE, write_contract_v2
+from fvt_training.onnx.export_source import ExportSource, keras_source, onnx_source
+from fvt_training.onnx.model_file import ExportError, attach_contract, save_atomic
+from fvt_training.onnx.parity import check_parity
+from fvt_training.onnx.quantize import (
+    INT8_FORMATS,
+    FrameCalibrationReader,
+    convert_fp16,
+    int8_settings,
+    int8_trt_settings,
+    quantize_int8,
 )
+from fvt_training.onnx.rewrites import simplify_for_cpu, strip_output_softmax
 from fvt_training.runs.run_files import summary_text
 
 LOGITS_NAME = 'logits'
-PRODUCER = 'fvt-train'
-MAX_ABS_DIFF = 1e-3
-# uint8 steps: float32 sums in another order may round an x.5 the other way.
-CONFIDENCE_TOLERANCE = 1
-INT8_FORMATS = ('qdq', 'qoperator')
 INT8_TARGET_MIOU_DROP = 0.01
-
-
-class ExportError(RuntimeError):
-    """An export that failed a check; the message holds the measured numbers."""
-
-
-def attach_contract(proto: Any, contract: ModelContract, doc: str | None = None) -> None:
-    """Write the contract metadata, producer, model version and doc string into ``proto``.
-
-    ``doc`` is the one-sentence doc string; by default, the one a training run's contract
-    gives (:func:`fvt_training.runs.run_contract.doc_string`).
-    """
-    import onnx
-
-    from fvt_training import __version__
-
-    onnx.helper.set_model_props(proto, contract.to_metadata())
-    proto.producer_name = PRODUCER
-    proto.producer_version = __version__
-    created = str(contract.provenance.get('created', ''))
-    try:
-        stamp = datetime.fromisoformat(created)
-    except ValueError:
-        stamp = datetime.now(timezone.utc)
-    # The export time as the integer YYYYMMDDHHMM: it grows with every export.
-    proto.model_version = int(stamp.strftime('%Y%m%d%H%M'))
-    if doc is None:
-        from fvt_training.runs.run_contract import doc_string
-
-        doc = doc_string(contract)
-    proto.doc_string = doc
-
-
-def save_atomic(proto: Any, path: Path) -> None:
-    """Save an ONNX model through a temporary file in the same folder and a rename."""
-    from fvt_training.data.prepared import write_bytes_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, proto.SerializeToString())
-
-
-def softmax(scores: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Return the numerically stable softmax of ``scores`` along ``axis``."""
-    shifted = np.exp(scores - scores.max(axis=axis, keepdims=True))
-    return shifted / shifted.sum(axis=axis, keepdims=True)
-
-
-def score_agreement(pairs: Iterable[tuple[np.ndarray, np.ndarray]],
-                    axis: int) -> tuple[float, float]:
-    """Compare ``(got, expected)`` score arrays of equal shape, classes on ``axis``.
-
-    Returns the largest absolute difference over all pairs and the fraction of positions
-    (all axes but ``axis``) whose argmax over the classes agrees.
-    """
-    worst, agree, total = 0.0, 0, 0
-    for got, expected in pairs:
-        worst = max(worst, float(np.abs(got - expected).max()))
-        agree += int((got.argmax(axis) == expected.argmax(axis)).sum())
-        total += got.size // got.shape[axis]
-    return worst, agree / total
-
-
-def check_parity(reference: Any, reference_contract: ModelContract, segmenter: Any,
-                 frames: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Compare a reference (Keras, or the file re-exported) and ONNX Runtime on RGB frames.
-
-    Each is fed by its own contract: the reference by the run's (or its file's), ONNX Runtime
-    by the one read back from the new file, so a wrong normalisation in the metadata shows up
-    here too. Returns the largest absolute probability difference, the fraction of pixels
-    whose argmax agrees and ``passed``.
-    """
-    from fvt_segmentation.core.inference import preprocess_frame
-
-    def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for frame in frames:
-            expected = np.asarray(reference.predict_on_batch(
-                preprocess_frame(frame, 'RGB', segmenter.input_size, reference_contract)))
-            got = segmenter.infer(segmenter.preprocess(frame, 'RGB'))
-            if segmenter.contract.output == 'logits':
-                got = softmax(got, axis=-1)
-            if got.shape != expected.shape:
-                raise ExportError(f'{segmenter.model_path}: ONNX output shape {got.shape} '
-                                  f'differs from the reference {expected.shape}')
-            yield got, expected
-
-    worst, agreement = score_agreement(pairs(), axis=-1)
-    return {'frames': len(frames), 'max_abs_diff': worst, 'argmax_agreement': agreement,
-            'max_abs_diff_limit': MAX_ABS_DIFF, 'argmax_agreement_limit': MIN_ARGMAX_AGREEMENT,
-            'passed': worst <= MAX_ABS_DIFF and agreement >= MIN_ARGMAX_AGREEMENT}
-
-
-class FrameCalibrationReader:
-    """Feeds quantization calibration with frames preprocessed exactly as the node does."""
-
-    def __init__(self, frames: Iterator[np.ndarray], contract: ModelContract,
-                 size: tuple[int, int], input_name: str = INPUT_NAME) -> None:
-        self.frames = frames
-        self.contract = contract
-        self.size = size
-        self.input_name = input_name
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        """Return the next ``{input name: tensor}``, or None when the frames are used up."""
-        from fvt_segmentation.core.inference import preprocess_frame
-
-        frame = next(self.frames, None)
-        if frame is None:
-            return None
-        return {self.input_name: preprocess_frame(frame, 'RGB', self.size, self.contract)}
-
-
-def int8_settings(int8_format: str = 'qdq') -> dict[str, Any]:
-    """Return the quantization settings :func:`quantize_int8` applies (see the module doc)."""
-    if int8_format not in INT8_FORMATS:
-        raise ExportError(f'int8 format must be one of {list(INT8_FORMATS)}; got {int8_format!r}')
-    return {'format': int8_format, 'activations': 'uint8', 'weights': 'int8',
-            'per_channel': True, 'reduce_range': False, 'calibration': 'minmax',
-            'float_ops': ['Softmax'], 'float_output_resize': True, 'pre_process': True,
-            'symmetric': False}
-
-
-def int8_trt_settings() -> dict[str, Any]:
-    """Return the settings of the TensorRT int8 file: symmetric int8 QDQ.
-
-    TensorRT's explicit quantization takes only symmetric scales (zero point 0) for
-    activations and weights, int8 both; weights per output channel. The file carries
-    ``fvt.quantization: int8_symmetric_qdq``, so the node sets ``trt_int8_enable``. Biases
-    stay float: TensorRT folds them into its int8 convolutions itself, while an int32 bias
-    DequantizeLinear is one more thing for its parser to refuse.
-    """
-    return {**int8_settings('qdq'), 'activations': 'int8', 'symmetric': True,
-            'quantize_bias': False, 'target': 'tensorrt'}
-
-
-def output_resize(graph: Any) -> str | None:
-    """Return the name of a ``Resize`` whose output reaches the graph output unchanged.
-
-    ONNX Runtime's uint8 Resize is slower than its float one, and a float output needs no
-    dequantization of the full-size map, so int8 keeps this node (light_fpn's x4 upsampling
-    of the class scores) in float.
-    """
-    node, _ = output_source(graph)
-    return node.name if node is not None and node.op_type == 'Resize' else None
-
-
-def quantize_int8(float_path: Path, out_path: Path, reader: FrameCalibrationReader,
-                  contract: ModelContract, settings: Mapping[str, Any]) -> None:
-    """Write a statically quantized copy of ``float_path`` carrying ``contract``.
-
-    ``settings`` come from :func:`int8_settings`: the graph format, per-channel weights,
-    reduce_range and the operator types left in float; activations are uint8 and weights
-    int8, calibrated with MinMax on ``reader``'s frames after ``quant_pre_process``. An
-    optional ``float_nodes`` lists node names to leave in float too (probes use it).
-    """
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class _Reader(CalibrationDataReader):
-        def get_next(self) -> dict | None:
-            return reader.get_next()
-
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix='.tmp-int8-') as tmp:
-        pre = Path(tmp) / 'pre.onnx'
-        quantized = Path(tmp) / 'int8.onnx'
-        # Symbolic shape inference needs sympy; the spatial size is fixed, ONNX's suffices.
-        quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
-        graph = onnx.load(str(pre))
-        # Nodes are excluded by name: an unnamed Softmax would exclude every unnamed node.
-        taken = {n.name for n in graph.graph.node}
-        for i, node in enumerate(graph.graph.node):
-            if not node.name:
-                node.name = next(name for k in range(len(taken) + 1)
-                                 if (name := f'{node.op_type}_{i}_{k}') not in taken)
-                taken.add(node.name)
-        onnx.save(graph, str(pre))
-        float_nodes = [n.name for n in graph.graph.node if n.op_type in settings['float_ops']]
-        resize = output_resize(graph.graph) if settings.get('float_output_resize') else None
-        if resize:
-            float_nodes.append(resize)
-        named = set(settings.get('float_nodes', ()))
-        missing = named - {n.name for n in graph.graph.node}
-        if missing:
-            raise ExportError(f'{float_path}: float_nodes names nodes the graph lacks: '
-                              f'{sorted(missing)}')
-        float_nodes.extend(sorted(named))
-        quantize_static(
-            str(pre), str(quantized), _Reader(),
-            quant_format=(QuantFormat.QDQ if settings['format'] == 'qdq'
-                          else QuantFormat.QOperator),
-            per_channel=settings['per_channel'], reduce_range=settings['reduce_range'],
-            activation_type=(QuantType.QInt8 if settings['activations'] == 'int8'
-                             else QuantType.QUInt8),
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=float_nodes,
-            extra_options={'ActivationSymmetric': settings.get('symmetric', False),
-                           'WeightSymmetric': True,
-                           'QuantizeBias': settings.get('quantize_bias', True)},
-            # MinMax keeps only a min and max per tensor and frame, so memory stays small.
-            # (CalibMaxIntermediateOutputs would not help: ONNX Runtime 1.31 drops each full
-            # chunk without merging its ranges.)
-            calibrate_method=CalibrationMethod.MinMax)
-        proto = onnx.load(str(quantized))
-        attach_contract(proto, contract)
-        save_atomic(proto, out_path)
-
-
-def convert_fp16(float_path: Path, out_path: Path, contract: ModelContract) -> None:
-    """Write a float16 copy of ``float_path`` (float32 input and output) carrying ``contract``."""
-    import warnings
-
-    import onnx
-
-    try:
-        from onnxconverter_common import float16
-    except ImportError:
-        raise ExportError('--fp16 needs the onnxconverter-common package '
-                          '(pip install onnxconverter-common)') from None
-    with warnings.catch_warnings():
-        # One warning per weight below float16's range, which is flushed as intended.
-        warnings.filterwarnings('ignore', message='the float32 number', category=UserWarning)
-        proto = float16.convert_float_to_float16(onnx.load(str(float_path)),
-                                                 keep_io_types=True)
-    attach_contract(proto, contract)
-    save_atomic(proto, out_path)
-
-
-def write_contract_v2(path: Path, contract: ModelContract, uint8_input: bool,
-                      frames: Sequence[np.ndarray]) -> ModelContract:
-    """Rewrite the version 1 file ``path`` as version 2; return its contract.
-
-    On ``frames`` (RGB), the classes the new file computes must equal the version 1 file's
-    and its confidence the node's version 1 confidence
-    (:func:`~fvt_segmentation.core.inference.scores_to_confidence` of the version 1 scores)
-    within ``CONFIDENCE_TOLERANCE``, or :class:`ExportError` names the frame and the pixels
-    that differ.
-    """
-    import onnx
-
-    from fvt_segmentation.core.inference import load_segmenter
-    from fvt_training.onnx.contract_v2 import to_contract_v2
-
-    before = load_segmenter(path, providers=['cpu'], intra_op_spinning=False)
-    expected = [before.segment(frame, 'RGB', want_confidence=True) for frame in frames]
-    proto = onnx.load(str(path))
-    v2 = to_contract_v2(proto, contract, uint8_input=uint8_input)
-    attach_contract(proto, v2)
-    tmp = path.with_name(f'.tmp-v2-{os.getpid()}-{path.name}')
-    save_atomic(proto, tmp)
-    try:
-        after = load_segmenter(tmp, providers=['cpu'], intra_op_spinning=False)
-        for i, (frame, want) in enumerate(zip(frames, expected, strict=True)):
-            got = after.segment(frame, 'RGB', want_confidence=True)
-            if not np.array_equal(got.classes, want.classes):
-                raise ExportError(f'{path}: the version 2 classes differ from version 1 on '
-                                  f'frame {i}: {int((got.classes != want.classes).sum())} of '
-                                  f'{want.classes.size} pixels')
-            off = np.abs(got.confidence.astype(np.int16) - want.confidence)
-            if off.max() > CONFIDENCE_TOLERANCE:
-                raise ExportError(
-                    f'{path}: the version 2 confidence differs from version 1 on frame {i} '
-                    f'by up to {int(off.max())}/255 (expected at most {CONFIDENCE_TOLERANCE}) '
-                    f'on {int((off > CONFIDENCE_TOLERANCE).sum())} of {off.size} pixels')
-    except Exception:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    return v2
 
 
 def _variant_path(out: Path, tag: str) -> Path:
@@ -349,12 +70,12 @@ def score_variants(paths: Mapping[str, Path], manifest: Any, split: str, runs: i
     from fvt_segmentation.core.contract import CATEGORIES, VOID
     from fvt_segmentation.core.metrics import summarize
     from fvt_training.data.prepared import load_pair
-    from fvt_training.evaluation.evaluate import (
+    from fvt_training.evaluation.latency import time_interleaved
+    from fvt_training.evaluation.scoring import (
         OnnxFileModel,
         confusion_over_split,
         preprocess_batch,
     )
-    from fvt_training.evaluation.latency import time_interleaved
 
     models = {tag: OnnxFileModel(path) for tag, path in paths.items()}
     scores: dict[str, dict] = {}
@@ -380,177 +101,6 @@ def score_variants(paths: Mapping[str, Path], manifest: Any, split: str, runs: i
         if 'latency_ms' in entry:
             entry['speedup'] = base['latency_ms']['median_ms'] / entry['latency_ms']['median_ms']
     return scores
-
-
-@dataclass(frozen=True)
-class ExportSource:
-    """What an export starts from: a Keras run, or the float32 file of an earlier export."""
-
-    name: str
-    path: Path
-    proto: Any  # the float graph before the rewrites
-    reference: Any  # ``predict_on_batch(x)`` -> probabilities: what parity compares with
-    reference_contract: ModelContract  # how frames are fed to ``reference``
-    manifest: Any
-    val_split: str
-    train_split: str
-    input_size: tuple[int, int]
-    size: dict[str, Any]  # params and GFLOPs of the float graph
-    output: str  # what ``proto`` outputs: probabilities or logits
-    make_contract: Callable[[Mapping[str, Any], str], ModelContract]  # (provenance, output)
-    run_dir: Path | None  # the run folder, for ``export.json`` (None for a file)
-
-
-def keras_source(run_dir: Path, weights: str = 'best',
-                 data: str | os.PathLike | None = None) -> ExportSource:
-    """Load a run's Keras model and convert it with tf2onnx."""
-    from fvt_training.data.prepared import read_manifest
-    from fvt_training.evaluation import flops
-    from fvt_training.runs.run_contract import run_contract
-    from fvt_training.runs.train import load_run
-
-    config, model = load_run(run_dir, weights)
-    manifest = read_manifest(data or config['data']['prepared_dir'])
-    input_size = tuple(int(v) for v in config['model']['input_size'])
-    print(f'converting {run_dir.name} ({weights} weights) with tf2onnx, opset {OPSET}')
-    proto = keras_to_onnx(model, input_size)
-    size = {**flops.describe(proto), 'params': int(model.count_params())}
-
-    def make_contract(extra: Mapping[str, Any], output: str) -> ModelContract:
-        return run_contract(run_dir, config, manifest.folder,
-                            {'weights': weights, **size, **extra}, output=output)
-
-    return ExportSource(
-        name=run_dir.name, path=run_dir, proto=proto, reference=model,
-        reference_contract=make_contract({}, 'probabilities'), manifest=manifest,
-        val_split=config['data']['val_split'], train_split=config['data']['train_split'],
-        input_size=input_size, size=size, output='probabilities',
-        make_contract=make_contract, run_dir=run_dir)
-
-
-def to_contract_v1(proto: Any, contract: ModelContract, source: Path) -> ModelContract:
-    """Take the graph of a file following ``contract`` back to version 1, in place.
-
-    For version 2: keeps only the ``scores`` output and the nodes and initializers it needs
-    (the argmax, softmax and confidence nodes go), and a uint8 input prologue
-    (``Cast<float>``, ``Mul``, ``Add``, see :mod:`fvt_training.onnx.contract_v2`) gives way to a
-    float32 input again. Returns the version 1 contract; a version 1 contract comes back as
-    it is.
-    """
-    from onnx import TensorProto
-
-    if contract.version == CONTRACT_VERSION:
-        return contract
-    graph = proto.graph
-    scores = contract.outputs.get('scores')
-    if scores is None:
-        raise ExportError(f'{source}: re-export needs the float scores output; its '
-                          f'fvt.outputs has {sorted(contract.outputs)}')
-    kept = [o for o in graph.output if o.name == scores]
-    del graph.output[:]
-    graph.output.extend(kept)
-    if contract.input_type == 'uint8':
-        image = graph.input[0]
-        normalized = _uint8_prologue_output(graph, image.name, source)
-        for node in graph.node:
-            node.input[:] = [image.name if i == normalized else i for i in node.input]
-        image.type.tensor_type.elem_type = TensorProto.FLOAT
-    _drop_unused(graph)
-    return replace(contract, version=CONTRACT_VERSION, outputs={}, input_type='float32')
-
-
-def _uint8_prologue_output(graph: Any, image: str, source: Path) -> str:
-    """Return the output of the ``Cast -> Mul -> Add`` chain that normalises ``image``."""
-    readers = consumers(graph)
-    tensor, ops = image, []
-    for op in ('Cast', 'Mul', 'Add'):
-        nodes = readers.get(tensor, [])
-        ops.append('/'.join(n.op_type for n in nodes) or 'nothing')
-        if len(nodes) != 1 or nodes[0].op_type != op:
-            raise ExportError(f'{source}: expected the uint8 input {image!r} to go through '
-                              f'Cast -> Mul -> Add (the version 2 normalisation); found '
-                              f'{" -> ".join(ops)}')
-        tensor = nodes[0].output[0]
-    return tensor
-
-
-def _drop_unused(graph: Any) -> None:
-    """Remove the nodes, initializers and value infos no graph output depends on."""
-    producers = {out: node for node in graph.node for out in node.output}
-    needed, todo = set(), [o.name for o in graph.output]
-    while todo:
-        name = todo.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        node = producers.get(name)
-        if node is not None:
-            todo.extend(i for i in node.input if i)
-    nodes = [n for n in graph.node if any(o in needed for o in n.output)]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    for field_name in ('initializer', 'value_info'):
-        entries = [e for e in getattr(graph, field_name) if e.name in needed]
-        del getattr(graph, field_name)[:]
-        getattr(graph, field_name).extend(entries)
-
-
-class _ProbabilitiesOf:
-    """An ONNX file as parity reference: ``predict_on_batch`` returns probabilities."""
-
-    def __init__(self, segmenter: Any) -> None:
-        self.segmenter = segmenter
-
-    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Return the file's probabilities for a preprocessed batch."""
-        scores = self.segmenter.infer(batch)
-        return softmax(scores) if self.segmenter.contract.output == 'logits' else scores
-
-
-def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
-    """Start from a float32 file written by an earlier export (to apply today's rewrites).
-
-    The file is the parity reference; its contract and provenance carry over, with
-    ``reexported_from`` naming the file (and its SHA-256) it came from. A version 2 file is
-    taken back to its version 1 graph first (:func:`to_contract_v1`); ``--contract 2`` writes
-    version 2 again. Parity and scores use the ``val`` split of ``data``, int8 calibration its
-    ``train`` split.
-    """
-    import onnx
-
-    from fvt_segmentation.core.inference import load_segmenter
-    from fvt_segmentation.core.providers import file_sha256
-    from fvt_training.data.prepared import read_manifest
-    from fvt_training.evaluation import flops
-
-    if data is None:
-        raise ExportError(f'{path}: an ONNX file does not name its data folder; pass --data '
-                          'PREPARED_DIR (the folder it was trained on, for parity and scores)')
-    segmenter = load_segmenter(path, providers=['cpu'])
-    provenance = dict(segmenter.contract.provenance)
-    precision = provenance.get('precision', 'float32')
-    if precision != 'float32':
-        raise ExportError(f'{path}: re-export needs a float32 file; this one is {precision}')
-    if segmenter.contract.layout != 'NHWC':
-        raise ExportError(f'{path}: re-export takes what fvt-train export writes (NHWC); this '
-                          f'file is {segmenter.contract.layout}')
-    proto = onnx.load(str(path))
-    contract = to_contract_v1(proto, segmenter.contract, path)
-    size = flops.describe(proto)
-    size.update({k: provenance[k] for k in ('params', 'gflops') if k in provenance})
-    origin = {'file': path.name, 'sha256': file_sha256(path),
-              'created': provenance.get('created')}
-
-    def make_contract(extra: Mapping[str, Any], output: str) -> ModelContract:
-        created = datetime.now(timezone.utc).isoformat(timespec='seconds')
-        return replace(contract, output=output, provenance={
-            **provenance, **extra, 'created': created, 'reexported_from': origin})
-
-    return ExportSource(
-        name=path.stem, path=path, proto=proto, reference=_ProbabilitiesOf(segmenter),
-        reference_contract=segmenter.contract, manifest=read_manifest(data), val_split='val',
-        train_split='train', input_size=segmenter.input_size, size=size,
-        output=contract.output, make_contract=make_contract, run_dir=None)
 
 
 @dataclass(frozen=True)
@@ -597,7 +147,7 @@ def export_run(source: str | os.PathLike, out: str | os.PathLike, *,
     ``<out>.failed``).
     """
     from fvt_training.data.prepared import load_pair
-    from fvt_training.evaluation.evaluate import pick_samples
+    from fvt_training.evaluation.scoring import pick_samples
 
     options = VariantOptions(
         fp16=fp16, int8=int8, int8_format=int8_format, int8_trt=int8_trt,
@@ -665,9 +215,10 @@ def write_float32(src: ExportSource, contract: ModelContract, out: Path,
             raise ExportError(
                 f'{out}: ONNX Runtime disagrees with {reference} on {len(frames)} '
                 f'{src.val_split} frames: max |p_onnx - p_reference| = '
-                f'{parity["max_abs_diff"]:.3g} (limit {MAX_ABS_DIFF}), argmax agreement '
-                f'{parity["argmax_agreement"]:.4%} (limit {MIN_ARGMAX_AGREEMENT:.1%}); the '
-                f'file was kept as {out}.failed for inspection')
+                f'{parity["max_abs_diff"]:.3g} (limit {parity["max_abs_diff_limit"]}), argmax '
+                f'agreement {parity["argmax_agreement"]:.4%} (limit '
+                f'{parity["argmax_agreement_limit"]:.1%}); the file was kept as '
+                f'{out}.failed for inspection')
     except Exception:
         os.replace(tmp, out.with_name(out.name + '.failed'))
         raise
@@ -687,7 +238,7 @@ def _quantize_variant(src: ExportSource, out: Path, output: str, variants: _Vari
     folder, split, count and ids); a re-export's ``reexported_from`` names the float file.
     """
     from fvt_training.data.prepared import load_pair
-    from fvt_training.evaluation.evaluate import pick_samples
+    from fvt_training.evaluation.scoring import pick_samples
 
     manifest = src.manifest
     ids = pick_samples(manifest.ids(src.train_split), frame_count)
@@ -756,7 +307,7 @@ def write_report(src: ExportSource, source: Path, out: Path, contract: ModelCont
         'weights': provenance.get('weights', weights),
         'data': str(src.manifest.folder),
         'input_size': list(src.input_size),
-        **src.size,
+        **src.complexity,
         **results,
         'created': provenance['created'],
     }

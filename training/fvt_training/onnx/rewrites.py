@@ -1,11 +1,13 @@
 """Exact ONNX graph rewrites that make an exported model cheaper for ONNX Runtime on a CPU.
 
-tf2onnx writes Keras layers one to one. Two of them cost far more in ONNX Runtime than the
-equivalent form (measured with its profiler on the keras-io U-Net-like default model, 2-core
-CPU): a stride-1 ``Conv2DTranspose`` becomes ``ConvTranspose`` (a GEMM plus col2im, 33 % of
-the float32 time, and left in float by int8 quantization: 49 % of the int8 time), and
-``UpSampling2D`` becomes ``Resize`` with the deprecated ``tf_half_pixel_for_nn`` coordinate
-mode, which misses ONNX Runtime's fast nearest-neighbour path. Both have an exact equivalent:
+tf2onnx writes Keras layers one to one, and :func:`simplify_for_cpu` applies four exact
+rewrites to what it writes. The first two replace layers that cost far more in ONNX Runtime
+than their equivalent form (measured with its profiler on the keras-io U-Net-like default
+model, 2-core CPU): a stride-1 ``Conv2DTranspose`` becomes ``ConvTranspose`` (a GEMM plus
+col2im, 33 % of the float32 time, and left in float by int8 quantization: 49 % of the int8
+time), and ``UpSampling2D`` becomes ``Resize`` with the deprecated ``tf_half_pixel_for_nn``
+coordinate mode, which misses ONNX Runtime's fast nearest-neighbour path. The other two move
+work done after an upsampling to before it, onto fewer pixels or channels:
 
 - a ``ConvTranspose`` with stride 1, dilation 1 and one group is the ``Conv`` whose kernel is
   the transposed one with in/out channels swapped and both spatial axes flipped, padded by

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from fvt_training.runs.config import LOSS_NAMES
+from fvt_training.runs.config_schema import LOSS_NAMES
 
 EPSILON = 1e-7
 SMOOTH = 1e-5

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fvt_segmentation.core.contract import ModelContract
+from fvt_segmentation.core.sizes import format_size
 from fvt_training.data.prepared import DataError, read_manifest
 from fvt_training.models import efficientnet_lite
 from fvt_training.models.factories import model_normalization, pretrained_encoder
@@ -95,7 +96,8 @@ def doc_string(contract: ModelContract) -> str:
     """Return one human sentence about the model and its licence terms (ONNX doc_string)."""
     prov = contract.provenance
     model = '/'.join(str(prov[k]) for k in ('architecture', 'backbone') if prov.get(k))
-    size = 'x'.join(str(v) for v in prov.get('input_size', []))
+    height, width = prov.get('input_size') or ('', '')
+    size = format_size(width, height) if height else ''
     licence = str(prov.get('licence', 'unknown'))
     terms = licence
     if 'BY-NC' in licence and 'non-commercial' not in licence.lower():

@@ -1,7 +1,7 @@
 """The files of a run folder: their names, and reading and writing its JSON files.
 
-Kept apart from ``train.py`` so that tools that only read runs (``fvt-train compare``) do not
-import TensorFlow.
+Kept apart from :mod:`fvt_training.runs.train` so that tools that only read runs
+(``fvt-train compare``) do not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fvt_training.data.prepared import write_bytes_atomic
+from fvt_training.common.files import write_bytes_atomic
 
 CONFIG_FILE = 'config.yaml'
 STATE_FILE = 'state.json'
