@@ -3,7 +3,7 @@
 A training run's Keras model (:class:`KerasRunModel`, fed with the contract its export would
 carry) and an ONNX file (:class:`OnnxFileModel`, loaded through the node's own loader) offer
 the same ``predict``. Frames are preprocessed by the node's
-:func:`~fvt_segmentation.core.inference.preprocess_frame`, scores become class maps with the
+:func:`~fvt_segmentation.core.frame_processing.preprocess_frame`, scores become class maps with the
 node's post-processing, and a split's score is one dataset-level confusion matrix
 (:mod:`fvt_segmentation.core.metrics`). Export and adopt score their files here too.
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 from fvt_segmentation.core.contract import CATEGORIES, ModelContract
 from fvt_segmentation.core.conversions import resize_nearest
-from fvt_segmentation.core.inference import preprocess_frame, scores_to_classes
+from fvt_segmentation.core.frame_processing import preprocess_frame, scores_to_classes
 from fvt_segmentation.core.metrics import confusion_matrix
 from fvt_training.runs.run_files import EVAL_PREFIX
 

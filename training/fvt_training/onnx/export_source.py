@@ -77,8 +77,8 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
     """
     import onnx
 
+    from fvt_segmentation.core.files import file_sha256
     from fvt_segmentation.core.inference import load_segmenter
-    from fvt_segmentation.core.providers import file_sha256
     from fvt_training.data.prepared import read_manifest
     from fvt_training.evaluation import flops
 

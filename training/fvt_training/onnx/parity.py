@@ -48,7 +48,7 @@ def check_parity(reference: Any, reference_contract: ModelContract, segmenter: A
     here too. Returns the largest absolute probability difference, the fraction of pixels
     whose argmax agrees and ``passed``.
     """
-    from fvt_segmentation.core.inference import preprocess_frame
+    from fvt_segmentation.core.frame_processing import preprocess_frame
 
     def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for frame in frames:

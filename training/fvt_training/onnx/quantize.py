@@ -37,7 +37,7 @@ class FrameCalibrationReader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """Return the next ``{input name: tensor}``, or None when the frames are used up."""
-        from fvt_segmentation.core.inference import preprocess_frame
+        from fvt_segmentation.core.frame_processing import preprocess_frame
 
         frame = next(self.frames, None)
         if frame is None:
