@@ -44,8 +44,12 @@ def latency_ms(segmenter: Segmenter, frames: list[np.ndarray], runs: int) -> flo
 def derived_files(cpu: Segmenter, folder: Path, frames: list[np.ndarray]) -> dict[str, Path]:
     """Make int8 (TensorRT) and contract v2 copies of ``cpu``'s file (needs fvt_training)."""
     try:
-        from fvt_training.contract_v2 import write_v2_copy
-        from fvt_training.export import FrameCalibrationReader, int8_trt_settings, quantize_int8
+        from fvt_training.onnx.contract_v2 import write_v2_copy
+        from fvt_training.onnx.quantize import (
+            FrameCalibrationReader,
+            int8_trt_settings,
+            quantize_int8,
+        )
     except ImportError as err:
         print(f'(no int8 and v2 rows: the training package is not importable: {err})')
         return {}

@@ -29,7 +29,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from fvt_segmentation.bag.bundled_recording import CAMERA_TOPIC, TRUTH_TOPIC
 from fvt_segmentation.bag.rosbag_io import finish_bag
-from fvt_training.prepared import DataError, image_path, label_path, read_manifest
+from fvt_training.data.prepared import DataError, image_path, label_path, read_manifest
 
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
 START_NS = 1_200_000_000 * 10**9  # a fixed, plausible epoch so the file is reproducible

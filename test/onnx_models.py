@@ -150,7 +150,7 @@ def to_v2(v1_path: Path, out: Path, uint8_input: bool = False,
 
         pytest.skip('contract version 2 files are written by the training package, not '
                     'installed here (the Kilted leg of CI runs this test)')
-    from fvt_training import contract_v2
+    from fvt_training.onnx import contract_v2
 
     contract_v2.write_v2_copy(v1_path, out, uint8_input, confidence)
     onnx.checker.check_model(str(out))

@@ -33,7 +33,7 @@ def _save(path: Path, nodes: list, inits: list, inputs: list, outputs: list,
 
 
 def conv_logits_nchw(path: Path, classes: int = 19, stride: int = 8, dynamic: bool = True,
-                     size: tuple[int, int] = (64, 128), opset: int = 17) -> Path:
+                     input_size: tuple[int, int] = (64, 128), opset: int = 17) -> Path:
     """NCHW logits ``[N, classes, H/stride, W/stride]`` from one strided convolution.
 
     With ``dynamic`` the input is ``[N, 3, height, width]`` (named dynamic axes), as
@@ -42,8 +42,8 @@ def conv_logits_nchw(path: Path, classes: int = 19, stride: int = 8, dynamic: bo
     rng = np.random.default_rng(19)
     kernel = rng.normal(scale=0.08, size=(classes, 3, stride, stride)).astype(np.float32)
     bias = rng.normal(scale=0.5, size=classes).astype(np.float32)
-    h, w = ('height', 'width') if dynamic else size
-    out_h, out_w = ('out_h', 'out_w') if dynamic else (size[0] // stride, size[1] // stride)
+    h, w = ('height', 'width') if dynamic else input_size
+    out_h, out_w = ('out_h', 'out_w') if dynamic else (h // stride, w // stride)
     return _save(
         path,
         [helper.make_node('Conv', ['input', 'K', 'B'], ['logits'], strides=[stride, stride],
@@ -56,12 +56,12 @@ def conv_logits_nchw(path: Path, classes: int = 19, stride: int = 8, dynamic: bo
 
 
 def matmul_probabilities_nhwc(path: Path, classes: int = 34,
-                              size: tuple[int, int] = (48, 64)) -> Path:
+                              input_size: tuple[int, int] = (48, 64)) -> Path:
     """NHWC probabilities ``[1, H, W, classes]`` (per-pixel affine map, then softmax)."""
     rng = np.random.default_rng(34)
     weights = rng.normal(scale=2.0, size=(3, classes)).astype(np.float32)
     bias = rng.normal(scale=0.5, size=classes).astype(np.float32)
-    h, w = size
+    h, w = input_size
     return _save(
         path,
         [helper.make_node('MatMul', ['image', 'W'], ['affine']),
@@ -73,12 +73,12 @@ def matmul_probabilities_nhwc(path: Path, classes: int = 34,
 
 
 def argmax_ids_nchw(path: Path, classes: int = 11, stride: int = 4,
-                    size: tuple[int, int] = (64, 64), keepdims: bool = True) -> Path:
+                    input_size: tuple[int, int] = (64, 64), keepdims: bool = True) -> Path:
     """Argmax-only NCHW model: int64 class ids ``[1, 1, H/4, W/4]`` (``[1, h, w]`` without
     ``keepdims``) of a strided convolution's scores."""
     rng = np.random.default_rng(11)
     kernel = rng.normal(scale=0.05, size=(classes, 3, stride, stride)).astype(np.float32)
-    h, w = size
+    h, w = input_size
     oh, ow = h // stride, w // stride
     out_shape = [1, 1, oh, ow] if keepdims else [1, oh, ow]
     return _save(
@@ -91,13 +91,14 @@ def argmax_ids_nchw(path: Path, classes: int = 11, stride: int = 4,
         [helper.make_tensor_value_info('ids', TensorProto.INT64, out_shape)])
 
 
-def floor_ids_nchw(path: Path, size: tuple[int, int] = (16, 16), opset: int = 17) -> Path:
+def floor_ids_nchw(path: Path, input_size: tuple[int, int] = (16, 16),
+                   opset: int = 17) -> Path:
     """Class ids ``[1, 1, H, W]`` (int64) = the floor of the first input channel.
 
     Fed ``(pixel - 0) / 25.5`` the ids are 0..10 (CamVid's 11 classes); fed other floats,
     any id, negative or too large, as a model that writes 255 for "ignore" would.
     """
-    h, w = size
+    h, w = input_size
     first = np.array([1, 0, 0], np.float32).reshape(1, 3, 1, 1)
     return _save(
         path,
@@ -109,9 +110,9 @@ def floor_ids_nchw(path: Path, size: tuple[int, int] = (16, 16), opset: int = 17
         [helper.make_tensor_value_info('ids', TensorProto.INT64, [1, 1, h, w])], opset)
 
 
-def channel_max_nchw(path: Path, size: tuple[int, int] = (32, 32)) -> Path:
+def channel_max_nchw(path: Path, input_size: tuple[int, int] = (32, 32)) -> Path:
     """A float output without a class dimension: ``[1, H, W]``, the max over colours."""
-    h, w = size
+    h, w = input_size
     return _save(
         path, [helper.make_node('ReduceMax', ['input'], ['heat'], axes=[1], keepdims=0)], [],
         [helper.make_tensor_value_info('input', TensorProto.FLOAT, [1, 3, h, w])],
@@ -158,10 +159,10 @@ def category_reference(output: np.ndarray, kind: str, class_axis: int,
     return probabilities, probabilities.argmax(axis=-1)
 
 
-def patchwork(size: tuple[int, int], seed: int = 0, patch: int = 8) -> np.ndarray:
+def patchwork(height_width: tuple[int, int], seed: int = 0, patch: int = 8) -> np.ndarray:
     """An RGB uint8 frame of flat random-colour patches plus mild noise (varied classes)."""
     rng = np.random.default_rng(seed)
-    h, w = size
+    h, w = height_width
     colours = rng.integers(0, 256, ((h + patch - 1) // patch, (w + patch - 1) // patch, 3))
     frame = np.repeat(np.repeat(colours, patch, axis=0), patch, axis=1)[:h, :w]
     return np.clip(frame + rng.integers(-12, 12, frame.shape), 0, 255).astype(np.uint8)
@@ -173,7 +174,7 @@ class PublicSource:
 
     build: Callable[[Path], Path]
     labels: str
-    size: tuple[int, int]  # (height, width) the adopted file runs at
+    input_size: tuple[int, int]  # (height, width) the adopted file runs at
     layout: str
     color_order: str
     mean: tuple[float, float, float]
@@ -186,13 +187,13 @@ class PublicSource:
         return 1 if self.layout == 'NCHW' else 3
 
     def adopt_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``fvt_training.adopt.AdoptOptions`` (licence aside)."""
-        size = (self.size[1], self.size[0]) if self.needs_size else None
+        """Keyword arguments of ``fvt_training.adopt.inspection.AdoptOptions`` (licence aside)."""
+        size = (self.input_size[1], self.input_size[0]) if self.needs_size else None
         return {'labels': self.labels, 'color_order': self.color_order, 'mean': self.mean,
                 'std': self.std, 'size': size}
 
     def expected(self, path: Path, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Category probabilities ``[h, w, 8]`` and mask for an RGB frame of ``size``."""
+        """Category probabilities ``[h, w, 8]`` and mask for an RGB frame at ``input_size``."""
         pixels = frame[:, :, ::-1] if self.color_order == 'BGR' else frame
         output = run_source(path, pixels, self.layout, self.mean, self.std)
         return category_reference(output, self.kind, self.class_axis,
@@ -217,7 +218,7 @@ def official_mapping(labels: str) -> dict[int, int]:
     """Class index -> category id, built straight from the official tables."""
     if labels == 'camvid11':
         from fvt_segmentation.core.contract import CATEGORIES
-        from fvt_training.label_sets import CAMVID_CLASSES
+        from fvt_training.data.label_sets import CAMVID_CLASSES
 
         return {i: CATEGORIES.index(c) for i, (_, c) in enumerate(CAMVID_CLASSES[:11])}
     from cityscapesscripts.helpers.labels import labels as table

@@ -24,7 +24,8 @@ if importlib.util.find_spec('fvt_training') is None:
     pytest.skip('adopting needs the training package, not installed here',
                 allow_module_level=True)
 # Installed: an import error inside the package fails this module instead of skipping it.
-from fvt_training import adopt  # noqa: E402
+from fvt_training.adopt import adopt  # noqa: E402
+from fvt_training.adopt.inspection import AdoptOptions  # noqa: E402
 
 NS = '/segmentation_node'
 LICENCE = 'stand-in weights, test only'
@@ -38,7 +39,7 @@ def adopted(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     source = spec.build(folder / f'{request.param}.onnx')
     out = folder / 'adopted.onnx'
-    adopt.adopt(source, out, adopt.AdoptOptions(licence=LICENCE, **spec.adopt_kwargs()))
+    adopt.adopt(source, out, AdoptOptions(licence=LICENCE, **spec.adopt_kwargs()))
     return spec, source, out
 
 
@@ -70,12 +71,12 @@ def test_node_publishes_the_official_mapping(ros: RosHarness, adopted, mask_reso
         ros.subscribe(f'{NS}/{name}', Image, name)
     ros.wait_matched(*OUTPUTS)
     for i, encoding in enumerate(('rgb8', 'bgr8')):
-        frame = patchwork(spec.size, seed=10 + i)
+        frame = patchwork(spec.input_size, seed=10 + i)
         probabilities, mask = spec.expected(source, frame)
         confidence = np.clip(probabilities.max(axis=-1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         if mask_resolution == 'input':
             # Nearest-neighbour upsampling by the output stride: each cell becomes a block.
-            rows, cols = (s // m for s, m in zip(spec.size, mask.shape, strict=True))
+            rows, cols = (s // m for s, m in zip(spec.input_size, mask.shape, strict=True))
             mask = np.repeat(np.repeat(mask, rows, axis=0), cols, axis=1)
             confidence = np.repeat(np.repeat(confidence, rows, axis=0), cols, axis=1)
         got = receive(ros, frame, encoding, i + 1)

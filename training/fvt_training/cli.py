@@ -6,7 +6,7 @@ Each subcommand comes from a registrar ``add_<name>_parser(subparsers)`` listed 
 import TensorFlow at module level (handlers import it when they run), so ``fvt-train --help``
 stays fast. To add a subcommand, write its registrar and append it here.
 
-Handlers raise the errors of :data:`fvt_training.user_errors.USER_ERRORS` for problems a
+Handlers raise the errors of :data:`fvt_training.common.user_errors.USER_ERRORS` for problems a
 user can fix: :func:`main` prints their message as one line and exits with status 2.
 """
 
@@ -18,18 +18,18 @@ import importlib
 from pathlib import Path
 import sys
 
-from fvt_training.config import ConfigError, load_config, render_config
-from fvt_training.user_errors import user_errors
+from fvt_training.common.user_errors import user_errors
+from fvt_training.runs.config import ConfigError, load_config, render_config
 
 REGISTRARS = [
-    'fvt_training.prepare:add_prepare_parser',
+    'fvt_training.data.prepare:add_prepare_parser',
     'fvt_training.cli:add_config_parser',
     'fvt_training.cli:add_train_parser',
     'fvt_training.review.command:add_review_parser',
-    'fvt_training.evaluate:add_evaluate_parser',
-    'fvt_training.compare:add_compare_parser',
-    'fvt_training.export:add_export_parser',
-    'fvt_training.adopt:add_adopt_parser',
+    'fvt_training.evaluation.evaluate:add_evaluate_parser',
+    'fvt_training.evaluation.compare:add_compare_parser',
+    'fvt_training.onnx.export:add_export_parser',
+    'fvt_training.adopt.adopt:add_adopt_parser',
 ]
 
 def add_config_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -92,8 +92,8 @@ def _run_train(args: argparse.Namespace) -> int:
     settings = config or (load_config(saved) if args.resume and saved.is_file() else None)
     if settings and settings['train']['strategy'] == 'multiworker':
         return _run_supervised(config, args.resume, epochs, settings)
-    from fvt_training import train
-    from fvt_training.cluster import TrainingStopped
+    from fvt_training.runs import train
+    from fvt_training.runs.cluster import TrainingStopped
 
     try:
         if args.resume:
@@ -114,7 +114,7 @@ def _run_supervised(config: dict | None, resume: str | None, epochs: int | None,
     import os
     import tempfile
 
-    from fvt_training.cluster import read_tf_config, supervise
+    from fvt_training.runs.cluster import read_tf_config, supervise
 
     task = read_tf_config(os.environ.get('TF_CONFIG'))
     work_dir = Path(tempfile.mkdtemp(prefix='fvt-worker-'))
@@ -122,7 +122,7 @@ def _run_supervised(config: dict | None, resume: str | None, epochs: int | None,
     if not task.chief:
         scratch = work_dir / 'scratch'
         scratch.mkdir()
-    return supervise('fvt_training.train:worker_main',
+    return supervise('fvt_training.runs.train:worker_main',
                      (config, resume, epochs, None if scratch is None else str(scratch)),
                      task, settings['train']['worker_timeout_s'], work_dir)
 

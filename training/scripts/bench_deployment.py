@@ -34,10 +34,11 @@ import numpy as np
 from fvt_segmentation.bag.bundled_recording import CAMERA_TOPIC, default_recording, read_images
 from fvt_segmentation.core.frame_processing import preprocess_frame, scores_to_classes
 from fvt_segmentation.core.inference import load_segmenter
-from fvt_training.config import load_config
-from fvt_training.models import build_model, model_normalization
-from fvt_training.run_contract import run_contract
-from fvt_training.train import load_run
+from fvt_segmentation.core.sizes import format_size
+from fvt_training.models.factories import build_model, model_normalization
+from fvt_training.runs.config import load_config
+from fvt_training.runs.run_contract import run_contract
+from fvt_training.runs.train import load_run
 
 WARMUP = 5
 
@@ -54,11 +55,13 @@ def _time(step, frames: list[np.ndarray], rounds: int) -> np.ndarray:
     return np.asarray(times)
 
 
-def _node_end_to_end(model: Path, size: tuple[int, int], duration: float, rate: float) -> dict:
+def _node_end_to_end(model: Path, height_width: tuple[int, int], duration: float,
+                     rate: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / 'bench.json'
+        height, width = height_width
         subprocess.run([sys.executable, '-m', 'fvt_segmentation.tools.bench',
-                        '--model', str(model), '--sizes', f'{size[1]}x{size[0]}',
+                        '--model', str(model), '--sizes', format_size(width, height),
                         '--transport', 'profile',
                         '--duration', str(duration), '--rate', str(rate), '--json', str(out)],
                        check=True, stdout=subprocess.DEVNULL)
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     frames = list(read_images(default_recording(), CAMERA_TOPIC).values())
     # Not spinning: TensorFlow and two ONNX Runtime sessions share this process (see
-    # fvt_training.evaluate.OnnxFileModel); the node rows run the node's own defaults.
+    # fvt_training.evaluation.scoring.OnnxFileModel); the node rows run the node's own defaults.
     fp32 = load_segmenter(args.model, providers=['cpu'], intra_op_spinning=False)
     contract = fp32.contract
     if args.run is not None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-FRAME_SIZE = (352, 480)  # light_fpn at 480x352: its largest x2 nearest upsampling is 44x60x96
+INPUT_SIZE = (352, 480)  # light_fpn at 480x352: its largest x2 nearest upsampling is 44x60x96
 RESIZE_INPUT_NHWC = (1, 44, 60, 96)
 
 
@@ -47,7 +47,7 @@ def variant_settings(float_path: Path) -> dict[str, dict]:
     """Return the quantization settings probed, by tag (``int8``: what the export ships)."""
     import onnx
 
-    from fvt_training.export import int8_settings
+    from fvt_training.onnx.quantize import int8_settings
 
     graph = onnx.load(str(float_path)).graph
     base = int8_settings()
@@ -67,9 +67,10 @@ def probe_quantization(float_path: Path, data: Path, frames: int, runs: int) -> 
     from tqdm import tqdm
 
     from fvt_segmentation.core.inference import load_segmenter
-    from fvt_training.evaluate import pick_samples
-    from fvt_training.export import FrameCalibrationReader, quantize_int8, score_variants
-    from fvt_training.prepared import load_pair, read_manifest
+    from fvt_training.data.prepared import load_pair, read_manifest
+    from fvt_training.evaluation.scoring import pick_samples
+    from fvt_training.onnx.export import score_variants
+    from fvt_training.onnx.quantize import FrameCalibrationReader, quantize_int8
 
     manifest = read_manifest(data)
     contract = load_segmenter(float_path, providers=['cpu']).contract
@@ -82,7 +83,7 @@ def probe_quantization(float_path: Path, data: Path, frames: int, runs: int) -> 
         paths = {'float32': float_path}
         for tag, settings in tqdm(variant_settings(float_path).items(), desc='quantizing'):
             reader = FrameCalibrationReader(
-                (load_pair(manifest, 'train', i)[0] for i in ids), contract, FRAME_SIZE)
+                (load_pair(manifest, 'train', i)[0] for i in ids), contract, INPUT_SIZE)
             paths[tag] = Path(tmp) / f'{tag}.onnx'
             quantize_int8(float_path, paths[tag], reader, contract, settings)
         scores = score_variants(paths, manifest, 'val', runs, warmup=5)
@@ -111,7 +112,7 @@ def _resize_model(layout: str) -> Any:
 def probe_resize(runs: int = 200) -> None:
     """Time a uint8 nearest x2 Resize laid out NHWC (as in the int8 file) and NCHW."""
     from fvt_segmentation.core.sessions import open_session
-    from fvt_training.latency import time_calls
+    from fvt_training.evaluation.latency import time_calls
 
     print(f'uint8 nearest x2 Resize of {RESIZE_INPUT_NHWC} (NHWC), median of {runs} runs')
     for layout in ('NHWC', 'NCHW'):

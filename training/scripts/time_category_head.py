@@ -5,7 +5,7 @@
 
 Builds a stand-in of a PyTorch export (NCHW logits over ``--classes`` classes at the input
 size: a strided 3x3 convolution, a 1x1 classifier, a bilinear x2 upsampling), adopts it with
-``fvt_training.adopt.adopt`` (a YAML label set spreading the classes over the 8 categories),
+``fvt_training.adopt.adopt.adopt`` (a YAML label set spreading the classes over the 8 categories),
 then times the source and the adopted file in turns (``time_interleaved``, batch 1, the same
 tensor, sessions that do not spin) and prints both medians, their difference and the load
 average: the difference is the head's cost.
@@ -22,15 +22,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from fvt_segmentation.core.contract import CATEGORIES
-from fvt_training.adopt import adopt
-from fvt_training.adopt_source import AdoptOptions, cpu_session
-from fvt_training.latency import time_interleaved
+from fvt_segmentation.core.sizes import parse_size
+from fvt_training.adopt.adopt import adopt
+from fvt_training.adopt.inspection import AdoptOptions, cpu_session
+from fvt_training.evaluation.latency import time_interleaved
 
 
-def stand_in(path: Path, classes: int, size: tuple[int, int]) -> Path:
+def stand_in(path: Path, classes: int, input_size: tuple[int, int]) -> Path:
     """Write an NCHW source: ``[1, 3, H, W]`` -> logits ``[1, classes, H, W]`` (opset 17)."""
     rng = np.random.default_rng(0)
-    height, width = size
+    height, width = input_size
     inits = [numpy_helper.from_array(rng.normal(scale=0.3, size=(32, 3, 3, 3)).astype(
                  np.float32), 'K1'),
              numpy_helper.from_array(rng.normal(scale=1.0, size=(classes, 32, 1, 1)).astype(
@@ -60,23 +61,18 @@ def labels_yaml(path: Path, classes: int) -> Path:
     return path
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse ``WxH`` into (height, width)."""
-    width, height = (int(v) for v in text.lower().split('x'))
-    return height, width
-
-
 def main() -> None:
     """Adopt the stand-in, time it against the source, print the medians."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--classes', type=int, default=12)
-    parser.add_argument('--size', type=parse_size, default=(360, 480), help='WxH')
+    parser.add_argument('--size', type=parse_size, default=(480, 360), help='WxH')
     parser.add_argument('--runs', type=int, default=200)
     parser.add_argument('--warmup', type=int, default=10)
     args = parser.parse_args()
+    width, height = args.size
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        source = stand_in(folder / 'source.onnx', args.classes, args.size)
+        source = stand_in(folder / 'source.onnx', args.classes, (height, width))
         labels = labels_yaml(folder / 'labels.yaml', args.classes)
         adopted = folder / 'adopted.onnx'
         adopt(source, adopted, AdoptOptions(labels=str(labels), licence='stand-in',
@@ -84,13 +80,12 @@ def main() -> None:
                                             std=(255, 255, 255)))
         sessions = {'source': cpu_session(onnx.load(str(source))),
                     'adopted': cpu_session(onnx.load(str(adopted)))}
-        tensor = np.random.default_rng(1).random((1, 3, *args.size), np.float32)
+        tensor = np.random.default_rng(1).random((1, 3, height, width), np.float32)
         stats = time_interleaved(
             {name: (lambda s=s: s.run(None, {'image': tensor}))
              for name, s in sessions.items()}, args.runs, args.warmup)
     source_ms, adopted_ms = stats['source']['median_ms'], stats['adopted']['median_ms']
     load = ' '.join(Path('/proc/loadavg').read_text().split()[:3])
-    height, width = args.size
     print(f'{args.classes} classes, NCHW, {width}x{height}, median of {args.runs} runs in '
           f'turns: adopted {adopted_ms:.2f} ms, source {source_ms:.2f} ms, head '
           f'{adopted_ms - source_ms:+.2f} ms; load average {load} on '

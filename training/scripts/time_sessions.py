@@ -3,7 +3,7 @@
 
     python training/scripts/time_sessions.py FLOAT32.onnx INT8.onnx [--runs 40] [--profile]
 
-Shows why ``fvt_training.latency.time_interleaved`` needs sessions that do not spin: a
+Shows why ``fvt_training.evaluation.latency.time_interleaved`` needs sessions that do not spin: a
 spinning session's threads steal the cores from the next session's run. ``--profile`` adds
 ONNX Runtime's per-operator times of each file (its own profiler, alone, not spinning), and
 its convolutions split by kind: depthwise, 1x1 (pointwise) and the rest, which gain very
@@ -33,7 +33,7 @@ import onnx
 from fvt_segmentation.bag.bundled_recording import sample_frames
 from fvt_segmentation.core.inference import load_segmenter
 from fvt_segmentation.core.sessions import open_session
-from fvt_training.latency import time_calls, time_interleaved
+from fvt_training.evaluation.latency import time_calls, time_interleaved
 
 
 def conv_kinds(path: Path) -> dict[str, str]:

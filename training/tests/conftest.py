@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fvt_training import prepare
+from fvt_training.data import datasets, prepare
 
 # The fixture modules next to this file (fixtures_cityscapes, prepared_fixture) import by name.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -38,6 +38,6 @@ def prepared_cityscapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Citys
     """The generated Cityscapes tree prepared at 32x16 (read-only: shared by tests)."""
     base = tmp_path_factory.mktemp('prepared')
     tree = make_cityscapes(base / 'cityscapes')
-    source = prepare.cityscapes_source(tree.root, val_fraction=0.3, seed=1)
+    source = datasets.cityscapes_source(tree.root, val_fraction=0.3, seed=1)
     prepare.prepare_dataset(source, base / 'out', [(32, 16)], workers=2, progress=False)
     return tree, base / 'out' / '32x16'

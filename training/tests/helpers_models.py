@@ -20,8 +20,8 @@ from prepared_fixture import write_prepared
 
 from fvt_segmentation.core.contract import CATEGORIES, ModelContract
 from fvt_segmentation.core.metrics import summarize
-from fvt_training.config import load_config, write_config
-from fvt_training.run_files import BEST_WEIGHTS, CONFIG_FILE, METRICS_FILE, STATE_FILE
+from fvt_training.runs.config import load_config, write_config
+from fvt_training.runs.run_files import BEST_WEIGHTS, CONFIG_FILE, METRICS_FILE, STATE_FILE
 
 CODE_STEP = 30
 """Red value per class id in the coded images (class c is painted with red = 30 * c)."""
@@ -34,8 +34,8 @@ def make_run(runs_dir: Path, prepared: Path, name: str = 'tiny', seed: int = 0,
     """Write a finished-looking run folder for a tiny unet_like model and return it."""
     import tensorflow as tf
 
-    from fvt_training.models import build_model
-    from fvt_training.prepared import read_manifest
+    from fvt_training.data.prepared import read_manifest
+    from fvt_training.models.factories import build_model
 
     manifest = read_manifest(prepared)
     config = load_config(None, [

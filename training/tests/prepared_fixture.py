@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from fvt_segmentation.core.contract import CATEGORIES, PALETTE, VOID
-from fvt_training.prepared import (
+from fvt_training.common.files import write_png_atomic
+from fvt_training.data.prepared import (
     IMAGES,
     LABELS,
     Manifest,
@@ -23,7 +24,6 @@ from fvt_training.prepared import (
     label_path,
     size_folder_name,
     write_manifest,
-    write_png_atomic,
 )
 
 SKY, FLAT, CONSTRUCTION, VEHICLE = (CATEGORIES.index(name)

@@ -28,11 +28,12 @@ import pytest
 
 from fvt_segmentation.core.contract import CATEGORIES, PALETTE
 from fvt_segmentation.core.inference import load_segmenter
-from fvt_training import label_sets
-from fvt_training.adopt import AdoptError, AdoptOptions, adopt, check_adopted
+from fvt_training.adopt.adopt import adopt, check_adopted
+from fvt_training.adopt.inspection import AdoptError, AdoptOptions
 from fvt_training.cli import main
-from fvt_training.evaluate import evaluate
-from fvt_training.label_sets import CAMVID_CLASSES, LabelSetError
+from fvt_training.data import label_sets
+from fvt_training.data.label_sets import CAMVID_CLASSES, LabelSetError
+from fvt_training.evaluation.evaluate import evaluate
 
 LICENCE = 'stand-in weights for tests, no restrictions'
 
@@ -101,7 +102,7 @@ def test_adopted_file_follows_the_contract_with_provenance(adopted):
     spec, source, out, result = adopted
     segmenter = load_segmenter(out, providers=['cpu'])
     contract = segmenter.contract
-    assert segmenter.input_size == spec.size
+    assert segmenter.input_size == spec.input_size
     assert contract.categories == CATEGORIES and contract.palette == PALETTE
     assert (contract.layout, contract.color_order) == (spec.layout, spec.color_order)
     assert contract.output == 'probabilities' and contract.ignore_index == 0
@@ -112,7 +113,7 @@ def test_adopted_file_follows_the_contract_with_provenance(adopted):
                                     'sha256': hashlib.sha256(source.read_bytes()).hexdigest()}
     assert prov['licence'] == LICENCE and prov['labels'] == spec.labels
     assert prov['source_output'] == spec.kind
-    assert prov['input_size'] == list(spec.size)
+    assert prov['input_size'] == list(spec.input_size)
     expected_mapping = {}
     labels = label_sets.load_label_set(spec.labels)
     for name, category in zip(labels.classes, labels.category_ids, strict=True):
@@ -148,14 +149,14 @@ def test_output_resolution_and_ops_of_each_kind(adopted):
     else:
         assert ops[-9:] == head['argmax_ids'] and dims[1:] == [8, 16, 16]  # 1/4
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    assert tuple(dims[2:4] if spec.layout == 'NCHW' else dims[1:3]) == spec.size  # fixed now
+    assert tuple(dims[2:4] if spec.layout == 'NCHW' else dims[1:3]) == spec.input_size  # fixed now
 
 
 @pytest.mark.parametrize('seed', [0, 1])
 def test_inference_core_masks_match_the_official_mapping(adopted, seed):
     spec, source, out, _ = adopted
     segmenter = load_segmenter(out, providers=['cpu'])
-    frame = patchwork(spec.size, seed)
+    frame = patchwork(spec.input_size, seed)
     probabilities, mask = spec.expected(source, frame)
     top2 = np.sort(probabilities, axis=-1)[..., -2:]
     if spec.kind != 'class-ids':
@@ -252,7 +253,7 @@ def test_nchw_probabilities_are_summed_without_a_second_softmax(tmp_path):
     assert result['inspection'].output == 'probabilities'
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert ops == ['Conv', 'Softmax', 'Reshape', 'MatMul', 'Reshape']  # the source's softmax
-    frame = patchwork(spec.size, seed=5)
+    frame = patchwork(spec.input_size, seed=5)
     scores = run_source(tmp_path / 'probs.onnx', frame[:, :, ::-1], 'NCHW', spec.mean, spec.std)
     expected, _ = category_reference(scores, 'probabilities', 1,
                                      official_mapping('cityscapes-trainids'))
@@ -265,7 +266,7 @@ def test_yaml_labels_adopt_a_four_class_model(tmp_path):
     path = tmp_path / 'labels.yaml'
     path.write_text('classes:\n  - {name: road, category: flat}\n  - {name: background}\n'
                     '  - {name: person, category: human}\n  - {name: cloud, category: sky}\n')
-    source = matmul_probabilities_nhwc(tmp_path / 'four.onnx', classes=4, size=(16, 16))
+    source = matmul_probabilities_nhwc(tmp_path / 'four.onnx', classes=4, input_size=(16, 16))
     result = adopt(source, tmp_path / 'four_adopted.onnx', options(
         labels=str(path), color_order='RGB', mean=(127.5,) * 3, std=(127.5,) * 3))
     prov = result['contract'].provenance
@@ -336,7 +337,7 @@ def test_missing_or_contradicting_options_name_the_flag(tmp_path, change, flag):
 
 
 def test_fixed_size_mismatch_and_ambiguous_layout_are_refused(tmp_path):
-    fixed = conv_logits_nchw(tmp_path / 'fixed.onnx', dynamic=False, size=(64, 128))
+    fixed = conv_logits_nchw(tmp_path / 'fixed.onnx', dynamic=False, input_size=(64, 128))
     message = refused(fixed, tmp_path, labels='cityscapes-trainids', size=(256, 64), **RGB_RAW)
     assert 'its width is fixed at 128' in message
     square = tmp_path / 'square.onnx'
@@ -421,7 +422,7 @@ def test_review_app_shows_the_provenance(adopted, tmp_path):
     from fvt_training.review.app import create_app
 
     spec, source, out, _ = adopted
-    data = make_prepared(tmp_path / 'data', spec.size, {'val': 2})
+    data = make_prepared(tmp_path / 'data', spec.input_size, {'val': 2})
     client = create_app(data, out, providers=('cpu',)).test_client()
     body = client.get('/api/model').get_json()
     prov = body['provenance']
@@ -429,7 +430,8 @@ def test_review_app_shows_the_provenance(adopted, tmp_path):
     assert prov['licence'] == LICENCE and prov['labels'] == spec.labels
     assert prov['mapping'] == label_sets.load_label_set(spec.labels).by_category()
     segment = client.get('/api/segment/val_000?split=val').get_json()
-    assert segment['size'] == list(spec.size) and 0 <= segment['metrics']['miou'] <= 1
+    assert segment['height_width'] == list(spec.input_size)
+    assert 0 <= segment['metrics']['miou'] <= 1
 
 
 def test_input_layout_flag_settles_a_dynamic_channel_axis(tmp_path):

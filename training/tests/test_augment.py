@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fvt_training.augment import PRESETS, AugmentationError, build_augmentation
+from fvt_training.data.augment import PRESETS, AugmentationError, build_augmentation
 
 AUGMENTING = ('light', 'flip_rotate', 'heavy', 'scale_crop')
 SCENE_SIZE = (128, 192)  # height, width of block_scene()

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from fvt_training.cli import main
-from fvt_training.compare import CompareError, compare
-from fvt_training.config import load_config, write_config
+from fvt_training.evaluation.compare import CompareError, compare
+from fvt_training.runs.config import load_config, write_config
 
 NON_VOID = ('flat', 'construction', 'object', 'nature', 'sky', 'human', 'vehicle')
 
@@ -25,7 +25,7 @@ def _run(root, name, *, arch, backbone='efficientnetb0', loss='cce', augment='no
                                 f'loss.name={loss}', f'data.augment={augment}', *extra])
     write_config(config, folder / 'config.yaml')
     if miou is not None:
-        # The layout train.py writes; runs from before the last-epoch scores lack those.
+        # The layout runs/train.py writes; runs from before the last-epoch scores lack those.
         metrics = {'split': 'val', 'training_time_s': training_time, 'params': params,
                    'metrics': _scores(miou)}
         if last_miou is not None:
@@ -135,7 +135,7 @@ def test_an_exported_model_file_is_a_row_of_its_own(runs, tmp_path):
     import onnx
 
     from fvt_segmentation.core.contract import ModelContract
-    from fvt_training.export import attach_contract
+    from fvt_training.onnx.model_file import attach_contract
 
     path = make_class_coded_model(tmp_path / 'shipped.onnx', (32, 32))
     proto = onnx.load(str(path))

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fvt_training.config import (
-    FIELDS,
+from fvt_training.models.factories import check_input_size
+from fvt_training.runs.config import (
     ConfigError,
     defaults,
     load_config,
@@ -12,7 +12,7 @@ from fvt_training.config import (
     render_config,
     write_config,
 )
-from fvt_training.models import check_input_size
+from fvt_training.runs.config_schema import FIELDS
 
 CONFIGS = sorted((Path(__file__).parents[1] / 'configs').glob('*.yaml'))
 

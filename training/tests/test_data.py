@@ -10,7 +10,8 @@ import pytest
 import tf_keras
 
 from fvt_segmentation.core.contract import Normalization
-from fvt_training import data
+from fvt_training.data import pipeline
+from fvt_training.data.prepared import DataError, load_pair, read_manifest
 
 EXPECTED_LABEL = categories()[::2, ::2]  # the 64x32 frames prepared at 32x16
 
@@ -22,7 +23,7 @@ def frames_of(x: np.ndarray) -> list[int]:
     return [frame_index(r) for r in reds[:, 0, 0]]
 
 
-def epoch_frames(sequence: data.SegmentationSequence) -> list[int]:
+def epoch_frames(sequence: pipeline.SegmentationSequence) -> list[int]:
     return [f for i in range(len(sequence)) for f in frames_of(sequence[i][0])]
 
 
@@ -32,23 +33,23 @@ def id_frames(tree, ids) -> list[int]:
 
 def test_manifest_accessors(prepared_cityscapes):
     tree, folder = prepared_cityscapes
-    manifest = data.read_manifest(folder)
+    manifest = read_manifest(folder)
     assert manifest.size == (32, 16) and manifest.height_width == (16, 32)
-    assert data.list_ids(folder, 'test') == tuple(tree.ids['val'])
-    assert len(data.list_ids(manifest, 'train')) == 7
-    np.testing.assert_allclose(data.class_frequencies(folder, 'val'), EXPECTED_FREQUENCIES)
-    with pytest.raises(data.DataError, match=r"no split 'extra'; this cityscapes folder has "
+    assert pipeline.list_ids(folder, 'test') == tuple(tree.ids['val'])
+    assert len(pipeline.list_ids(manifest, 'train')) == 7
+    np.testing.assert_allclose(pipeline.class_frequencies(folder, 'val'), EXPECTED_FREQUENCIES)
+    with pytest.raises(DataError, match=r"no split 'extra'; this cityscapes folder has "
                                              r"\['test', 'train', 'val'\]"):
-        data.list_ids(folder, 'extra')
-    with pytest.raises(data.DataError, match=r"it holds prepared sizes \['32x16'\]: pass one"):
-        data.read_manifest(folder.parent)
+        pipeline.list_ids(folder, 'extra')
+    with pytest.raises(DataError, match=r"it holds prepared sizes \['32x16'\]: pass one"):
+        read_manifest(folder.parent)
 
 
 def test_load_pair(prepared_cityscapes):
     tree, folder = prepared_cityscapes
-    manifest = data.read_manifest(folder)
+    manifest = read_manifest(folder)
     sample_id = manifest.ids('val')[0]
-    image, label = data.load_pair(manifest, 'val', sample_id)
+    image, label = load_pair(manifest, 'val', sample_id)
     assert image.dtype == np.uint8 and image.shape == (16, 32, 3)
     assert (image[..., 0] == tree.values[sample_id]).all()  # RGB order: red first
     assert (image[..., 2] == 200).all()
@@ -57,8 +58,8 @@ def test_load_pair(prepared_cityscapes):
 
 def test_batches_in_manifest_order_without_shuffle(prepared_cityscapes):
     tree, folder = prepared_cityscapes
-    sequence = data.make_sequence(folder, 'train', batch_size=3)
-    ids = data.list_ids(folder, 'train')
+    sequence = pipeline.make_sequence(folder, 'train', batch_size=3)
+    ids = pipeline.list_ids(folder, 'train')
     assert len(sequence) == 3  # 7 samples: 3 + 3 + 1
     for _ in range(2):
         seen = []
@@ -80,8 +81,8 @@ def test_batches_in_manifest_order_without_shuffle(prepared_cityscapes):
 
 def test_shuffle_visits_every_sample_once_per_epoch_in_a_new_order(prepared_cityscapes):
     tree, folder = prepared_cityscapes
-    ids = data.list_ids(folder, 'train')
-    sequence = data.make_sequence(folder, 'train', batch_size=2, shuffle=True, seed=5,
+    ids = pipeline.list_ids(folder, 'train')
+    sequence = pipeline.make_sequence(folder, 'train', batch_size=2, shuffle=True, seed=5,
                                   workers=3)
     orders = []
     for _ in range(4):
@@ -94,17 +95,17 @@ def test_shuffle_visits_every_sample_once_per_epoch_in_a_new_order(prepared_city
     assert len({tuple(o) for o in orders}) == 4
     assert tuple(id_frames(tree, ids)) not in {tuple(o) for o in orders}
     # the order depends only on seed and epoch
-    again = data.make_sequence(folder, 'train', batch_size=4, shuffle=True, seed=5)
+    again = pipeline.make_sequence(folder, 'train', batch_size=4, shuffle=True, seed=5)
     again.set_epoch(2)
     assert epoch_frames(again) == orders[2]
-    other = data.make_sequence(folder, 'train', batch_size=2, shuffle=True, seed=6)
+    other = pipeline.make_sequence(folder, 'train', batch_size=2, shuffle=True, seed=6)
     assert epoch_frames(other) != orders[0]
 
 
 def test_normalisation_and_colour_order_match_the_contract(prepared_cityscapes):
     tree, folder = prepared_cityscapes
     normalization = Normalization(scale=0.5, mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0))
-    sequence = data.make_sequence(folder, 'val', batch_size=1, normalization=normalization,
+    sequence = pipeline.make_sequence(folder, 'val', batch_size=1, normalization=normalization,
                                   color_order='BGR')
     x, _ = sequence[0]
     red = tree.values[sequence.batch_ids(0)[0]]
@@ -119,11 +120,11 @@ def test_augmentation_is_applied_and_reproducible_whatever_the_workers(prepared_
     _, folder = prepared_cityscapes
 
     def batches(workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        sequence = data.make_sequence(folder, 'train', batch_size=4, shuffle=True, seed=3,
+        sequence = pipeline.make_sequence(folder, 'train', batch_size=4, shuffle=True, seed=3,
                                       augment='flip_rotate', workers=workers)
         return [sequence[i] for i in range(len(sequence))]
 
-    plain = data.make_sequence(folder, 'train', batch_size=4, shuffle=True, seed=3)
+    plain = pipeline.make_sequence(folder, 'train', batch_size=4, shuffle=True, seed=3)
     first, second = batches(1), batches(3)
     assert any(not np.array_equal(np.argmax(y, -1), np.argmax(plain[i][1], -1))
                for i, (_, y) in enumerate(first))
@@ -135,23 +136,23 @@ def test_augmentation_is_applied_and_reproducible_whatever_the_workers(prepared_
 
 def test_bad_arguments_and_damaged_files(prepared_cityscapes, tmp_path):
     _, folder = prepared_cityscapes
-    with pytest.raises(data.DataError, match='batch_size must be a positive integer; got 0'):
-        data.make_sequence(folder, 'train', batch_size=0)
-    with pytest.raises(data.DataError, match=r"color_order must be one of \['RGB', 'BGR'\]"):
-        data.make_sequence(folder, 'train', color_order='RGBA')
+    with pytest.raises(DataError, match='batch_size must be a positive integer; got 0'):
+        pipeline.make_sequence(folder, 'train', batch_size=0)
+    with pytest.raises(DataError, match=r"color_order must be one of \['RGB', 'BGR'\]"):
+        pipeline.make_sequence(folder, 'train', color_order='RGBA')
     copy = tmp_path / '32x16'
     shutil.copytree(folder, copy)
-    sample_id = data.list_ids(copy, 'val')[1]
+    sample_id = pipeline.list_ids(copy, 'val')[1]
     missing = copy / 'val' / 'labels' / f'{sample_id}.png'
     missing.unlink()
-    sequence = data.make_sequence(copy, 'val', batch_size=2, workers=2)
-    with pytest.raises(data.DataError, match=f'{missing}: missing or not a readable PNG'):
+    sequence = pipeline.make_sequence(copy, 'val', batch_size=2, workers=2)
+    with pytest.raises(DataError, match=f'{missing}: missing or not a readable PNG'):
         sequence[0]
 
 
 def test_keras_fit_moves_the_order_on_every_epoch(prepared_cityscapes):
     _, folder = prepared_cityscapes
-    sequence = data.make_sequence(folder, 'train', batch_size=4, shuffle=True, seed=0)
+    sequence = pipeline.make_sequence(folder, 'train', batch_size=4, shuffle=True, seed=0)
     inputs = tf_keras.Input((16, 32, 3))
     model = tf_keras.Model(inputs, tf_keras.layers.Conv2D(8, 1, activation='softmax')(inputs))
     model.compile(optimizer='adam', loss='categorical_crossentropy')

@@ -8,9 +8,13 @@ from helpers_checkpoint import write_checkpoint
 import numpy as np
 import pytest
 
-from fvt_training import efficientnet_lite as lite
-from fvt_training.models import EncoderWeightsUnavailableError, ModelConfigError, build_model
-from fvt_training.torch_checkpoint import CheckpointError
+from fvt_training.models import efficientnet_lite as lite
+from fvt_training.models.factories import (
+    EncoderWeightsUnavailableError,
+    ModelConfigError,
+    build_model,
+)
+from fvt_training.models.torch_checkpoint import CheckpointError
 
 DATA = Path(__file__).parent / 'data'
 REFERENCE = DATA / 'efficientnet_lite0_reference.npz'

@@ -8,7 +8,8 @@ import pytest
 
 from fvt_segmentation.core.contract import PALETTE
 from fvt_training.cli import main
-from fvt_training.evaluate import evaluate, pick_samples, sample_panel
+from fvt_training.evaluation.evaluate import evaluate, sample_panel
+from fvt_training.evaluation.scoring import pick_samples
 
 VOID, FLAT, SKY, HUMAN, VEHICLE = 0, 1, 5, 6, 7
 H, W = 8, 16

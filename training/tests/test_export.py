@@ -8,11 +8,13 @@ import pytest
 
 from fvt_segmentation.core.contract import CATEGORIES, PALETTE
 from fvt_segmentation.core.inference import load_segmenter
-from fvt_training import export
 from fvt_training.cli import main
-from fvt_training.data import load_pair
-from fvt_training.prepared import read_manifest
-from fvt_training.train import load_run
+from fvt_training.data.prepared import load_pair, read_manifest
+from fvt_training.models.keras_onnx import OPSET, keras_to_onnx
+from fvt_training.onnx import export, parity
+from fvt_training.onnx.model_file import attach_contract, save_atomic
+from fvt_training.onnx.parity import check_parity, softmax
+from fvt_training.runs.train import load_run
 
 
 @pytest.fixture(scope='module')
@@ -47,7 +49,7 @@ def test_float32_file_follows_the_contract_and_loads_in_the_node_loader(exported
     model = onnx.load(str(out))
     assert model.producer_name == 'fvt-train' and model.model_version > 2026_00_00_0000
     assert 'unet_like' in model.doc_string and 'licence: generated test data' in model.doc_string
-    assert model.opset_import[0].version == export.OPSET
+    assert model.opset_import[0].version == OPSET
     assert [i.name for i in model.graph.input] == ['image']
     assert [o.name for o in model.graph.output] == ['logits']
     # The rewrites of onnx_rewrites ran: what stays is what ONNX Runtime runs fast.
@@ -72,7 +74,7 @@ def test_onnx_matches_keras_on_real_frames(exported):
     manifest = read_manifest(data)
     frame = load_pair(manifest, 'val', manifest.ids('val')[0])[0]
     x = segmenter.preprocess(frame)
-    np.testing.assert_allclose(export.softmax(segmenter.infer(x)), model.predict(x, verbose=0),
+    np.testing.assert_allclose(softmax(segmenter.infer(x)), model.predict(x, verbose=0),
                                atol=1e-4)
     blocks = len(TINY_FILTERS)
     assert report['output'] == 'logits' and report['graph_rewrites'] == {
@@ -140,7 +142,7 @@ def test_check_parity_detects_a_different_network(exported):
     segmenter = load_segmenter(out, providers=['cpu'])
     manifest = read_manifest(data)
     frames = [load_pair(manifest, 'val', i)[0] for i in manifest.ids('val')]
-    parity = export.check_parity(other, segmenter.contract, segmenter, frames)
+    parity = check_parity(other, segmenter.contract, segmenter, frames)
     assert not parity['passed'] and parity['max_abs_diff'] > 1e-3
 
 
@@ -149,7 +151,7 @@ def test_failed_parity_exits_non_zero_and_keeps_the_file_as_failed(exported, tmp
     run, _, _, _ = exported
     out = tmp_path / 'bad.onnx'
     # No real float difference can beat a negative limit: the check must fail.
-    monkeypatch.setattr(export, 'MAX_ABS_DIFF', -1.0)
+    monkeypatch.setattr(parity, 'MAX_ABS_DIFF', -1.0)
     assert main(['export', str(run), '--out', str(out), '--timing-runs', '0']) == 2
     err = capsys.readouterr().err
     assert 'disagrees with Keras' in err and 'max |p_onnx - p_reference|' in err
@@ -169,18 +171,18 @@ def reexported(exported, tmp_path_factory):
     """A file as an older export wrote it (ConvTranspose, softmax output), re-exported."""
     import hashlib
 
-    from fvt_training import flops
-    from fvt_training.run_contract import run_contract
+    from fvt_training.evaluation import flops
+    from fvt_training.runs.run_contract import run_contract
 
     run, data, _, _ = exported
     root = tmp_path_factory.mktemp('reexport')
     config, model = load_run(run)
-    old = export.keras_to_onnx(model, (32, 32))
+    old = keras_to_onnx(model, (32, 32))
     size = {**flops.describe(old), 'params': int(model.count_params())}
-    export.attach_contract(old, run_contract(run, config, data,
+    attach_contract(old, run_contract(run, config, data,
                                              {'precision': 'float32', **size}))
     old_path = root / 'old.onnx'
-    export.save_atomic(old, old_path)
+    save_atomic(old, old_path)
     digest = hashlib.sha256(old_path.read_bytes()).hexdigest()
     out = root / 'new.onnx'
     report = export.export_run(old_path, out, data=data, int8=True, calibration_frames=4,
@@ -200,7 +202,7 @@ def test_reexport_of_an_onnx_file_applies_the_rewrites_and_checks_parity_with_it
     new = load_segmenter(out, providers=['cpu'])
     assert (old.contract.output, new.contract.output) == ('probabilities', 'logits')
     frame = np.random.default_rng(3).integers(0, 256, (32, 32, 3), np.uint8)
-    np.testing.assert_allclose(export.softmax(new.infer(new.preprocess(frame))),
+    np.testing.assert_allclose(softmax(new.infer(new.preprocess(frame))),
                                old.infer(old.preprocess(frame)), atol=1e-5)
     prov, old_prov = new.contract.provenance, old.contract.provenance
     assert prov['reexported_from'] == {'file': 'old.onnx', 'sha256': digest,

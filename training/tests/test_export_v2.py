@@ -16,11 +16,14 @@ from fvt_segmentation.core.files import file_sha256
 from fvt_segmentation.core.frame_processing import scores_to_confidence
 from fvt_segmentation.core.inference import load_segmenter
 from fvt_segmentation.core.parity import argmax_agreement
-from fvt_training import export
 from fvt_training.cli import main
-from fvt_training.contract_v2 import write_v2_copy
-from fvt_training.evaluate import pick_samples
-from fvt_training.prepared import read_manifest
+from fvt_training.data.prepared import read_manifest
+from fvt_training.evaluation.scoring import pick_samples
+from fvt_training.models.keras_onnx import OPSET
+from fvt_training.onnx import contract_v2, export
+from fvt_training.onnx.contract_v2 import to_contract_v1, write_v2_copy
+from fvt_training.onnx.model_file import ExportError
+from fvt_training.onnx.quantize import FrameCalibrationReader, int8_settings, quantize_int8
 
 SIZE = (32, 32)
 
@@ -43,7 +46,7 @@ def tiny_float_file(path):
                                                       ['N', *SIZE, 3])],
         [helper.make_tensor_value_info('probabilities', TensorProto.FLOAT, ['N', *SIZE, 8])],
         inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', export.OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', OPSET)])
     model.ir_version = 9
     contract = ModelContract(normalization=Normalization(1 / 255, (0.5,) * 3, (0.25,) * 3),
                              provenance={'architecture': 'tiny', 'precision': 'float32'})
@@ -110,7 +113,7 @@ def test_int8_trt_file_is_symmetric_int8_qdq_and_runs_on_the_cpu(exported_v2):
 
 
 def test_uint8_input_needs_contract_2(tmp_path):
-    with pytest.raises(export.ExportError, match='--uint8-input needs --contract 2'):
+    with pytest.raises(ExportError, match='--uint8-input needs --contract 2'):
         export.export_run(tmp_path / 'x.onnx', tmp_path / 'y.onnx', uint8_input=True)
 
 
@@ -119,7 +122,7 @@ def test_to_contract_v1_gives_back_the_version_1_graph(tmp_path):
     write_v2_copy(source, tmp_path / 'v2.onnx', uint8_input=True)
     v2 = load_segmenter(tmp_path / 'v2.onnx', providers=['cpu']).contract
     proto = onnx.load(str(tmp_path / 'v2.onnx'))
-    v1 = export.to_contract_v1(proto, v2, tmp_path / 'v2.onnx')
+    v1 = to_contract_v1(proto, v2, tmp_path / 'v2.onnx')
     assert v1 == load_segmenter(source, providers=['cpu']).contract
     assert proto.graph == onnx.load(str(source)).graph
 
@@ -130,9 +133,9 @@ def test_to_contract_v1_names_an_unexpected_uint8_prologue(tmp_path):
     v2 = load_segmenter(tmp_path / 'v2.onnx', providers=['cpu']).contract
     proto = onnx.load(str(tmp_path / 'v2.onnx'))
     next(n for n in proto.graph.node if n.op_type == 'Mul').op_type = 'Div'
-    with pytest.raises(export.ExportError, match='through Cast -> Mul -> Add .* found '
-                                                 'Cast -> Div'):
-        export.to_contract_v1(proto, v2, tmp_path / 'v2.onnx')
+    with pytest.raises(ExportError, match='through Cast -> Mul -> Add .* found '
+                                          'Cast -> Div'):
+        to_contract_v1(proto, v2, tmp_path / 'v2.onnx')
 
 
 def test_reexport_of_a_version_2_file_writes_int8_naming_its_source_and_frames(exported_v2,
@@ -181,9 +184,9 @@ def quantized_tiny_file(tmp_path, normalization):
     onnx.save(model, str(source))
     calibration = frames()
     calibration[0][0, 0], calibration[0][0, 1] = 0, 255  # the full pixel range
-    reader = export.FrameCalibrationReader(iter(calibration), contract, SIZE)
+    reader = FrameCalibrationReader(iter(calibration), contract, SIZE)
     out = tmp_path / 'int8.onnx'
-    export.quantize_int8(source, out, reader, contract, export.int8_settings())
+    quantize_int8(source, out, reader, contract, int8_settings())
     return out
 
 
@@ -261,7 +264,7 @@ def scores_file(path, opset, layout, output):
 def test_version_2_confidence_is_the_top_class_probability_at_every_opset(
         tmp_path, opset, layout, output):
     path, contract = scores_file(tmp_path / 'v1.onnx', opset, layout, output)
-    export.write_contract_v2(path, contract, False, frames())
+    contract_v2.write_contract_v2(path, contract, False, frames())
     model = onnx.load(str(path))
     assert not [a for n in model.graph.node for a in n.attribute
                 if a.name == 'select_last_index']  # an attribute from opset 12 on
@@ -279,8 +282,6 @@ def test_version_2_confidence_is_the_top_class_probability_at_every_opset(
 
 
 def test_version_2_check_refuses_a_wrong_confidence(tmp_path, monkeypatch):
-    from fvt_training import contract_v2
-
     original = contract_v2.to_contract_v2
 
     def confidence_times_230(proto, contract, **kwargs):
@@ -292,7 +293,7 @@ def test_version_2_check_refuses_a_wrong_confidence(tmp_path, monkeypatch):
     path, contract = scores_file(tmp_path / 'v1.onnx', 17, 'NCHW', 'logits')
     before = path.read_bytes()
     monkeypatch.setattr(contract_v2, 'to_contract_v2', confidence_times_230)
-    with pytest.raises(export.ExportError, match=r'version 2 confidence differs from version '
-                                                 r'1 on frame 0 by up to \d+/255'):
-        export.write_contract_v2(path, contract, False, frames())
+    with pytest.raises(ExportError, match=r'version 2 confidence differs from version '
+                                          r'1 on frame 0 by up to \d+/255'):
+        contract_v2.write_contract_v2(path, contract, False, frames())
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]

@@ -2,7 +2,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 import pytest
 
-from fvt_training import flops
+from fvt_training.evaluation import flops
 
 
 def _weights(name, shape):

@@ -9,7 +9,7 @@ from prepared_fixture import write_prepared
 import pytest
 
 from fvt_segmentation.core.contract import CATEGORIES
-from fvt_training.prepared import (
+from fvt_training.data.prepared import (
     DataError,
     holdout_split,
     label_frequencies,
@@ -88,14 +88,14 @@ def test_label_frequencies_count_only_the_frames_asked_for(manifest):
 
 
 def test_a_sequence_of_part_of_a_split_batches_only_those_frames(manifest):
-    from fvt_training import data
+    from fvt_training.data import pipeline
 
     trained, held_out = holdout_split(manifest, 'train', '0016E5')
-    val = data.make_sequence(manifest, 'train', ids=held_out, batch_size=1)
+    val = pipeline.make_sequence(manifest, 'train', ids=held_out, batch_size=1)
     assert val.ordered_ids == list(held_out)
     assert [val[i][1][0, 0, 0].argmax() for i in range(len(val))] == [
         CATEGORIES.index('human')] * 2
-    train = data.make_sequence(manifest, 'train', ids=trained, batch_size=2, shuffle=True)
+    train = pipeline.make_sequence(manifest, 'train', ids=trained, batch_size=2, shuffle=True)
     assert sorted(train.ordered_ids) == sorted(trained)
     with pytest.raises(DataError, match=r"ids \['0016E5_07959'\] are not in split 'train'"):
-        data.make_sequence(manifest, 'train', ids=['0016E5_07959'])
+        pipeline.make_sequence(manifest, 'train', ids=['0016E5_07959'])

@@ -4,7 +4,7 @@ import tensorflow as tf
 
 from fvt_segmentation.core.contract import CATEGORIES
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
-from fvt_training.keras_metrics import StreamingMeanIoU
+from fvt_training.runs.keras_metrics import StreamingMeanIoU
 
 
 def _onehot(ids, classes):

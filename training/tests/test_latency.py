@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from fvt_training.latency import time_calls, time_interleaved
+from fvt_training.evaluation.latency import time_calls, time_interleaved
 
 
 def test_calls_are_warmed_up_then_take_turns():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fvt_training.losses import (
+from fvt_training.runs.losses import (
     CategoricalCrossentropy,
     DiceLoss,
     FocalLoss,

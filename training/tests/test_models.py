@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fvt_segmentation.core.contract import CATEGORIES
-from fvt_training.models import (
+from fvt_training.models.factories import (
     BACKBONES,
     EncoderWeightsUnavailableError,
     ModelConfigError,
@@ -54,7 +54,7 @@ def test_segmentation_models_linknet_builds_with_softmax_and_no_download():
     ('light_fpn', (64, 80), 32)])
 def test_input_sizes_must_be_multiples(architecture, size, multiple):
     with pytest.raises(ModelConfigError, match=f'multiples of {multiple}; got '
-                                               f'{size[0]}x{size[1]}'):
+                                               f'{size[1]}x{size[0]}'):
         check_input_size(architecture, size, [8, 16, 32])
     backbone = 'efficientnet_lite0' if architecture == 'light_fpn' else 'mobilenetv2'
     with pytest.raises(ModelConfigError, match=f'multiples of {multiple}'):
@@ -63,8 +63,8 @@ def test_input_sizes_must_be_multiples(architecture, size, multiple):
 
 
 def test_light_fpn_starts_from_the_imagenet_encoder_and_outputs_a_softmax():
-    from fvt_training.efficientnet_lite import weights_file
-    from fvt_training.torch_checkpoint import load_state_dict
+    from fvt_training.models.efficientnet_lite import weights_file
+    from fvt_training.models.torch_checkpoint import load_state_dict
 
     model = build_model(_config(architecture='light_fpn', backbone='efficientnet_lite0',
                                 encoder_weights='imagenet', input_size=[64, 96]))

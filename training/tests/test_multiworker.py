@@ -14,8 +14,8 @@ from prepared_fixture import make_prepared
 import pytest
 
 from fvt_training.cli import main
-from fvt_training.cluster import read_tf_config
-from fvt_training.run_files import RunError
+from fvt_training.runs.cluster import read_tf_config
+from fvt_training.runs.run_files import RunError
 
 STOP_LIMIT_S = 15.0
 

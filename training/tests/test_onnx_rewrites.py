@@ -5,7 +5,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxruntime as ort
 import pytest
 
-from fvt_training.onnx_rewrites import simplify_for_cpu, strip_output_softmax
+from fvt_training.onnx.rewrites import simplify_for_cpu, strip_output_softmax
 
 RNG = np.random.default_rng(0)
 

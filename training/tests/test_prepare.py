@@ -14,8 +14,8 @@ import pytest
 
 from fvt_segmentation.core.contract import CATEGORIES
 from fvt_training.cli import main
-from fvt_training.prepare import UNKNOWN_LABEL, cityscapes_label_table, split_train_val
-from fvt_training.prepared import read_manifest
+from fvt_training.data.datasets import UNKNOWN_LABEL, cityscapes_label_table, split_train_val
+from fvt_training.data.prepared import read_manifest
 
 # CamVid id -> category id, written out by hand from the dataset README's table.
 CAMVID_EXPECTED = {0: 5, 1: 2, 2: 3, 3: 1, 4: 1, 5: 4, 6: 3, 7: 2, 8: 7, 9: 6, 10: 6, 11: 0}

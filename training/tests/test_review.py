@@ -19,7 +19,7 @@ import pytest
 
 from fvt_segmentation.core.contract import CATEGORIES, PALETTE, ModelLoadError
 from fvt_training import cli
-from fvt_training.prepared import DataError
+from fvt_training.data.prepared import DataError
 from fvt_training.review.app import ReviewSetupError, create_app
 from fvt_training.review.reviews import ImageReview, ReviewCache
 
@@ -131,7 +131,7 @@ def test_images_rejects_bad_parameters(client, query, words):
 def test_segment_a_perfect_image(client, review_data):
     body = get_json(client, '/api/segment/street_000?split=val')
     assert body['id'] == 'street_000'
-    assert body['size'] == [32, 64]
+    assert body['height_width'] == [32, 64]
     metrics = body['metrics']
     assert metrics['miou'] == 1.0
     assert metrics['pixel_accuracy'] == 1.0
@@ -212,7 +212,8 @@ def test_reviews_are_cached_per_image(review_data, model_path):
 
 def test_cache_drops_the_least_recently_used_review():
     def review(size: int) -> ImageReview:
-        return ImageReview(pngs={'photo': bytes(size)}, metrics={}, timings_ms={}, size=(1, 1))
+        return ImageReview(pngs={'photo': bytes(size)}, metrics={}, timings_ms={},
+                           height_width=(1, 1))
 
     cache = ReviewCache(max_bytes=250)
     computed = []

@@ -9,7 +9,7 @@ from helpers_checkpoint import FORMATS, checkpoint_bytes, deadline, write_checkp
 import numpy as np
 import pytest
 
-from fvt_training.torch_checkpoint import MAX_TENSOR_BYTES, CheckpointError, load_state_dict
+from fvt_training.models.torch_checkpoint import MAX_TENSOR_BYTES, CheckpointError, load_state_dict
 
 DATA = Path(__file__).parent / 'data'
 

@@ -22,7 +22,7 @@ from helpers_checkpoint import deadline, ops, zip_bytes
 import numpy as np
 import pytest
 
-from fvt_training.torch_checkpoint import CheckpointError, load_state_dict
+from fvt_training.models.torch_checkpoint import CheckpointError, load_state_dict
 
 DATA = Path(__file__).parent / 'data'
 CASES_PER_FORMAT = 1600

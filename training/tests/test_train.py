@@ -7,15 +7,10 @@ import pytest
 import yaml
 
 from fvt_training.cli import main
-from fvt_training.config import load_config
-from fvt_training.train import (
-    RunError,
-    cosine_learning_rate,
-    create_run_dir,
-    load_run,
-    resume,
-    train,
-)
+from fvt_training.runs.callbacks import cosine_learning_rate
+from fvt_training.runs.config import load_config
+from fvt_training.runs.run_files import RunError
+from fvt_training.runs.train import create_run_dir, load_run, resume, train
 
 TINY = ['model.architecture=unet_like', 'model.filters=[8, 16, 32]', 'data.batch_size=4',
         'train.learning_rate=0.01', 'data.workers=1']
@@ -220,7 +215,7 @@ def _encoder_weights(run, weights='last'):
 
 
 def test_pretrained_light_fpn_trains_with_a_frozen_then_unfrozen_encoder(prepared, tmp_path):
-    from fvt_training.efficientnet_lite import efficientnet_lite, load_imagenet_weights
+    from fvt_training.models.efficientnet_lite import efficientnet_lite, load_imagenet_weights
 
     imagenet = efficientnet_lite('efficientnet_lite0', (64, 64, 3))
     load_imagenet_weights(imagenet, 'efficientnet_lite0')
@@ -251,7 +246,7 @@ def test_pretrained_light_fpn_trains_with_a_frozen_then_unfrozen_encoder(prepare
 def test_progress_lines_report_batches_when_output_is_not_a_terminal(capsys):
     import tensorflow as tf
 
-    from fvt_training.train import ProgressLines
+    from fvt_training.runs.callbacks import ProgressLines
 
     model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
     model.compile(optimizer='sgd', loss='mse')
@@ -322,10 +317,10 @@ def sequenced(tmp_path_factory):
 
 
 def test_a_held_out_sequence_is_trained_without_and_scored_alone(sequenced, tmp_path):
-    from fvt_training.compare import compare
-    from fvt_training.losses import resolve_class_weights
-    from fvt_training.prepared import DataError, label_frequencies, read_manifest
-    from fvt_training.train import run_frames
+    from fvt_training.data.prepared import DataError, label_frequencies, read_manifest
+    from fvt_training.evaluation.compare import compare
+    from fvt_training.runs.frames import run_frames
+    from fvt_training.runs.losses import resolve_class_weights
 
     config = _config(sequenced, tmp_path, 'train.epochs=1', 'data.holdout_sequence=B02',
                      'loss.class_weights=auto', *FIXED)

@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from fvt_segmentation.core.inference import DEFAULT_PROVIDERS, load_segmenter
 from fvt_segmentation.core.segmenter import Segmenter
-from fvt_training.prepared import DataError, Manifest, load_pair, read_manifest
+from fvt_training.data.prepared import DataError, Manifest, load_pair, read_manifest
 from fvt_training.review.reviews import (
     DEFAULT_CACHE_BYTES,
     PICTURES,
@@ -180,7 +180,7 @@ def _register_routes(app: Flask, state: ReviewState) -> None:
         image_id = _listed_id(state, split, image_id)
         review, cached = state.review(split, image_id)
         return jsonify(
-            id=image_id, split=split, size=list(review.size),
+            id=image_id, split=split, height_width=list(review.height_width),
             images={name: url_for('picture', image_id=image_id, name=name, split=split,
                                   model=state.model_tag) for name in PICTURES},
             metrics=review.metrics, model=_model_summary(state),

@@ -47,7 +47,7 @@ class ImageReview:
     pngs: dict[str, bytes]
     metrics: dict[str, Any]
     timings_ms: dict[str, float]
-    size: tuple[int, int]
+    height_width: tuple[int, int]
 
     @property
     def nbytes(self) -> int:
@@ -84,7 +84,7 @@ def review_image(segmenter: Segmenter, photo: np.ndarray, label: np.ndarray) -> 
         'overlay': encode_png(blend(photo, predicted_colours, OVERLAY_ALPHA)),
     }
     return ImageReview(pngs=pngs, metrics=_finite_or_none(metrics),
-                       timings_ms=dict(result.timings_ms), size=label.shape[:2])
+                       timings_ms=dict(result.timings_ms), height_width=label.shape[:2])
 
 
 class ReviewCache:

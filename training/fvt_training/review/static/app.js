@@ -166,7 +166,7 @@ async function segment() {
     img.src = result.images[name];
   }
   fillScores(result);
-  const [h, w] = result.size;
+  const [h, w] = result.height_width;
   setStatus(`${id} (${w}×${h})`);
   history.replaceState(null, '', `#split=${encodeURIComponent(split)}` +
                        `&id=${encodeURIComponent(id)}`);

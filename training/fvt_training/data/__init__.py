@@ -1,0 +1,1 @@
+"""Data sets: the source data sets, ``fvt-train prepare``, prepared folders, the input pipeline."""

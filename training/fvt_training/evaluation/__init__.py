@@ -1,0 +1,1 @@
+"""Scoring models: ``fvt-train evaluate`` and ``compare``, timing, parameters and FLOPs."""

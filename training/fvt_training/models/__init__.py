@@ -1,0 +1,1 @@
+"""The networks: model factories, the EfficientNet-Lite encoder and its checkpoint reader."""

@@ -1,0 +1,1 @@
+"""ONNX files: ``fvt-train export``, its graph rewrites, parity check, variants, contract v2."""

@@ -1,0 +1,1 @@
+"""Training runs: configuration, losses, the training loop, run folders, cluster jobs."""
