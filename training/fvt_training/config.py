@@ -177,7 +177,8 @@ SCHEMA: dict[str, Any] = {
                                'needs train.select: last); null: off', _opt_str,
                                'data.holdout_sequence: 0006R0'),
         'augment': _f('none', 'str', 'augmentation: preset none|light|flip_rotate|heavy|'
-                      'scale_crop or path of a serialized albumentations pipeline file', _str,
+                      'scale_crop|street or path of a serialized albumentations pipeline '
+                      'file', _str,
                       'data.augment: flip_rotate'),
         'batch_size': _f(8, 'int >= 1', 'images per training step (across all replicas)',
                          _int(1), 'data.batch_size: 8'),
