@@ -309,3 +309,19 @@ def test_light_fpn_fine_stage_exports_with_parity_and_an_int8_file(exported_fine
     frame = np.random.default_rng(5).integers(0, 256, (64, 64, 3), np.uint8)
     classes = int8.segment(frame).classes
     assert classes.shape == (64, 64) and classes.max() < len(CATEGORIES)
+
+
+def test_provenance_carries_the_metrics_of_the_weights_exported(tmp_path):
+    from fvt_training.run_contract import run_contract
+
+    data = make_prepared(tmp_path / 'data', (32, 32), {'train': 2, 'val': 2})
+    run = make_run(tmp_path / 'runs', data)
+    metrics = json.loads((run / 'metrics.json').read_text())
+    last = {**metrics['metrics'], 'miou': 0.123}
+    (run / 'metrics.json').write_text(json.dumps({**metrics, 'last_epoch': {
+        'epoch': 3, 'metrics': last}}))
+    config, _ = load_run(run)
+    for weights, miou in (('best', metrics['metrics']['miou']), ('last', 0.123)):
+        contract = run_contract(run, config, data, {'weights': weights})
+        assert contract.provenance['metrics']['miou'] == pytest.approx(miou)
+        assert contract.provenance['weights'] == weights
