@@ -21,8 +21,9 @@ import tempfile
 import numpy as np
 
 from fvt_segmentation.bag.bundled_recording import sample_frames
-from fvt_segmentation.core.inference import Segmenter, load_segmenter
+from fvt_segmentation.core.inference import load_segmenter
 from fvt_segmentation.core.resources import resolve_model_path
+from fvt_segmentation.core.segmenter import Segmenter
 from fvt_training.contract_v2 import write_v2_copy
 
 STAGES = ('preprocess', 'inference', 'postprocess')

@@ -24,8 +24,10 @@ import time
 import numpy as np
 
 from fvt_segmentation.bag.bundled_recording import sample_frames
-from fvt_segmentation.core.inference import Segmenter, argmax_agreement, load_segmenter
+from fvt_segmentation.core.inference import load_segmenter
+from fvt_segmentation.core.parity import argmax_agreement
 from fvt_segmentation.core.resources import resolve_model_path
+from fvt_segmentation.core.segmenter import Segmenter
 
 
 def latency_ms(segmenter: Segmenter, frames: list[np.ndarray], runs: int) -> float:

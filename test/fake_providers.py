@@ -21,8 +21,8 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import EPFail, RuntimeException
 
-from fvt_segmentation.core.inference import ProviderLayer
 from fvt_segmentation.core.providers import CPU, CUDA, TENSORRT
+from fvt_segmentation.core.sessions import ProviderLayer
 
 OUT_OF_MEMORY = (
     "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running "

@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 
 from fvt_segmentation.core.contract import ModelLoadError
-from fvt_segmentation.core.inference import (
-    PARITY_FILE,
-    ProgressWarning,
-    Segmenter,
-    load_segmenter,
-)
-from fvt_segmentation.core.providers import CPU, CUDA, TENSORRT, file_sha256
+from fvt_segmentation.core.files import file_sha256
+from fvt_segmentation.core.gpu_load import ProgressWarning
+from fvt_segmentation.core.inference import load_segmenter
+from fvt_segmentation.core.parity import PARITY_FILE
+from fvt_segmentation.core.providers import CPU, CUDA, TENSORRT
+from fvt_segmentation.core.segmenter import Segmenter
 from fvt_segmentation.node.diagnostics import model_values
 
 PASSED = 'fp32 passed: argmax agreement 100.0000% on 4 frames'

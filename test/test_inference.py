@@ -9,23 +9,22 @@ import onnxruntime as ort
 import pytest
 
 from fvt_segmentation.core.contract import (
+    MIN_ARGMAX_AGREEMENT,
     ContractError,
     ModelContract,
     ModelLoadError,
     Normalization,
 )
-from fvt_segmentation.core.inference import (
-    MIN_ARGMAX_AGREEMENT,
+from fvt_segmentation.core.frame_processing import preprocess_frame, scores_to_classes
+from fvt_segmentation.core.inference import load_segmenter
+from fvt_segmentation.core.parity import (
     argmax_agreement,
     engine_files,
-    load_segmenter,
-    preprocess_frame,
     read_parity,
-    resolve_providers,
-    scores_to_classes,
     write_parity,
 )
 from fvt_segmentation.core.providers import CPU, CUDA, provider_library_error
+from fvt_segmentation.core.sessions import resolve_providers
 
 RNG = np.random.default_rng(0)
 

@@ -23,9 +23,10 @@ from std_msgs.msg import Float32MultiArray, String
 
 from fvt_segmentation.core.contract import CATEGORIES, PALETTE, ModelContract, Normalization
 from fvt_segmentation.core.conversions import blend, image_to_frame, resize_nearest
-from fvt_segmentation.core.inference import Segmenter, preprocess_frame
+from fvt_segmentation.core.frame_processing import preprocess_frame
 from fvt_segmentation.core.model_choice import load_model
 from fvt_segmentation.core.providers import CUDA, TENSORRT
+from fvt_segmentation.core.segmenter import Segmenter
 from fvt_segmentation.node import segmentation_node
 from fvt_segmentation.node.pipeline_stats import STAGES
 

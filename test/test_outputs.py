@@ -8,7 +8,7 @@ from std_msgs.msg import Header
 
 from fvt_segmentation.core.contract import CATEGORIES, PALETTE, ModelContract
 from fvt_segmentation.core.conversions import Frame
-from fvt_segmentation.core.inference import Segmentation
+from fvt_segmentation.core.frame_processing import Segmentation
 from fvt_segmentation.node.outputs import (
     BUILDERS,
     MESSAGE_TYPES,

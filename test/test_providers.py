@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from fvt_segmentation.core.files import file_sha256
 from fvt_segmentation.core.providers import (
     CPU,
     CUDA,
@@ -24,7 +25,6 @@ from fvt_segmentation.core.providers import (
     engine_key,
     engine_lock,
     engine_platform,
-    file_sha256,
     gpu_name,
     prepare_cache_dir,
     provider_library_error,

@@ -4,8 +4,9 @@ float32 file shipped beside it (a stale int8 file fails here), and segments like
 import pytest
 
 from fvt_segmentation.bag.bundled_recording import sample_frames, score_on_recording
-from fvt_segmentation.core.inference import argmax_agreement, load_segmenter
-from fvt_segmentation.core.providers import file_sha256
+from fvt_segmentation.core.files import file_sha256
+from fvt_segmentation.core.inference import load_segmenter
+from fvt_segmentation.core.parity import argmax_agreement
 from fvt_segmentation.core.resources import package_file
 
 FLOAT32 = package_file('models/default.onnx')

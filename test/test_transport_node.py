@@ -25,7 +25,7 @@ from sensor_msgs.msg import Image
 
 from fvt_segmentation.core.contract import ModelContract, Normalization
 from fvt_segmentation.core.conversions import image_to_frame, resize_nearest
-from fvt_segmentation.core.inference import preprocess_frame
+from fvt_segmentation.core.frame_processing import preprocess_frame
 from fvt_segmentation.tools.dds_profiles import transport_environment
 
 REPO = Path(__file__).resolve().parents[1]

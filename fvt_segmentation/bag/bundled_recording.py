@@ -19,9 +19,9 @@ from fvt_segmentation.core.conversions import (
     resize_nearest,
     stamp_ns,
 )
-from fvt_segmentation.core.inference import Segmenter
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
 from fvt_segmentation.core.resources import package_file
+from fvt_segmentation.core.segmenter import Segmenter
 
 CAMERA_TOPIC = '/camera/image_raw/compressed'
 TRUTH_TOPIC = '/camera/ground_truth/compressed'

@@ -19,15 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fvt_segmentation.core.inference import (
-    ORT_LAYER,
-    Segmenter,
-    gpu_plan,
-    load_segmenter,
-    resolve_providers,
-)
+from fvt_segmentation.core.gpu_load import gpu_plan
+from fvt_segmentation.core.inference import load_segmenter
 from fvt_segmentation.core.providers import CPU, GPU_PROVIDERS
 from fvt_segmentation.core.resources import resolve_model_path
+from fvt_segmentation.core.segmenter import Segmenter
+from fvt_segmentation.core.sessions import ORT_LAYER, resolve_providers
 
 PRECISIONS = ('auto', 'float32', 'int8')
 INT8_SUFFIX = '.int8.onnx'

@@ -1,7 +1,7 @@
 """Execution-provider decisions, as pure functions: options, engine cache keys, threads.
 
-No rclpy and no session here: :mod:`fvt_segmentation.core.inference` asks these functions what to
-do and the tests check every answer on a CPU. What each ONNX Runtime option means is in
+No rclpy and no session here: :mod:`fvt_segmentation.core.gpu_load` asks these functions what
+to do and the tests check every answer on a CPU. What each ONNX Runtime option means is in
 ONNX Runtime's TensorRT execution provider documentation; why we set it is said below.
 """
 
@@ -11,7 +11,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 import ctypes
 import fcntl
-import hashlib
 import os
 from pathlib import Path
 import re
@@ -66,15 +65,6 @@ def prepare_cache_dir(path: str | os.PathLike) -> Path:
             f'{type(err).__name__}: {err.strerror or err}. Set the parameter trt_cache_dir to '
             f'a writable folder (default: {default_trt_cache_dir()})') from None
     return folder
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Return the hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as stream:
-        for block in iter(lambda: stream.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def engine_key(sha256: str, precision: str, input_shape: Sequence[int], platform: str) -> str:

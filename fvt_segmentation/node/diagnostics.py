@@ -14,7 +14,7 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from fvt_segmentation.core.stats import LatencySummary
 
 if TYPE_CHECKING:
-    from fvt_segmentation.core.inference import Segmenter
+    from fvt_segmentation.core.segmenter import Segmenter
 
 RATE_TOLERANCE = 0.1
 """A rate more than this fraction below ``expected_rate`` is a WARN (as diagnostic_updater)."""

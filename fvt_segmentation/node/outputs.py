@@ -28,7 +28,7 @@ from fvt_segmentation.core.conversions import (
     frame_to_rgb,
     resize_nearest,
 )
-from fvt_segmentation.core.inference import Segmentation
+from fvt_segmentation.core.frame_processing import Segmentation
 
 
 @dataclass(frozen=True)

@@ -41,14 +41,12 @@ from fvt_segmentation.core.conversions import (
     image_to_frame,
     stamp_ns,
 )
-from fvt_segmentation.core.inference import (
-    ProgressWarning,
-    Segmentation,
-    Segmenter,
-    check_model_file,
-)
+from fvt_segmentation.core.frame_processing import Segmentation
+from fvt_segmentation.core.gpu_load import ProgressWarning
+from fvt_segmentation.core.inference import check_model_file
 from fvt_segmentation.core.model_choice import ModelChoice, choose_model, load_model
 from fvt_segmentation.core.providers import TENSORRT
+from fvt_segmentation.core.segmenter import Segmenter
 from fvt_segmentation.core.sizes import format_size
 from fvt_segmentation.node.diagnostics import (
     HealthSnapshot,

@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 import fvt_segmentation
 from fvt_segmentation.core.contract import ModelLoadError
-from fvt_segmentation.core.inference import Segmenter
 from fvt_segmentation.core.model_choice import add_model_options, load_model
+from fvt_segmentation.core.segmenter import Segmenter
 from fvt_segmentation.core.sizes import format_size, parse_sizes
 from fvt_segmentation.node.pipeline_stats import STAGES
 from fvt_segmentation.node.segmentation_node import NODE_NAME

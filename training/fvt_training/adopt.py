@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract, Normalization
-from fvt_segmentation.core.providers import file_sha256
+from fvt_segmentation.core.files import file_sha256
 from fvt_segmentation.core.sizes import SizeError, parse_size
 from fvt_training.adopt_source import (
     AdoptError,

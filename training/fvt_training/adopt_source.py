@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fvt_segmentation.core.contract import ModelContract
+from fvt_segmentation.core.contract import ModelContract, ModelLoadError
 from fvt_training.label_sets import LabelSet, sets_with
 from fvt_training.onnx_rewrites import default_opset, output_source
 
@@ -168,18 +168,13 @@ def probe_frames(size: tuple[int, int], count: int = 2) -> list[np.ndarray]:
 
 def cpu_session(proto: Any) -> Any:
     """Open ``proto`` in an ONNX Runtime CPU session (no spinning threads, quiet log)."""
-    import onnxruntime as ort
+    from fvt_segmentation.core.sessions import first_line, open_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     try:
-        return ort.InferenceSession(proto.SerializeToString(), sess_options=options,
-                                    providers=['CPUExecutionProvider'])
-    except Exception as err:  # onnxruntime raises several unrelated exception types
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return open_session(proto.SerializeToString(), spinning=False)
+    except ModelLoadError as err:
         raise AdoptError(f'ONNX Runtime cannot load the source with its input fixed at the '
-                         f'chosen size ({text[:300]})') from None
+                         f'chosen size ({first_line(err.__cause__ or err)[:300]})') from None
 
 
 def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: LabelSet,
@@ -198,7 +193,7 @@ def inspect_source(proto: Any, source: str, options: AdoptOptions, label_set: La
     import onnx
     from onnx import helper
 
-    from fvt_segmentation.core.inference import preprocess_frame
+    from fvt_segmentation.core.frame_processing import preprocess_frame
 
     graph = proto.graph
     inputs = graph_inputs(graph)

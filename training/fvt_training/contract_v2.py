@@ -10,7 +10,7 @@ uint8 outputs the node fetches instead, so a GPU copies 1 byte per pixel back to
 - ``confidence``: ``Cast<uint8>(top * 255 + 0.5)``, the node's version 1 rounding, where
   ``top`` is the top class probability: ``ReduceMax(scores)`` for a probabilities output, and
   for logits ``1 / ReduceSum(Exp(scores - ReduceMax(scores)))`` over the class axis, as
-  :func:`fvt_segmentation.core.inference.scores_to_confidence` computes it. No ``Softmax``:
+  :func:`fvt_segmentation.core.frame_processing.scores_to_confidence` computes it. No ``Softmax``:
   before opset 13 it normalises over all axes from its own on (C*H*W on NCHW), and ONNX
   Runtime transposes for one over an NCHW tensor's axis 1;
 - optionally a uint8 ``image`` input: ``Cast<float>`` then ``* gain + offset`` per channel,

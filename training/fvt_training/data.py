@@ -2,7 +2,7 @@
 
 Each sample is read from ``<split>/images|labels/<id>.png``, augmented (image and mask
 together), turned into the model input exactly as the node does it
-(:func:`fvt_segmentation.core.inference.preprocess_frame`) and paired with a one-hot mask.
+(:func:`fvt_segmentation.core.frame_processing.preprocess_frame`) and paired with a one-hot mask.
 Samples of a batch are decoded in parallel threads. With ``shuffle=True`` every epoch visits
 every sample exactly once in a new order that depends only on ``seed`` and the epoch; with
 ``shuffle=False`` the order is the manifest's (sorted ids), so evaluation can match ids.
@@ -29,7 +29,7 @@ from fvt_segmentation.core.contract import (
     ModelContract,
     Normalization,
 )
-from fvt_segmentation.core.inference import preprocess_frame
+from fvt_segmentation.core.frame_processing import preprocess_frame
 from fvt_training.augment import build_augmentation
 from fvt_training.prepared import DataError, Manifest, load_pair, read_manifest
 

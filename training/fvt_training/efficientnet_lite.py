@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from fvt_segmentation.core.providers import file_sha256
+from fvt_segmentation.core.files import file_sha256
 from fvt_training.torch_checkpoint import CheckpointError, load_state_dict
 
 keras = tf.keras

@@ -1,12 +1,12 @@
 """``fvt-train evaluate``: score a Keras run or an exported ONNX file on a prepared split.
 
 Both kinds of model go through the same path: frames are preprocessed by the node's own
-:func:`~fvt_segmentation.core.inference.preprocess_frame` (a Keras run with the contract its export
-would carry), scores become class maps with the node's post-processing, and every score comes
-from one dataset-level confusion matrix (:mod:`fvt_segmentation.core.metrics`). The report holds
-per-category IoU, mIoU (void ignored) and the 8-class mean, Dice, pixel accuracy, parameters,
-GFLOPs and inference time; figures are a confusion matrix and image | truth | prediction
-panels.
+:func:`~fvt_segmentation.core.frame_processing.preprocess_frame` (a Keras run with the contract
+its export would carry), scores become class maps with the node's post-processing, and every
+score comes from one dataset-level confusion matrix (:mod:`fvt_segmentation.core.metrics`). The
+report holds per-category IoU, mIoU (void ignored) and the 8-class mean, Dice, pixel accuracy,
+parameters, GFLOPs and inference time; figures are a confusion matrix and image | truth |
+prediction panels.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 
 from fvt_segmentation.core.contract import CATEGORIES, VOID, ModelContract
 from fvt_segmentation.core.conversions import resize_nearest
-from fvt_segmentation.core.inference import preprocess_frame, scores_to_classes
+from fvt_segmentation.core.frame_processing import preprocess_frame, scores_to_classes
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
 from fvt_training.arg_types import non_negative_int, positive_int
 from fvt_training.run_files import EVAL_PREFIX, summary_text, write_json

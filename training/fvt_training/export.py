@@ -130,7 +130,7 @@ def check_parity(reference: Any, reference_contract: ModelContract, segmenter: A
     here too. Returns the largest absolute probability difference, the fraction of pixels
     whose argmax agrees and ``passed``.
     """
-    from fvt_segmentation.core.inference import preprocess_frame
+    from fvt_segmentation.core.frame_processing import preprocess_frame
 
     def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for frame in frames:
@@ -162,7 +162,7 @@ class FrameCalibrationReader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """Return the next ``{input name: tensor}``, or None when the frames are used up."""
-        from fvt_segmentation.core.inference import preprocess_frame
+        from fvt_segmentation.core.frame_processing import preprocess_frame
 
         frame = next(self.frames, None)
         if frame is None:
@@ -298,7 +298,7 @@ def write_contract_v2(path: Path, contract: ModelContract, uint8_input: bool,
 
     On ``frames`` (RGB), the classes the new file computes must equal the version 1 file's
     and its confidence the node's version 1 confidence
-    (:func:`~fvt_segmentation.core.inference.scores_to_confidence` of the version 1 scores)
+    (:func:`~fvt_segmentation.core.frame_processing.scores_to_confidence` of the version 1 scores)
     within ``CONFIDENCE_TOLERANCE``, or :class:`ExportError` names the frame and the pixels
     that differ.
     """
@@ -514,8 +514,8 @@ def onnx_source(path: Path, data: str | os.PathLike | None) -> ExportSource:
     """
     import onnx
 
+    from fvt_segmentation.core.files import file_sha256
     from fvt_segmentation.core.inference import load_segmenter
-    from fvt_segmentation.core.providers import file_sha256
     from fvt_training import flops
     from fvt_training.prepared import read_manifest
 

@@ -32,7 +32,8 @@ import time
 import numpy as np
 
 from fvt_segmentation.bag.bundled_recording import CAMERA_TOPIC, default_recording, read_images
-from fvt_segmentation.core.inference import load_segmenter, preprocess_frame, scores_to_classes
+from fvt_segmentation.core.frame_processing import preprocess_frame, scores_to_classes
+from fvt_segmentation.core.inference import load_segmenter
 from fvt_training.config import load_config
 from fvt_training.models import build_model, model_normalization
 from fvt_training.run_contract import run_contract

@@ -9,11 +9,12 @@ Every variant is written by the export's own ``quantize_int8`` (settings varied 
 network alone and batch 1, as ``fvt-train export`` does. A microbenchmark then times a uint8
 nearest x2 ``Resize`` in the two layouts ONNX Runtime may run it in.
 
-    python training/scripts/int8_probes.py FLOAT32.onnx --openvino INT8.onnx
+    PYTHONPATH=. python training/scripts/int8_probes.py FLOAT32.onnx --openvino INT8.onnx
 
 times both files on the OpenVINO plugin execution provider instead. It needs only
-``onnxruntime`` (the CPU wheel) and ``onnxruntime-ep-openvino`` in a venv of their own: the
-plugin does not load into ``onnxruntime-gpu``.
+``onnxruntime`` (the CPU wheel) and ``onnxruntime-ep-openvino`` in a venv of their own (the
+plugin does not load into ``onnxruntime-gpu``), and the checkout on the path for
+``fvt_segmentation.core.sessions``.
 """
 
 from __future__ import annotations
@@ -109,15 +110,13 @@ def _resize_model(layout: str) -> Any:
 
 def probe_resize(runs: int = 200) -> None:
     """Time a uint8 nearest x2 Resize laid out NHWC (as in the int8 file) and NCHW."""
-    import onnxruntime as ort
-
+    from fvt_segmentation.core.sessions import open_session
     from fvt_training.latency import time_calls
 
     print(f'uint8 nearest x2 Resize of {RESIZE_INPUT_NHWC} (NHWC), median of {runs} runs')
     for layout in ('NHWC', 'NCHW'):
         model = _resize_model(layout)
-        session = ort.InferenceSession(model.SerializeToString(),
-                                       providers=['CPUExecutionProvider'])
+        session = open_session(model.SerializeToString())
         shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
         x = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
         stats = time_calls(lambda s=session, x=x: s.run(None, {'x': x}), runs, warmup=10)
@@ -129,6 +128,8 @@ def probe_openvino(float_path: Path, int8_path: Path, runs: int) -> None:
     import onnxruntime as ort
     import onnxruntime_ep_openvino as openvino
 
+    from fvt_segmentation.core.sessions import open_session
+
     ort.register_execution_provider_library(openvino.get_ep_name(), openvino.get_library_path())
     devices = [d for d in ort.get_ep_devices() if d.ep_name == openvino.get_ep_name()
                and d.device.type == ort.OrtHardwareDeviceType.CPU]
@@ -136,12 +137,10 @@ def probe_openvino(float_path: Path, int8_path: Path, runs: int) -> None:
         raise SystemExit('the OpenVINO execution provider offers no CPU device here')
 
     def session(path: Path, provider: str) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
         if provider == 'openvino':
-            options.add_provider_for_devices(devices, {'precision': 'ACCURACY'})
-            return ort.InferenceSession(str(path), options)
-        return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+            return open_session(path, None, spinning=False, plugin_devices=devices,
+                                plugin_options={'precision': 'ACCURACY'})
+        return open_session(path, spinning=False)
 
     sessions = {f'{provider} {tag}': session(path, provider)
                 for provider in ('cpu', 'openvino')

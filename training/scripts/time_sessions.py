@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from fvt_segmentation.bag.bundled_recording import sample_frames
 from fvt_segmentation.core.inference import load_segmenter
+from fvt_segmentation.core.sessions import open_session
 from fvt_training.latency import time_calls, time_interleaved
 
 
@@ -67,12 +67,8 @@ def _kind(name: str, kinds: dict[str, str]) -> str | None:
 
 
 def _operator_ms(path: Path, x: np.ndarray, runs: int) -> tuple[Counter, Counter]:
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / 'profile')
-        session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+        session = open_session(path, spinning=False, profile_prefix=Path(tmp) / 'profile')
         name = session.get_inputs()[0].name
         for _ in range(runs):
             session.run(None, {name: x})
@@ -101,9 +97,7 @@ def network_call(segmenter: Any, frame: np.ndarray, spinning: bool,
     path = folder / f'{segmenter.model_path.stem}.scores.onnx'
     onnx.utils.extract_model(str(segmenter.model_path), str(path), [segmenter.input_name],
                              [segmenter.scores_name])
-    options = ort.SessionOptions()
-    options.add_session_config_entry('session.intra_op.allow_spinning', '1' if spinning else '0')
-    session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    session = open_session(path, spinning=spinning)
     feed = {segmenter.input_name: segmenter.preprocess(frame)}
     return functools.partial(session.run, [segmenter.scores_name], feed)
 

@@ -12,12 +12,10 @@ from prepared_fixture import make_prepared
 import pytest
 
 from fvt_segmentation.core.contract import ModelContract, Normalization
-from fvt_segmentation.core.inference import (
-    argmax_agreement,
-    load_segmenter,
-    scores_to_confidence,
-)
-from fvt_segmentation.core.providers import file_sha256
+from fvt_segmentation.core.files import file_sha256
+from fvt_segmentation.core.frame_processing import scores_to_confidence
+from fvt_segmentation.core.inference import load_segmenter
+from fvt_segmentation.core.parity import argmax_agreement
 from fvt_training import export
 from fvt_training.cli import main
 from fvt_training.contract_v2 import write_v2_copy

@@ -19,7 +19,8 @@ from typing import Any
 from flask import Flask, Response, abort, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from fvt_segmentation.core.inference import DEFAULT_PROVIDERS, Segmenter, load_segmenter
+from fvt_segmentation.core.inference import DEFAULT_PROVIDERS, load_segmenter
+from fvt_segmentation.core.segmenter import Segmenter
 from fvt_training.prepared import DataError, Manifest, load_pair, read_manifest
 from fvt_training.review.reviews import (
     DEFAULT_CACHE_BYTES,

@@ -1,6 +1,6 @@
 """One reviewed image: the node's inference on a prepared photo, scored against its label.
 
-:func:`review_image` runs the photo through :class:`fvt_segmentation.core.inference.Segmenter`
+:func:`review_image` runs the photo through :class:`fvt_segmentation.core.segmenter.Segmenter`
 and colours it with :mod:`fvt_segmentation.core.conversions` exactly as the node does (segment at
 the model's size, nearest-neighbour resize to the frame, palette of the model's contract),
 then scores it with :mod:`fvt_segmentation.core.metrics`.
@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from fvt_segmentation.core.conversions import blend, colorize, resize_nearest
-from fvt_segmentation.core.inference import Segmenter
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
+from fvt_segmentation.core.segmenter import Segmenter
 
 PICTURES = ('photo', 'truth', 'prediction', 'overlay')
 """The pictures of a review, in the order the page shows them."""
