@@ -11,13 +11,14 @@ import pytest
 
 from fvt_training.data.augment import PRESETS, AugmentationError, build_augmentation
 
-AUGMENTING = ('light', 'flip_rotate', 'heavy', 'scale_crop')
+AUGMENTING = ('light', 'flip_rotate', 'heavy', 'scale_crop', 'street')
 SCENE_SIZE = (128, 192)  # height, width of block_scene()
 # Lowest image/mask agreement (correlation ratio, see below) each preset must keep. Emboss
 # and blur in `heavy` change intensities near every block edge, so it is allowed less; a
 # mask flipped against its image scores about 0.02. Linear image resampling in `scale_crop`
 # blurs the edges of the 8x8 blocks (about 0.82 at worst).
-MIN_AGREEMENT = {'light': 0.9, 'flip_rotate': 0.9, 'heavy': 0.35, 'scale_crop': 0.75}
+MIN_AGREEMENT = {'light': 0.9, 'flip_rotate': 0.9, 'heavy': 0.35, 'scale_crop': 0.75,
+                 'street': 0.75}
 
 
 def block_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +54,7 @@ def apply(pipeline: A.BaseCompose, seed: int, image: np.ndarray,
 
 
 def test_presets():
-    assert set(PRESETS) == {'none', 'light', 'flip_rotate', 'heavy', 'scale_crop'}
+    assert set(PRESETS) == {'none', 'light', 'flip_rotate', 'heavy', 'scale_crop', 'street'}
     assert build_augmentation('none', SCENE_SIZE) is None
     assert build_augmentation(None, SCENE_SIZE) is None
     for name in AUGMENTING:
@@ -131,7 +132,7 @@ def test_saved_pipeline_with_linear_mask_interpolation_is_refused(tmp_path):
 def test_bad_specs_are_explained(tmp_path):
     with pytest.raises(AugmentationError,
                        match="unknown augmentation 'hevy'; expected one of none, light, "
-                             'flip_rotate, heavy, scale_crop or a path'):
+                             'flip_rotate, heavy, scale_crop, street or a path'):
         build_augmentation('hevy', SCENE_SIZE)
     with pytest.raises(AugmentationError, match='missing.yaml: augmentation pipeline file not'):
         build_augmentation(str(tmp_path / 'missing.yaml'), SCENE_SIZE)

@@ -282,3 +282,48 @@ def test_int8_keeps_the_output_upsampling_in_float(exported_light_fpn):
     assert producers[node.input[0]].op_type == 'DequantizeLinear'  # float in, float out
     # The classifier moved before the head's upsampling: no Resize sees 16 decoder channels.
     assert report['graph_rewrites']['classify_before_upsampling'] == 1
+
+
+@pytest.fixture(scope='module')
+def exported_fine(tmp_path_factory):
+    root = tmp_path_factory.mktemp('export_fine')
+    data = make_prepared(root / 'data', (64, 64), {'train': 6, 'val': 3})
+    run = make_run(root / 'runs', data, name='tiny_fine', extra=(
+        'model.architecture=light_fpn', 'model.backbone=efficientnet_lite0',
+        'model.encoder_weights=imagenet', 'model.decoder_channels=16', 'model.fine_channels=8'))
+    out = root / 'models' / 'fine.onnx'
+    report = export.export_run(run, out, int8=True, calibration_frames=4, timing_runs=2,
+                               timing_warmup=1)
+    return out, report
+
+
+def test_light_fpn_fine_stage_exports_with_parity_and_an_int8_file(exported_fine):
+    out, report = exported_fine
+    assert report['parity']['passed'] and report['parity']['argmax_agreement'] >= 0.999
+    # The stride-4 reduction before the fine stage's upsampling is the moved 1x1 convolution.
+    assert report['graph_rewrites']['classify_before_upsampling'] == 1
+    graph = onnx.load(str(out.with_name('fine.int8.onnx'))).graph
+    assert [n.op_type for n in graph.node].count('QuantizeLinear') > 10
+    # An untrained decoder's scores are too close for an argmax agreement to mean anything;
+    # the shipped model's int8 agreement is checked in test/test_shipped_int8.py.
+    int8 = load_segmenter(out.with_name('fine.int8.onnx'), providers=['cpu'])
+    assert int8.contract.provenance['precision'] == 'int8'
+    frame = np.random.default_rng(5).integers(0, 256, (64, 64, 3), np.uint8)
+    classes = int8.segment(frame).classes
+    assert classes.shape == (64, 64) and classes.max() < len(CATEGORIES)
+
+
+def test_provenance_carries_the_metrics_of_the_weights_exported(tmp_path):
+    from fvt_training.runs.run_contract import run_contract
+
+    data = make_prepared(tmp_path / 'data', (32, 32), {'train': 2, 'val': 2})
+    run = make_run(tmp_path / 'runs', data)
+    metrics = json.loads((run / 'metrics.json').read_text())
+    last = {**metrics['metrics'], 'miou': 0.123}
+    (run / 'metrics.json').write_text(json.dumps({**metrics, 'last_epoch': {
+        'epoch': 3, 'metrics': last}}))
+    config, _ = load_run(run)
+    for weights, miou in (('best', metrics['metrics']['miou']), ('last', 0.123)):
+        contract = run_contract(run, config, data, {'weights': weights})
+        assert contract.provenance['metrics']['miou'] == pytest.approx(miou)
+        assert contract.provenance['weights'] == weights

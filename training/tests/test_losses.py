@@ -36,6 +36,18 @@ def test_categorical_crossentropy():
     assert _f(weighted) == pytest.approx((LN08 + 3 * LN06) / 2)
 
 
+def test_hard_pixel_crossentropy_averages_only_the_hardest_pixels():
+    # Pixel losses ln(1/0.8) < ln(1/0.6): half of the two pixels keeps the second alone.
+    assert _f(categorical_crossentropy(Y_TRUE, Y_PRED, hard_fraction=0.5)) == pytest.approx(LN06)
+    # ceil(0.3 * 2) = 1 pixel; weights rank by the weighted loss: 3 * ln(1/0.8) wins.
+    weighted = categorical_crossentropy(Y_TRUE, Y_PRED, [3.0, 1.0], hard_fraction=0.3)
+    assert _f(weighted) == pytest.approx(3 * LN08)
+    assert _f(categorical_crossentropy(Y_TRUE, Y_PRED, hard_fraction=1.0)) == pytest.approx(
+        (LN08 + LN06) / 2)
+    with pytest.raises(ValueError, match=r'hard_fraction must be in \(0, 1\]; got 0.0'):
+        categorical_crossentropy(Y_TRUE, Y_PRED, hard_fraction=0.0)
+
+
 def test_dice_and_weighted_dice():
     assert _f(dice_loss(Y_TRUE, Y_PRED)) == pytest.approx(1 - sum(DICE) / 2, abs=1e-5)
     weighted = dice_loss(Y_TRUE, Y_PRED, [1.0, 3.0])
@@ -85,6 +97,8 @@ def test_make_loss_builds_each_configured_loss():
         make_loss({'name': 'weighted_dice', 'class_weights': 'auto'})
     focal = make_loss({'name': 'focal', 'focal_alpha': 1.0, 'focal_gamma': 0.0})
     assert _f(focal(Y_TRUE, Y_PRED)) == pytest.approx((LN08 + LN06) / 2)
+    hard = make_loss({**spec, 'hard_pixel_fraction': 0.5})
+    assert _f(hard(Y_TRUE, Y_PRED)) == pytest.approx(LN06 + 2 * (1 - sum(DICE) / 2), abs=1e-5)
 
 
 def test_a_composed_loss_trains_a_keras_model():

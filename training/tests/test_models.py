@@ -83,6 +83,25 @@ def test_light_fpn_starts_from_the_imagenet_encoder_and_outputs_a_softmax():
                               state['_conv_stem.weight'].transpose(2, 3, 1, 0))
 
 
+def test_light_fpn_fine_stage_classifies_at_stride_two_from_the_stem_features():
+    model = build_model(_config(architecture='light_fpn', backbone='efficientnet_lite0',
+                                encoder_weights='imagenet', input_size=[64, 96],
+                                fine_channels=8))
+    assert model.output_shape == (None, 64, 96, len(CATEGORIES))
+    encoder = model.get_layer('encoder')
+    assert [tuple(o.shape[1:3]) for o in encoder.outputs] == [
+        (32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
+    assert model.get_layer('fine_lateral').input.shape[-1] == 16  # lite0's stride-2 block
+    assert model.get_layer('classifier').output.shape[1:3] == (32, 48)
+    np.testing.assert_allclose(_scores(model, 64, 96).sum(-1), 1.0, rtol=1e-4)
+    plain = build_model(_config(architecture='light_fpn', backbone='efficientnet_lite0',
+                                encoder_weights='none', input_size=[64, 96]))
+    assert plain.get_layer('classifier').output.shape[1:3] == (16, 24)
+    with pytest.raises(ModelConfigError, match='fine_channels must be >= 0'):
+        build_model(_config(architecture='light_fpn', backbone='efficientnet_lite0',
+                            encoder_weights='none', input_size=[64, 96], fine_channels=-1))
+
+
 def test_light_fpn_needs_an_efficientnet_lite_backbone():
     with pytest.raises(ModelConfigError, match="light_fpn needs an EfficientNet-Lite backbone, "
                                                r"one of \['efficientnet_lite0', .*got 'resnet18'"):

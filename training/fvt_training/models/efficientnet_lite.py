@@ -51,8 +51,9 @@ STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-# The stages whose last block gives the features at strides 4, 8, 16 and 32.
-FEATURE_STAGES = (1, 2, 4, 6)
+# The stages whose last block gives the features at strides 2, 4, 8, 16 and 32.
+FEATURE_STAGES = (0, 1, 2, 4, 6)
+FEATURE_STRIDES = (2, 4, 8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -164,13 +165,20 @@ def _block(x: tf.Tensor, block: Block) -> tf.Tensor:
 
 def efficientnet_lite(variant: str = 'efficientnet_lite0',
                       input_shape: Sequence[int | None] = (None, None, 3),
-                      include_top: bool = False, name: str | None = None) -> keras.Model:
+                      include_top: bool = False, name: str | None = None,
+                      strides: Sequence[int] = (4, 8, 16, 32)) -> keras.Model:
     """Build EfficientNet-Lite with random weights.
 
-    Without the top, the outputs are the features at strides 4, 8, 16 and 32 (the last block
-    of stages 2, 3, 5 and 7). With it, the ImageNet classifier: head convolution, global
-    average pooling and the 1000 logits. Inputs are ``(pixel - 127) / 128``, RGB.
+    Without the top, the outputs are the features at ``strides``, a subset of 2, 4, 8, 16 and
+    32 (the last block of stages 1, 2, 3, 5 and 7), finest first. With it, the ImageNet
+    classifier: head convolution, global average pooling and the 1000 logits. Inputs are
+    ``(pixel - 127) / 128``, RGB.
     """
+    unknown = sorted(set(strides) - set(FEATURE_STRIDES))
+    if unknown:
+        raise ValueError(f'feature strides must be among {FEATURE_STRIDES}; got {unknown}')
+    wanted = {stage for stage, stride in zip(FEATURE_STAGES, FEATURE_STRIDES, strict=True)
+              if stride in strides}
     blocks = block_plan(variant)
     inputs = keras.Input(shape=tuple(input_shape), name='image')
     x = _conv_bn_relu6(inputs, STEM_FILTERS, 3, 2, 'stem')
@@ -179,7 +187,7 @@ def efficientnet_lite(variant: str = 'efficientnet_lite0',
         x = _block(x, block)
         last_of_stage = block.index + 1 == len(blocks) or blocks[block.index + 1].stage != (
             block.stage)
-        if last_of_stage and block.stage in FEATURE_STAGES:
+        if last_of_stage and block.stage in wanted:
             features.append(x)
     if include_top:
         x = _conv_bn_relu6(x, HEAD_FILTERS, 1, 1, 'head')

@@ -122,9 +122,22 @@ def unet_like(input_size: Sequence[int], num_classes: int = len(CATEGORIES),
     return keras.Model(inputs, outputs, name='unet_like')
 
 
+def _fine_stage(coarse: tf.Tensor, fine: tf.Tensor, channels: int) -> tf.Tensor:
+    """Merge the stride-4 decoder output into the encoder's stride-2 features (light_fpn)."""
+    # Reducing before the upsampling keeps the x2 resize on few channels: at stride 2 the
+    # resize, not the convolutions, would dominate the added time.
+    x = layers.Conv2D(channels, 1, name='fine_reduce')(coarse)
+    x = layers.UpSampling2D(2, interpolation='bilinear', name='fine_up')(x)
+    x = layers.Add(name='fine_merge')([x, layers.Conv2D(channels, 1, name='fine_lateral')(fine)])
+    x = layers.SeparableConv2D(channels, 3, padding='same', use_bias=False,
+                               name='fine_conv')(x)
+    x = layers.BatchNormalization(name='fine_bn')(x)
+    return layers.ReLU(name='fine_relu')(x)
+
+
 def light_fpn(input_size: Sequence[int], backbone: str = 'efficientnet_lite0',
               num_classes: int = len(CATEGORIES), encoder_weights: str | None = None,
-              channels: int = 96) -> keras.Model:
+              channels: int = 96, fine_channels: int = 0) -> keras.Model:
     """Build a light FPN on an EfficientNet-Lite encoder (a nested model named ``encoder``).
 
     The encoder's features at strides 4, 8, 16 and 32 get a 1x1 lateral convolution to
@@ -133,6 +146,11 @@ def light_fpn(input_size: Sequence[int], backbone: str = 'efficientnet_lite0',
     semantic branch but with one convolution per level. A 1x1 classifier at stride 4 and a
     bilinear x4 upsampling give the scores at the input size. ``encoder_weights`` is
     ``'imagenet'`` (from the backbone's weights package), ``None`` or a ``.pth`` file.
+
+    ``fine_channels`` > 0 adds a stage at stride 2 for thin objects (poles, signs): the stride-4
+    sum is reduced to ``fine_channels`` (1x1), upsampled x2 and added to a 1x1 lateral of the
+    encoder's stride-2 features; a separable 3x3 convolution then feeds the classifier at
+    stride 2 and a bilinear x2 upsampling.
     """
     if backbone not in LIGHT_FPN_BACKBONES:
         raise ModelConfigError(f'light_fpn needs an EfficientNet-Lite backbone, one of '
@@ -142,8 +160,12 @@ def light_fpn(input_size: Sequence[int], backbone: str = 'efficientnet_lite0',
         raise ModelConfigError(f'encoder_weights must be imagenet, none or an existing .pth '
                                f'file; got {encoder_weights!r} (no such file)')
     height, width = (int(v) for v in input_size)
+    if fine_channels < 0:
+        raise ModelConfigError(f'fine_channels must be >= 0 (0: no stride-2 stage); got '
+                               f'{fine_channels}')
+    strides = (2, 4, 8, 16, 32) if fine_channels else (4, 8, 16, 32)
     encoder = efficientnet_lite.efficientnet_lite(backbone, (height, width, 3),
-                                                  name=ENCODER_LAYER)
+                                                  name=ENCODER_LAYER, strides=strides)
     if encoder_weights is not None:
         path = None if encoder_weights == 'imagenet' else encoder_weights
         try:
@@ -152,6 +174,8 @@ def light_fpn(input_size: Sequence[int], backbone: str = 'efficientnet_lite0',
             raise EncoderWeightsUnavailableError(str(err)) from None
     inputs = keras.Input(shape=(height, width, 3), name='image')
     features = encoder(inputs)
+    if fine_channels:
+        fine, *features = features
     merged = None
     pyramid = []
     for level, feature in reversed(list(enumerate(features))):
@@ -172,8 +196,11 @@ def light_fpn(input_size: Sequence[int], backbone: str = 'efficientnet_lite0',
                                     name=f'head{level}_up')(x)
         heads.append(x)
     x = layers.Add(name='head_sum')(heads)
+    if fine_channels:
+        x = _fine_stage(x, fine, fine_channels)
     x = layers.Conv2D(num_classes, 1, name='classifier')(x)
-    x = layers.UpSampling2D(4, interpolation='bilinear', name='classifier_up')(x)
+    x = layers.UpSampling2D(2 if fine_channels else 4, interpolation='bilinear',
+                            name='classifier_up')(x)
     outputs = layers.Activation('softmax', dtype='float32', name='scores')(x)
     return keras.Model(inputs, outputs, name=f'light_fpn_{backbone}')
 
@@ -264,7 +291,8 @@ def build_model(config: dict) -> keras.Model:
         model = unet_like(spec['input_size'], len(CATEGORIES), filters)
     elif architecture == 'light_fpn':
         model = light_fpn(spec['input_size'], spec['backbone'], len(CATEGORIES), weights,
-                          int(spec.get('decoder_channels') or 96))
+                          int(spec.get('decoder_channels') or 96),
+                          int(spec.get('fine_channels') or 0))
     else:
         model = sm_model(architecture, spec['backbone'], spec['input_size'], len(CATEGORIES),
                          weights, bool(spec.get('encoder_freeze', False)))

@@ -166,7 +166,8 @@ SCHEMA: dict[str, Any] = {
                                'needs train.select: last); null: off', _opt_str,
                                'data.holdout_sequence: 0006R0'),
         'augment': _f('none', 'str', 'augmentation: preset none|light|flip_rotate|heavy|'
-                      'scale_crop or path of a serialized albumentations pipeline file', _str,
+                      'scale_crop|street or path of a serialized albumentations pipeline '
+                      'file', _str,
                       'data.augment: flip_rotate'),
         'batch_size': _f(8, 'int >= 1', 'images per training step (across all replicas)',
                          _int(1), 'data.batch_size: 8'),
@@ -194,6 +195,10 @@ SCHEMA: dict[str, Any] = {
                       'model.filters: [32, 64, 128, 256]'),
         'decoder_channels': _f(96, 'int >= 8', 'light_fpn only: channels of the FPN levels',
                                _int(8), 'model.decoder_channels: 96'),
+        'fine_channels': _f(0, 'int >= 0', 'light_fpn only: channels of a decoder stage at '
+                            "stride 2 fed by the encoder's stride-2 features, for thin objects "
+                            '(0: none, the classifier works at stride 4)', _int(0),
+                            'model.fine_channels: 32'),
         'bn_momentum': _f(None, 'float in (0, 1) or null', 'momentum of every '
                           "BatchNormalization layer; null keeps the architecture's (Keras 0.99, "
                           'MobileNetV2 0.999). From scratch with few steps per epoch, 0.9 lets '
@@ -213,6 +218,11 @@ SCHEMA: dict[str, Any] = {
                          _float(0.0), 'loss.cce_weight: 1.0'),
         'dice_weight': _f(1.0, 'float >= 0', 'cce_dice: factor of the Dice term', _float(0.0),
                           'loss.dice_weight: 1.0'),
+        'hard_pixel_fraction': _f(1.0, 'float in (0, 1]', 'cce and cce_dice: the '
+                                  "cross-entropy averages only this fraction of the batch's "
+                                  'pixels, the hardest (online hard example mining); 1: all',
+                                  _float(0.0, 1.0, open_min=True),
+                                  'loss.hard_pixel_fraction: 0.25'),
         'focal_alpha': _f(0.25, 'float > 0', 'focal: alpha', _float(0.0, open_min=True),
                           'loss.focal_alpha: 0.25'),
         'focal_gamma': _f(2.0, 'float >= 0', 'focal: gamma', _float(0.0),

@@ -41,12 +41,26 @@ def _counts(y_true: tf.Tensor, y_pred: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor,
 
 
 def categorical_crossentropy(y_true: tf.Tensor, y_pred: tf.Tensor,
-                             class_weights: Sequence[float] | None = None) -> tf.Tensor:
-    """Mean over pixels of ``-sum_c w_c * t_c * log(p_c)`` (``w`` = 1 without weights)."""
+                             class_weights: Sequence[float] | None = None,
+                             hard_fraction: float = 1.0) -> tf.Tensor:
+    """Mean over pixels of ``-sum_c w_c * t_c * log(p_c)`` (``w`` = 1 without weights).
+
+    ``hard_fraction`` < 1 averages only the ``ceil(hard_fraction * pixels)`` largest pixel
+    losses of the batch (online hard example mining): the easy road and sky pixels that
+    dominate a street scene then stop diluting the gradient of thin, rare ones.
+    """
+    if not 0.0 < hard_fraction <= 1.0:
+        raise ValueError(f'hard_fraction must be in (0, 1]; got {hard_fraction}')
     y_true = tf.cast(y_true, y_pred.dtype)
     w = _weights(class_weights, y_pred.shape[-1])
     p = tf.clip_by_value(y_pred, EPSILON, 1.0 - EPSILON)
-    return tf.reduce_mean(-tf.reduce_sum(w * y_true * tf.math.log(p), axis=-1))
+    per_pixel = -tf.reduce_sum(w * y_true * tf.math.log(p), axis=-1)
+    if hard_fraction == 1.0:
+        return tf.reduce_mean(per_pixel)
+    flat = tf.reshape(per_pixel, [-1])
+    kept = tf.maximum(1, tf.cast(tf.math.ceil(
+        hard_fraction * tf.cast(tf.size(flat), tf.float32)), tf.int32))
+    return tf.reduce_mean(tf.math.top_k(flat, k=kept, sorted=False).values)
 
 
 def dice_loss(y_true: tf.Tensor, y_pred: tf.Tensor,
@@ -133,8 +147,9 @@ class CategoricalCrossentropy(WeightedLoss):
 
     function = staticmethod(categorical_crossentropy)
 
-    def __init__(self, class_weights: Sequence[float] | None = None, name: str = 'cce') -> None:
-        super().__init__(class_weights, name)
+    def __init__(self, class_weights: Sequence[float] | None = None, name: str = 'cce',
+                 hard_fraction: float = 1.0) -> None:
+        super().__init__(class_weights, name, hard_fraction=hard_fraction)
 
 
 class DiceLoss(WeightedLoss):
@@ -204,12 +219,14 @@ def make_loss(spec: Mapping, frequencies: Sequence[float] | None = None) -> Segm
     ``spec['class_weights']`` is ``'auto'`` (inverse frequency from ``frequencies``, the
     training split's per-category pixel frequencies), a list of one weight per category, or
     ``None``. Weights apply to ``weighted_dice`` (``'auto'`` by default) and to the cross-entropy
-    and Dice terms of ``cce``/``cce_dice`` when given.
+    and Dice terms of ``cce``/``cce_dice`` when given; ``hard_pixel_fraction`` to their
+    cross-entropy.
     """
     name = spec['name']
     weights = resolve_class_weights(spec, frequencies)
+    cce = CategoricalCrossentropy(weights, hard_fraction=spec.get('hard_pixel_fraction', 1.0))
     if name == 'cce':
-        return CategoricalCrossentropy(weights)
+        return cce
     if name in ('dice', 'weighted_dice'):
         return DiceLoss(weights, name=name)
     if name == 'jaccard':
@@ -217,6 +234,6 @@ def make_loss(spec: Mapping, frequencies: Sequence[float] | None = None) -> Segm
     if name == 'focal':
         return FocalLoss(spec.get('focal_alpha', 0.25), spec.get('focal_gamma', 2.0))
     if name == 'cce_dice':
-        return (spec.get('cce_weight', 1.0) * CategoricalCrossentropy(weights)
+        return (spec.get('cce_weight', 1.0) * cce
                 + spec.get('dice_weight', 1.0) * DiceLoss(weights))
     raise ValueError(f'loss.name must be one of {list(LOSS_NAMES)}; got {name!r}')

@@ -24,9 +24,14 @@ from fvt_training.runs.run_files import COMMAND_FILE, CONFIG_FILE, METRICS_FILE,
 SUMMARY_KEYS = ('miou', 'miou_all', 'dice', 'pixel_accuracy', 'iou')
 
 
-def val_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Return the validation scores of ``metrics.json`` (the headline keys only; {} if none)."""
+def val_metrics(run_dir: str | os.PathLike, weights: str = 'best') -> dict[str, Any]:
+    """Return the validation scores of ``metrics.json`` for the ``best`` or ``last`` weights.
+
+    The headline keys only; {} if the run has none (or, for ``last``, predates them).
+    """
     payload = read_json(Path(run_dir) / METRICS_FILE) or {}
+    if weights == 'last':
+        payload = {**payload, 'metrics': payload.get('last_epoch', {}).get('metrics', {})}
     scores = payload.get('metrics', {})
     summary = {k: scores[k] for k in SUMMARY_KEYS if k in scores}
     if summary and 'split' in payload:
@@ -57,7 +62,8 @@ def run_contract(run_dir: str | os.PathLike, config: Mapping[str, Any],
 
     ``config`` is the run's resolved configuration; ``prepared_dir`` (default: the config's
     ``data.prepared_dir``) names the dataset and its licence in the provenance; ``output``
-    is what the file outputs (``probabilities`` or ``logits``).
+    is what the file outputs (``probabilities`` or ``logits``). The metrics are those of the
+    weights ``extra_provenance['weights']`` names (``best`` when it names none).
     """
     run_dir = Path(run_dir)
     normalization, color_order = model_normalization(config)
@@ -69,7 +75,7 @@ def run_contract(run_dir: str | os.PathLike, config: Mapping[str, Any],
         'architecture': spec['architecture'],
         'backbone': None if spec['architecture'] == 'unet_like' else spec['backbone'],
         'input_size': [int(v) for v in spec['input_size']],
-        'metrics': val_metrics(run_dir),
+        'metrics': val_metrics(run_dir, (extra_provenance or {}).get('weights', 'best')),
         'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
         'run': run_dir.name,
         'config_file': str(run_dir / CONFIG_FILE),
