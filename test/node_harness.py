@@ -76,7 +76,8 @@ class RosHarness:
             parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
         self.executor.add_node(self.node)
         if wait:
-            assert self.node.wait_ready(TIMEOUT), f'the model did not load: {self.node.load_error}'
+            model = self.node.model
+            assert model.wait_ready(TIMEOUT), f'the model did not load: {model.load_error}'
         return self.node
 
     def subscribe(self, topic: str, msg_type: Any, key: str | None = None,

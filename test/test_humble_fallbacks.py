@@ -126,7 +126,7 @@ def test_outputs_and_runtime_changes_work(humble, ros: RosHarness, tiny_model: P
     ros.wait_matched('mask')
     pub = ros.publisher('/image')
     pixels = np.random.default_rng(3).integers(0, 256, (48, 80, 3), np.uint8)
-    expected = node.segmenter.segment(pixels, 'RGB').classes
+    expected = node.model.segmenter.segment(pixels, 'RGB').classes
 
     pub.publish(image_msg(pixels, 'rgb8', 1))
     [mask] = ros.wait_count('mask', 1)

@@ -27,7 +27,7 @@ from fvt_segmentation.core.frame_processing import preprocess_frame
 from fvt_segmentation.core.model_choice import load_model
 from fvt_segmentation.core.providers import CUDA, TENSORRT
 from fvt_segmentation.core.segmenter import Segmenter
-from fvt_segmentation.node import segmentation_node
+from fvt_segmentation.node import model_holder
 from fvt_segmentation.node.pipeline_stats import STAGES
 
 MODEL_SIZE = (32, 64)
@@ -421,8 +421,8 @@ def test_model_loads_in_the_background_diagnostics_warn_then_ok(ros: RosHarness,
     assert status['level'] == DiagnosticStatus.WARN, status
     assert status['message'].startswith('loading model') and status['provider'] == 'loading'
     [result] = ros.set_params(overlay_alpha=0.25)  # parameter services answer meanwhile
-    assert result.successful and node.segmenter is None, 'the model loaded too fast to tell'
-    assert node.wait_ready(120.0)
+    assert result.successful and node.model.segmenter is None, 'the model loaded too fast to tell'
+    assert node.model.wait_ready(120.0)
     ros.wait_for(lambda: latest_status(ros)['level'] == DiagnosticStatus.OK, 'an OK status')
     status = latest_status(ros)
     assert status['message'] == 'waiting for the first frame'
@@ -434,7 +434,7 @@ def test_model_loads_in_the_background_diagnostics_warn_then_ok(ros: RosHarness,
 def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeGpu:
     """The node's loader runs on the fake GPU of fake_providers.py."""
     gpu = FakeGpu()
-    monkeypatch.setattr(segmentation_node, 'load_model',
+    monkeypatch.setattr(model_holder, 'load_model',
                         functools.partial(load_model, layer=gpu.layer()))
     return gpu
 
@@ -449,7 +449,7 @@ def test_default_providers_say_why_the_gpu_is_not_used(ros: RosHarness, model: P
                  and latest_status(ros)['provider'] != 'loading', 'a status after loading')
     status = latest_status(ros)
     assert status['provider'] == 'CPUExecutionProvider'
-    assert status['provider_fallback'] == node.segmenter.fallback_reason == (
+    assert status['provider_fallback'] == node.model.segmenter.fallback_reason == (
         f'TensorrtExecutionProvider: its library does not load: {MISSING[TENSORRT]}; '
         f'CUDAExecutionProvider: its library does not load: {MISSING[CUDA]}')
     assert status['precision'] == 'fp32' and status['trt_engine'] == 'none'
@@ -467,9 +467,9 @@ def test_shutdown_during_an_engine_build_starts_and_publishes_nothing(
     assert fake_gpu.building.wait(30.0), 'the engine build did not start'
     harness.close()  # the node is destroyed while TensorRT builds
     fake_gpu.build_gate.set()  # the build ends after the shutdown
-    node._loader.join(30.0)
-    assert not node._loader.is_alive()
-    assert errors == [] and node.segmenter is None and node._threads == []
+    node.model.loader.join(30.0)
+    assert not node.model.loader.is_alive()
+    assert errors == [] and node.model.segmenter is None and node._threads == []
     assert fake_gpu.built == ['fp16']
 
 
@@ -481,7 +481,7 @@ def test_an_fp16_parity_failure_is_an_error_once_then_a_warning(
         harness = RosHarness()
         try:
             segmenter = harness.start_node(model, providers=['tensorrt'],
-                                           trt_cache_dir=str(tmp_path / 'trt')).segmenter
+                                           trt_cache_dir=str(tmp_path / 'trt')).model.segmenter
         finally:
             harness.close()
         return segmenter, capfd.readouterr().err.splitlines()
@@ -503,7 +503,7 @@ def run_frames(model: Path, frames: list[np.ndarray]) -> dict[str, list[np.ndarr
     """Run ``frames`` through a fresh node; return each output's pixels (or fractions)."""
     harness = RosHarness()
     try:
-        segmenter = harness.start_node(model).segmenter
+        segmenter = harness.start_node(model).model.segmenter
         names = ('mask', 'confidence', 'class_fractions')
         subscribe_outputs(harness, *names)
         pub = harness.publisher('/image')

@@ -58,9 +58,9 @@ def test_node_loads_the_params_file(tmp_path: Path) -> None:
         node = SegmentationNode(context=ros.context,
                                 cli_args=['--ros-args', '--params-file', str(params)])
         try:
-            assert node.wait_ready(15.0)
+            assert node.model.wait_ready(15.0)
             assert node.settings.mask_resolution == 'model'
-            assert node.segmenter.model_path == model
+            assert node.model.segmenter.model_path == model
             assert node.get_parameter('input_reliability').value == 'best_effort'
         finally:
             node.destroy_node()

@@ -144,7 +144,7 @@ def serving(ros: RosHarness) -> tuple[Any, Any, np.ndarray]:
 def test_node_runs_int8_on_the_cpu_and_says_why(ros: RosHarness, shipped: Path) -> None:
     ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
     node = ros.start_node('', diagnostics_period=0.1)
-    assert node.segmenter.model_path == int8_path(shipped)
+    assert node.model.segmenter.model_path == int8_path(shipped)
     status = wait_status(ros, lambda s: s['provider'] != 'loading', 'a status after loading')
     assert status['model_precision'] == 'int8'
     assert status['model_file'] == str(int8_path(shipped))
@@ -157,7 +157,7 @@ def test_node_missing_int8_file_runs_float32_with_a_warning(ros: RosHarness, shi
     int8_path(shipped).unlink()
     ros.subscribe('/diagnostics', DiagnosticArray, 'diagnostics')
     node = ros.start_node('', diagnostics_period=0.1)
-    assert node.segmenter.model_path == shipped and node.choice.precision == 'float32'
+    assert node.model.segmenter.model_path == shipped and node.model.choice.precision == 'float32'
     status = wait_status(ros, lambda s: s['provider'] != 'loading', 'a status after loading')
     assert 'is missing: running the float32 file' in status['model_precision_reason']
     log = capfd.readouterr().err
@@ -169,8 +169,8 @@ def test_node_explicit_model_path_runs_as_it_is(ros: RosHarness, shipped: Path,
                                                 tmp_path: Path) -> None:
     mine = build_model(tmp_path / 'mine.onnx', size=(24, 40))
     node = ros.start_node(mine, precision='int8')
-    assert node.segmenter.model_path == mine and node.choice.precision == 'file'
-    assert node.segmenter.input_size == (24, 40)
+    assert node.model.segmenter.model_path == mine and node.model.choice.precision == 'file'
+    assert node.model.segmenter.input_size == (24, 40)
 
 
 def test_node_precision_change_reloads_while_the_old_model_serves(
@@ -185,14 +185,15 @@ def test_node_precision_change_reloads_while_the_old_model_serves(
         ros.wait_count('mask', sent)
 
     serve_one()
-    assert node.segmenter.input_size == (16, 32)  # the int8 stand-in
+    assert node.model.segmenter.input_size == (16, 32)  # the int8 stand-in
     [result] = ros.set_params(precision='float32')
     assert result.successful
-    while node.choice.precision != 'float32':  # frames keep being served meanwhile
+    while node.model.choice.precision != 'float32':  # frames keep being served meanwhile
         serve_one()
         assert sent < 500, 'the reload never finished'
     serve_one()
-    assert node.segmenter.model_path == shipped and node.segmenter.input_size == (32, 64)
+    assert node.model.segmenter.model_path == shipped
+    assert node.model.segmenter.input_size == (32, 64)
     status = wait_status(ros, lambda s: s.get('model_precision') == 'float32', 'float32')
     assert status['model_reload'].startswith('precision float32: default.onnx since ')
 
@@ -205,7 +206,7 @@ def test_node_precision_change_reloads_while_the_old_model_serves(
     assert 'not a loadable ONNX model' in status['model_reload']
     assert status['model_precision'] == 'float32' and status['level'] != DiagnosticStatus.ERROR
     serve_one()
-    assert node.segmenter.model_path == shipped
+    assert node.model.segmenter.model_path == shipped
     assert [m.header.stamp.nanosec for m in ros.received['mask']] == list(range(1, sent + 1))
 
 
@@ -220,10 +221,10 @@ def test_shutdown_during_a_load_starts_and_publishes_nothing(
     harness = RosHarness()
     node = harness.start_node(slow, wait=False)
     harness.close()  # destroys the node while its loader runs
-    assert node._loader.is_alive(), 'the model loaded too fast to tell'
-    node._loader.join(120.0)
-    assert not node._loader.is_alive()
-    assert errors == [] and node.segmenter is None and node._threads == []
+    assert node.model.loader.is_alive(), 'the model loaded too fast to tell'
+    node.model.loader.join(120.0)
+    assert not node.model.loader.is_alive()
+    assert errors == [] and node.model.segmenter is None and node._threads == []
 
 
 def test_model_files_deleted_while_running(ros: RosHarness, shipped: Path) -> None:
@@ -240,15 +241,15 @@ def test_model_files_deleted_while_running(ros: RosHarness, shipped: Path) -> No
     assert status['model_precision'] == 'int8'
     pub.publish(image_msg(pixels, 'rgb8', 2))
     ros.wait_count('mask', 2)
-    assert node.segmenter.model_path == int8_path(shipped)
+    assert node.model.segmenter.model_path == int8_path(shipped)
 
 
 def test_precision_change_with_a_model_path_of_yours_reloads_nothing(
         ros: RosHarness, shipped: Path, tmp_path: Path) -> None:
     mine = build_model(tmp_path / 'mine.onnx', size=(24, 40))
     node = ros.start_node(mine)
-    segmenter = node.segmenter
+    segmenter = node.model.segmenter
     [result] = ros.set_params(precision='int8')
     assert result.successful
     time.sleep(1.0)  # a reload of this tiny file would be done by now
-    assert node._reload_state == '' and node.segmenter is segmenter
+    assert node.model.reload_state == '' and node.model.segmenter is segmenter

@@ -1,7 +1,8 @@
 """Build the node's ``diagnostic_msgs/DiagnosticStatus`` from a snapshot of its statistics.
 
-A pure function of plain values (no rclpy, no clock), so every level decision is tested
-without ROS. The node calls :func:`build_status` about once a second.
+Pure functions of plain values (no rclpy, no clock), so every level decision is tested
+without ROS. The node calls :func:`build_status` about once a second, with the figures of its
+statistics and what runs (:func:`serving_values`, :func:`model_values`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from typing import TYPE_CHECKING
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
+from fvt_segmentation.core.sizes import format_size
 from fvt_segmentation.core.stats import LatencySummary
 
 if TYPE_CHECKING:
     from fvt_segmentation.core.segmenter import Segmenter
+    from fvt_segmentation.node.model_holder import Serving
+    from fvt_segmentation.node.params import RuntimeSettings
 
 RATE_TOLERANCE = 0.1
 """A rate more than this fraction below ``expected_rate`` is a WARN (as diagnostic_updater)."""
@@ -132,6 +136,27 @@ def model_values(segmenter: Segmenter) -> dict[str, str]:
                              f' ({"spinning" if spinning else "no spinning"})'),
         'contract_version': segmenter.contract.version,
         'io_binding': segmenter.io_binding or 'off',
+    }
+
+
+def serving_values(serving: Serving, input_topic: str, settings: RuntimeSettings,
+                   precision: str, reload_state: str) -> dict[str, str]:
+    """Return what runs, as /diagnostics values: input, model file and why, settings.
+
+    ``precision`` is the ``precision`` parameter, ``reload_state`` the latest reload's.
+    """
+    segmenter, choice = serving.segmenter, serving.choice
+    return {
+        'input_topic': input_topic,
+        'model_file': str(segmenter.model_path),
+        'model_precision': choice.precision,
+        'model_precision_reason': choice.warning or choice.reason,
+        'precision_parameter': precision,
+        'model_reload': reload_state,
+        'model_input_size': format_size(*segmenter.input_size[::-1]),
+        'mask_resolution': settings.mask_resolution,
+        'max_frame_age_ms': str(settings.max_frame_age_ms),
+        **model_values(segmenter),
     }
 
 

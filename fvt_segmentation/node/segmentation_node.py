@@ -6,9 +6,11 @@ stores the newest frame in a one-slot holder (:mod:`fvt_segmentation.node.latest
 inference thread takes it, decodes and segments it and puts the result in a second one-slot
 holder; the output thread builds the outputs somebody subscribes to
 (:mod:`fvt_segmentation.node.outputs`) and publishes them while the next frame is being
-inferred. A slow stage therefore drops frames instead of building a backlog.
-:mod:`fvt_segmentation.node.pipeline_stats` counts and times and
-:mod:`fvt_segmentation.node.diagnostics` reports. See README.md for topics and parameters.
+inferred. A slow stage therefore drops frames instead of building a backlog. The model is
+loaded, reloaded and held by :mod:`fvt_segmentation.node.model_holder`;
+:mod:`fvt_segmentation.node.pipeline_stats` counts and times,
+:mod:`fvt_segmentation.node.diagnostics` reports and :mod:`fvt_segmentation.node.log_text`
+words the log lines. See README.md for topics and parameters.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import time
 from typing import Any, NamedTuple
 
 from diagnostic_msgs.msg import DiagnosticArray
-import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.exceptions import ParameterException
@@ -42,19 +43,15 @@ from fvt_segmentation.core.conversions import (
     stamp_ns,
 )
 from fvt_segmentation.core.frame_processing import Segmentation
-from fvt_segmentation.core.gpu_load import ProgressWarning
-from fvt_segmentation.core.inference import check_model_file
-from fvt_segmentation.core.model_choice import ModelChoice, choose_model, load_model
-from fvt_segmentation.core.providers import TENSORRT
-from fvt_segmentation.core.segmenter import Segmenter
-from fvt_segmentation.core.sizes import format_size
 from fvt_segmentation.node.diagnostics import (
     HealthSnapshot,
     build_status,
     loading_status,
-    model_values,
+    serving_values,
 )
 from fvt_segmentation.node.latest_frame import LatestSlot
+from fvt_segmentation.node.log_text import model_text, qos_text, stamp_text
+from fvt_segmentation.node.model_holder import Hooks, ModelHolder, Serving
 from fvt_segmentation.node.outputs import (
     BUILDERS,
     MESSAGE_TYPES,
@@ -68,36 +65,12 @@ from fvt_segmentation.node.ros_compat import add_post_set_parameters_callback, m
 
 NODE_NAME = 'segmentation_node'
 LOG_THROTTLE_S = 5.0
-LOG_LIST_ITEMS = 12
-PARITY_FRAMES = 4
-LOAD_RETRY_DELAY_S = 2.0
-FAILURE_REPORT_S = 1.0
-FAILURE_REPORT_INTERVAL_S = 0.25
-"""A failed start repeats its ERROR status this often for this long, then the process ends."""
-
-
-def parity_frames() -> list[np.ndarray]:
-    """Frames of the bundled recording for the first-build TensorRT parity check.
-
-    Empty when the install left the recording out (``FVT_WITHOUT_RECORDING=1``): no check.
-    """
-    from fvt_segmentation.bag.bundled_recording import default_recording, sample_frames
-
-    if not default_recording().exists():
-        return []
-    return sample_frames(PARITY_FRAMES)
 
 
 class _Pending(NamedTuple):
     msg: Any
     received: float  # time.monotonic() in the subscription callback
     received_ns: int  # the node clock then, for the delivery time
-
-
-class _Serving(NamedTuple):
-    segmenter: Segmenter
-    style: OutputStyle
-    choice: ModelChoice
 
 
 class _Result(NamedTuple):
@@ -118,40 +91,16 @@ def _qos(reliability: str, depth: int) -> QoSProfile:
         durability=DurabilityPolicy.VOLATILE)
 
 
-def _compact(value: Any) -> Any:
-    """``value`` for one log line: long lists (e.g. calibration frame ids) only counted."""
-    if isinstance(value, dict):
-        return {k: _compact(v) for k, v in value.items()}
-    if isinstance(value, list) and len(value) > LOG_LIST_ITEMS:
-        return f'({len(value)} entries)'
-    return value
-
-
-def _stamp_text(msg: Any) -> str:
-    stamp = msg.header.stamp
-    return f'stamp {stamp.sec}.{stamp.nanosec:09d} frame_id {msg.header.frame_id!r}'
-
-
 class SegmentationNode(Node):
     """Segments every frame it can keep up with; see the module docstring."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self._declare_parameters()
-        self._requested = list(self._param('providers'))
         # A wrong model_path or provider name fails right here, before any thread starts.
-        check_model_file(choose_model(self._param('model_path'), 'float32', False).path,
-                         self._requested)
-        self._serving: _Serving | None = None
-        self.load_error: ModelLoadError | None = None
-        self._ready = threading.Event()
-        self._closing = threading.Event()
-        # Held while the pipeline starts or a reloaded model is installed, and by
-        # destroy_node: a load that ends after shutdown began then changes nothing.
-        self._lifecycle = threading.Lock()
-        self._reloads = threading.Lock()  # one reload at a time, in the order asked
-        self._reload_state = ''
-        self._load_stage = 'loading model'
+        self.model = ModelHolder(self._param, self.get_logger(), self._image_kwargs, Hooks(
+            installed=self._publish_categories, started=self._start_pipeline,
+            report=self._publish_diagnostics, shut_down=self.context.try_shutdown))
         self._max_pixels = int(self._param('max_input_pixels'))
         self.stats = PipelineStats(float(self._param('stats_window')), OUTPUTS)
         self.counters, self.published = self.stats.counters, self.stats.published
@@ -164,24 +113,7 @@ class SegmentationNode(Node):
             float(self._param('diagnostics_period')), self._publish_diagnostics)
         # The model loads (and a TensorRT engine builds) in the background: meanwhile the
         # node answers parameter services and /diagnostics says what it is doing.
-        self._loader = threading.Thread(target=self._load, name='segmentation_load',
-                                        daemon=True)
-        self._loader.start()
-
-    @property
-    def segmenter(self) -> Segmenter | None:
-        """The model the next frame runs through; None until the first load ends."""
-        return None if self._serving is None else self._serving.segmenter
-
-    @property
-    def choice(self) -> ModelChoice | None:
-        """Which file that model is and why; None until the first load ends."""
-        return None if self._serving is None else self._serving.choice
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        """Block until the model is loaded (True) or loading failed or timed out (False)."""
-        self._ready.wait(timeout)
-        return self.segmenter is not None
+        self.model.start()
 
     # ---- setup ------------------------------------------------------------------------
 
@@ -218,113 +150,19 @@ class SegmentationNode(Node):
             CompressedImage if self._compressed else Image, self.input_topic, self._on_frame,
             input_qos, qos_overriding_options=QoSOverridingOptions.with_default_policies())
 
-    def _on_progress(self, line: str) -> None:
-        self._load_stage = line
-        if isinstance(line, ProgressWarning):
-            self.get_logger().warning(line)
-        elif 'TensorRT' in line:
-            self.get_logger().info(line)
+    def _publish_categories(self, serving: Serving) -> None:
+        self._categories_pub.publish(String(data=serving.segmenter.contract.categories_json()))
 
-    def _open_model(self, precision: str) -> tuple[Segmenter, ModelChoice]:
-        """Choose and load the model file; any failure becomes one :class:`ModelLoadError`."""
-        try:
-            return load_model(
-                self._param('model_path'), precision, self._requested,
-                require_gpu=self._param('require_gpu'),
-                intra_op_threads=self._param('intra_op_threads'),
-                intra_op_spinning=self._param('intra_op_spinning'),
-                trt_cache_dir=self._param('trt_cache_dir') or None,
-                trt_fp16=self._param('trt_fp16'), parity_frames=parity_frames,
-                progress=self._on_progress)
-        except ModelLoadError:
-            raise
-        except Exception as err:  # noqa: BLE001 - whatever breaks, the node must say what
-            raise ModelLoadError(f'loading the model failed: {type(err).__name__}: '
-                                 f'{err}'.strip()[:600]) from err
-
-    def _load(self) -> None:
-        """Loader thread: open the model (retrying by ``load_retries``), start the pipeline."""
-        retries, precision = int(self._param('load_retries')), self._param('precision')
-        for attempt in range(retries + 1):
-            try:
-                segmenter, choice = self._open_model(precision)
-                break
-            except ModelLoadError as err:
-                if attempt == retries or self._closing.is_set():
-                    self._fail(err)
-                    return
-                self.get_logger().error(
-                    f'model load failed (try {attempt + 1} of {retries + 1}), trying again in '
-                    f'{LOAD_RETRY_DELAY_S:.0f} s: {err}')
-                self._load_stage = f'retrying after: {err}'
-                if self._closing.wait(LOAD_RETRY_DELAY_S):
-                    return
-        with self._lifecycle:
-            if self._closing.is_set():
-                return  # destroy_node ran while the model loaded
-            self._install(segmenter, choice)
-            self._threads = [
-                threading.Thread(target=self._drain, args=(self._frames, self._infer),
-                                 name='segmentation_inference', daemon=True),
-                threading.Thread(target=self._drain, args=(self._results, self._publish),
-                                 name='segmentation_outputs', daemon=True)]
-            for thread in self._threads:
-                thread.start()
-        # The subscription's profile includes any qos_overrides.<topic>.subscription.* values.
-        self._log_startup(self._subscription.qos_profile, self._output_qos)
-        if choice.warning:
-            self.get_logger().warning(choice.warning)
-        self._ready.set()
-        if self._param('precision') != precision:  # changed while the first model loaded
-            self._start_reload(self._param('precision'))
-
-    def _fail(self, err: ModelLoadError) -> None:
-        """End a start that cannot load: ERROR status and one fatal line, then exit."""
-        self.load_error = err
-        self.get_logger().fatal(f'cannot start: {err}')
-        self._ready.set()
-        # The ERROR status goes out a few times, for monitors still discovering the node;
-        # then main() exits with status 1 once spinning stops.
-        deadline = time.monotonic() + FAILURE_REPORT_S
-        while time.monotonic() < deadline:
-            with self._lifecycle:
-                if self._closing.is_set():
-                    return
-                self._publish_diagnostics()
-            self._closing.wait(FAILURE_REPORT_INTERVAL_S)
-        self.context.try_shutdown()
-
-    def _install(self, segmenter: Segmenter, choice: ModelChoice) -> None:
-        """Make ``segmenter`` the one the next frame runs through (the first or a reload)."""
-        # One assignment: a frame never pairs one model with another's style or choice.
-        self._serving = _Serving(segmenter, OutputStyle.of(segmenter.contract,
-                                                           self._image_kwargs), choice)
-        self._categories_pub.publish(String(data=segmenter.contract.categories_json()))
-
-    def _reload(self, precision: str) -> None:
-        """Reload thread: open the model ``precision`` asks for; the old one serves meanwhile."""
-        with self._reloads:
-            if self._closing.is_set():
-                return
-            self._reload_state = f'loading precision {precision}'
-            try:
-                segmenter, choice = self._open_model(precision)
-            except ModelLoadError as err:
-                self._reload_state = f'precision {precision} FAILED: {err}'
-                self.get_logger().error(f'precision {precision}: the reload failed, the running '
-                                        f'model keeps serving: {err}')
-                return
-            with self._lifecycle:
-                if self._closing.is_set():
-                    return
-                self._reload_state = (f'precision {precision}: {choice.path.name} since '
-                                      f'{time.strftime("%H:%M:%S")}')
-                self._install(segmenter, choice)
-            self.get_logger().info(
-                f'precision {precision}: now running {choice.path} ({choice.precision}; '
-                f'{choice.reason}) on {segmenter.active_provider}')
-            if choice.warning:
-                self.get_logger().warning(choice.warning)
+    def _start_pipeline(self, serving: Serving) -> None:
+        """Start the inference and output threads once the first model serves; log it."""
+        self._threads = [
+            threading.Thread(target=self._drain, args=(self._frames, self._infer),
+                             name='segmentation_inference', daemon=True),
+            threading.Thread(target=self._drain, args=(self._results, self._publish),
+                             name='segmentation_outputs', daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        self._log_startup(serving)
 
     # ---- parameters -------------------------------------------------------------------
 
@@ -344,17 +182,8 @@ class SegmentationNode(Node):
             self.settings = replace(self.settings, **changes)
             self.get_logger().info(f'parameters changed: {changes}')
         for parameter in parameters:
-            if parameter.name != 'precision' or not self._ready.is_set():
-                continue  # before the first load ends, the loader looks itself
-            if self._param('model_path').strip():
-                self.get_logger().info(f'precision {parameter.value}: no effect, model_path '
-                                       'is set and runs as it is')
-            else:
-                self._start_reload(parameter.value)
-
-    def _start_reload(self, precision: str) -> None:
-        threading.Thread(target=self._reload, args=(precision,), name='segmentation_reload',
-                         daemon=True).start()
+            if parameter.name == 'precision':
+                self.model.precision_changed(parameter.value)
 
     # ---- input and slot ---------------------------------------------------------------
 
@@ -378,7 +207,7 @@ class SegmentationNode(Node):
                 self.stats.failed(reason)
                 msg = item.msg if isinstance(item, _Pending) else item.pending.msg
                 self.get_logger().error(
-                    f'processing failed for {_stamp_text(msg)} on {self.input_topic}: '
+                    f'processing failed for {stamp_text(msg)} on {self.input_topic}: '
                     f'{reason}', throttle_duration_sec=LOG_THROTTLE_S)
 
     # ---- inference --------------------------------------------------------------------
@@ -407,7 +236,7 @@ class SegmentationNode(Node):
         if age_ms is not None:
             self.counters.add('stale')
             self.get_logger().warning(
-                f'skipped {_stamp_text(msg)} on {self.input_topic}: {age_ms:.0f} ms old > '
+                f'skipped {stamp_text(msg)} on {self.input_topic}: {age_ms:.0f} ms old > '
                 f'max_frame_age_ms {settings.max_frame_age_ms}',
                 throttle_duration_sec=LOG_THROTTLE_S)
             return
@@ -416,13 +245,13 @@ class SegmentationNode(Node):
             frame = self._decode(msg)
         except FrameError as err:
             self.counters.add('rejected')
-            self.get_logger().error(f'rejected {_stamp_text(msg)} on {self.input_topic}: {err}',
+            self.get_logger().error(f'rejected {stamp_text(msg)} on {self.input_topic}: {err}',
                                     throttle_duration_sec=LOG_THROTTLE_S)
             return
         self.stats.stage('conversion', (time.perf_counter() - start) * 1e3)
         wanted = frozenset(name for name in OUTPUTS if settings.enabled(name)
                            and self._outputs[name].get_subscription_count() > 0)
-        segmenter, style, _ = self._serving  # a reload may swap it meanwhile
+        segmenter, style, _ = self.model.serving  # a reload may swap it meanwhile
         result = segmenter.segment(frame.pixels, frame.color_order,
                                    want_confidence='confidence' in wanted)
         self.stats.segmented(result.timings_ms)
@@ -456,28 +285,21 @@ class SegmentationNode(Node):
 
     def health(self) -> HealthSnapshot:
         """Sample rates, latencies and counters now (the model must be loaded)."""
-        assert self._serving is not None, 'health() before the model was loaded'
-        (segmenter, _, choice), settings = self._serving, self.settings
-        return self.stats.snapshot(segmenter.active_provider, segmenter.name, {
-            'input_topic': self.input_topic,
-            'model_file': str(segmenter.model_path),
-            'model_precision': choice.precision,
-            'model_precision_reason': choice.warning or choice.reason,
-            'precision_parameter': self._param('precision'),
-            'model_reload': self._reload_state,
-            'model_input_size': format_size(*segmenter.input_size[::-1]),
-            'mask_resolution': settings.mask_resolution,
-            'max_frame_age_ms': str(settings.max_frame_age_ms),
-            **model_values(segmenter),
-        })
+        serving = self.model.serving
+        assert serving is not None, 'health() before the model was loaded'
+        return self.stats.snapshot(
+            serving.segmenter.active_provider, serving.segmenter.name,
+            serving_values(serving, self.input_topic, self.settings, self._param('precision'),
+                           self.model.reload_state))
 
     def _publish_diagnostics(self) -> None:
         name = f'{self.get_fully_qualified_name()}: segmentation'
-        if self.segmenter is None:
+        model = self.model
+        if model.serving is None:
             status = loading_status(
-                name, self._load_stage, time.monotonic() - self.stats.started,
+                name, model.stage, time.monotonic() - self.stats.started,
                 self._param('model_path') or 'the shipped model',
-                error='' if self.load_error is None else str(self.load_error))
+                error='' if model.load_error is None else str(model.load_error))
         else:
             status = build_status(self.health(), name, float(self._param('expected_rate')),
                                   float(self._param('stale_timeout')))
@@ -485,46 +307,18 @@ class SegmentationNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(msg)
 
-    def _log_startup(self, input_qos: QoSProfile, output_qos: QoSProfile) -> None:
-        segmenter = self.segmenter
-        assert segmenter is not None
-        height, width = segmenter.input_size
-        provenance = ', '.join(f'{k}={_compact(v)}'
-                               for k, v in sorted(segmenter.contract.provenance.items()))
+    def _log_startup(self, serving: Serving) -> None:
         outputs = ', '.join(self.resolve_topic_name(f'~/{n}') for n in (*OUTPUTS, 'categories'))
-        values = model_values(segmenter)
-
-        def qos_text(qos: QoSProfile) -> str:
-            return f'{qos.reliability.name.lower()}, keep last {qos.depth}'
-
-        engine = ''
-        if segmenter.engine_dir is not None and segmenter.engine_cached is not None:
-            engine = (f'\n  TensorRT engine: {values["trt_engine"]} in {segmenter.engine_dir}'
-                      + (f'; parity vs CPU: {segmenter.parity}' if segmenter.parity else ''))
-        choice = self.choice
-        assert choice is not None
+        # The subscription's profile includes any qos_overrides.<topic>.subscription.* values.
         self.get_logger().info(
-            f'ready: model {segmenter.name} from {choice.path} (input {width}x{height}, '
-            f'{segmenter.contract.layout} {segmenter.contract.color_order}, '
-            f'{segmenter.contract.num_classes} classes, contract v{segmenter.contract.version}'
-            f'; provenance: {provenance or "none"})\n'
-            f'  model precision: {choice.precision} ({choice.reason}; parameter precision '
-            f'{self._param("precision")})\n'
-            f'  provider: {segmenter.active_provider} (requested {self._requested}), '
-            + (f'TensorRT precision {segmenter.precision}, '
-               if segmenter.active_provider == TENSORRT else '')
-            + f'threads {values["intra_op_threads"]}, IO '
-            f'binding {values["io_binding"]}; loaded in {segmenter.load_seconds:.1f} s, '
-            f'warm-up run {segmenter.warmup_ms:.1f} ms'
-            + (f'\n  provider fallback: {segmenter.fallback_reason}'
-               if segmenter.fallback_reason else '') + engine + '\n'
+            f'ready: {model_text(serving, self.model.requested, self._param("precision"))}\n'
             f'  input: {self.input_topic} ({"CompressedImage" if self._compressed else "Image"}'
-            f'; {qos_text(input_qos)})\n'
-            f'  outputs: {outputs} ({qos_text(output_qos)}; categories transient local)\n'
+            f'; {qos_text(self._subscription.qos_profile)})\n'
+            f'  outputs: {outputs} ({qos_text(self._output_qos)}; categories transient local)\n'
             f'  mask_resolution {self.settings.mask_resolution}, max_frame_age_ms '
             f'{self.settings.max_frame_age_ms}, max_input_pixels {self._max_pixels}')
-        if segmenter.parity_failed:
-            self.get_logger().error(f'TensorRT parity check: {segmenter.parity}')
+        if serving.segmenter.parity_failed:
+            self.get_logger().error(f'TensorRT parity check: {serving.segmenter.parity}')
         for note in self.fallbacks:
             self.get_logger().info(f'compatibility fallback: {note}')
 
@@ -535,10 +329,9 @@ class SegmentationNode(Node):
         its own (its thread is a daemon) and, finding the node closing, starts nothing and
         publishes nothing.
         """
-        closing = getattr(self, '_closing', None)
-        if closing is not None:
-            with self._lifecycle:
-                closing.set()
+        model = getattr(self, 'model', None)
+        if model is not None:
+            model.close()
         for slot in (getattr(self, '_frames', None), getattr(self, '_results', None)):
             if slot is not None:
                 slot.close()
@@ -554,7 +347,7 @@ def main(args: list[str] | None = None) -> int:
     try:
         node = SegmentationNode()
         rclpy.spin(node)
-        if node.load_error is not None:
+        if node.model.load_error is not None:
             return 1  # the loader thread logged the fatal line and stopped spinning
     except (ModelLoadError, ParameterException) as err:
         rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {err}')
