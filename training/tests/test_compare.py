@@ -177,3 +177,15 @@ def test_last_epoch_and_held_out_columns(runs):
     assert [loso[h] for h in ('val mIoU', 'IoU object', *added)] == [
         '—', '—', '—', '—', '—', '0006R0', '0.5200', '0.540', '0.570']
     assert all(old[h] == '—' for h in added) and old['val mIoU'] == '0.6200'
+
+
+def test_model_and_loss_columns_name_the_fine_stage_and_the_hard_pixel_loss(tmp_path):
+    _run(tmp_path, 'recipe', arch='light_fpn', backbone='efficientnet_lite0', loss='cce_dice',
+         miou=0.8, extra=('model.fine_channels=32', 'loss.hard_pixel_fraction=0.3',
+                          'loss.class_weights=[0, 1, 1, 1, 1, 1, 1, 1]'))
+    _run(tmp_path, 'plain', arch='light_fpn', backbone='efficientnet_lite0', miou=0.7)
+    _, rows = _rows(compare([tmp_path / 'recipe', tmp_path / 'plain']))
+    assert (rows[0]['model'], rows[0]['loss']) == (
+        'light_fpn/efficientnet_lite0 + stride-2 stage (32 ch)',
+        'cce_dice (class-weighted, CE on the hardest 30% of pixels)')
+    assert (rows[1]['model'], rows[1]['loss']) == ('light_fpn/efficientnet_lite0', 'cce')

@@ -99,3 +99,29 @@ def test_a_sequence_of_part_of_a_split_batches_only_those_frames(manifest):
     assert sorted(train.ordered_ids) == sorted(trained)
     with pytest.raises(DataError, match=r"ids \['0016E5_07959'\] are not in split 'train'"):
         pipeline.make_sequence(manifest, 'train', ids=['0016E5_07959'])
+
+
+def test_a_union_of_splits_trains_on_both_and_reads_each_frame_from_its_folder(manifest):
+    from fvt_training.data import pipeline
+    from fvt_training.runs.frames import run_frames
+
+    union = manifest.split('train+val')
+    assert union.ids == manifest.ids('train') + manifest.ids('val')
+    # 7 train frames (2 flat, 3 sky, 2 human) and 1 val frame (vehicle), all the same size.
+    expected = np.zeros(len(CATEGORIES))
+    for category, frames in (('flat', 2), ('sky', 3), ('human', 2), ('vehicle', 1)):
+        expected[CATEGORIES.index(category)] = frames / 8
+    np.testing.assert_allclose(manifest.class_frequencies('train+val'), expected)
+    sequence = pipeline.make_sequence(manifest, 'train+val', batch_size=8)
+    labels = sequence[0][1].argmax(-1)[:, 0, 0]
+    assert [CATEGORIES[c] for c in labels] == [*TRAIN.values(), *VAL.values()]
+    frames = run_frames({'data': {'train_split': 'train+val', 'val_split': 'val',
+                                  'holdout_sequence': None}}, manifest)
+    assert frames.trained_val_frames == 1 and len(frames.train_ids) == 8
+    assert run_frames({'data': {'train_split': 'train', 'val_split': 'val',
+                                'holdout_sequence': None}}, manifest).trained_val_frames == 0
+    with pytest.raises(DataError, match=r"no split 'test'; this camvid folder has "
+                                        r"\['train', 'val'\]"):
+        manifest.split('train+test')
+    with pytest.raises(DataError, match="'train\\+train' names a split twice"):
+        manifest.split('train+train')

@@ -11,6 +11,7 @@ holds one sequence out.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 import json
@@ -30,6 +31,7 @@ MANIFEST_FORMAT = 1
 SPLITS = ('train', 'val', 'test')
 IMAGES = 'images'
 LABELS = 'labels'
+SPLIT_JOIN = '+'  # joins split names into their union: ``train+val``
 
 
 class DataError(ValueError):
@@ -82,13 +84,44 @@ class Manifest:
         return self.size[1], self.size[0]
 
     def split(self, split: str) -> SplitInfo:
-        """Return one split; a :class:`DataError` lists the splits there are."""
+        """Return one split, or the union of splits joined by ``+`` (``train+val``).
+
+        A union lists its parts' ids in order and weighs their class frequencies by frame
+        count (every frame of a prepared folder has the same size). A :class:`DataError`
+        lists the splits there are, or names a frame two parts share.
+        """
+        parts = split.split(SPLIT_JOIN)
+        infos = [self._one_split(part) for part in parts]
+        if len(infos) == 1:
+            return infos[0]
+        if len(set(parts)) < len(parts):
+            raise DataError(f'{self.folder / MANIFEST_NAME}: {split!r} names a split twice')
+        ids = tuple(i for info in infos for i in info.ids)
+        if len(set(ids)) < len(ids):
+            shared = sorted(i for i, n in Counter(ids).items() if n > 1)
+            raise DataError(f'{self.folder / MANIFEST_NAME}: the splits of {split!r} share '
+                            f'frames {shared[:5]}; a union needs distinct frame ids')
+        frequencies = sum(np.asarray(info.class_frequencies) * len(info.ids) for info in infos)
+        return SplitInfo(ids, tuple(float(f) for f in frequencies / len(ids)),
+                         ' + '.join(info.source for info in infos))
+
+    def _one_split(self, split: str) -> SplitInfo:
         try:
             return self.splits[split]
         except KeyError:
             extra = ''.join(f' {note}' for note in self.notes)
             raise DataError(f'{self.folder / MANIFEST_NAME}: no split {split!r}; this '
                             f'{self.dataset} folder has {sorted(self.splits)}.{extra}') from None
+
+    def folder_split(self, split: str, sample_id: str) -> str:
+        """Return the split folder that holds ``sample_id`` of ``split`` (a part of a union)."""
+        parts = split.split(SPLIT_JOIN)
+        if len(parts) == 1:
+            return split
+        for part in parts:
+            if sample_id in self._one_split(part).ids:
+                return part
+        raise DataError(f'{self.folder / MANIFEST_NAME}: no frame {sample_id!r} in {split!r}')
 
     def ids(self, split: str) -> tuple[str, ...]:
         """Return the sample ids of ``split`` in their fixed (sorted) order."""
@@ -195,6 +228,7 @@ def load_pair(manifest: Manifest, split: str, sample_id: str) -> tuple[np.ndarra
     size or holds ids outside the category list.
     """
     expected = manifest.height_width
+    split = manifest.folder_split(split, sample_id)
     paths = (image_path(manifest.folder, split, sample_id),
              label_path(manifest.folder, split, sample_id))
     image = cv2.imread(str(paths[0]), cv2.IMREAD_COLOR) if paths[0].is_file() else None

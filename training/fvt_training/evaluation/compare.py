@@ -86,7 +86,9 @@ def _model_name(run: dict) -> str | None:
     if arch is None:
         return None
     backbone = spec.get('backbone')
-    return arch if arch == 'unet_like' or not backbone else f'{arch}/{backbone}'
+    name = arch if arch == 'unet_like' or not backbone else f'{arch}/{backbone}'
+    fine = spec.get('fine_channels') if arch == 'light_fpn' else None
+    return f'{name} + stride-2 stage ({fine} ch)' if fine else name
 
 
 def _input_size(run: dict) -> str | None:
@@ -105,9 +107,13 @@ def _input_size(run: dict) -> str | None:
 def _loss(run: dict) -> str | None:
     spec = _dig(run, 'config', 'loss') or {}
     name = spec.get('name')
-    if name is None or spec.get('class_weights') is None:
-        return name
-    return f'{name} (class-weighted)'
+    if name is None:
+        return None
+    notes = [] if spec.get('class_weights') is None else ['class-weighted']
+    hard = spec.get('hard_pixel_fraction', 1.0)
+    if name in ('cce', 'cce_dice') and hard < 1.0:
+        notes.append(f'CE on the hardest {hard:.0%} of pixels')
+    return f'{name} ({", ".join(notes)})' if notes else name
 
 
 def _encoder_init(run: dict) -> str | None:

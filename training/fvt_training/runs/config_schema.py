@@ -156,7 +156,8 @@ SCHEMA: dict[str, Any] = {
         'prepared_dir': _f(None, 'str', 'prepared data folder for one input size (holds '
                            'manifest.json), written by `fvt-train prepare`', _str,
                            'data.prepared_dir: data/camvid/256x192', required=True),
-        'train_split': _f('train', 'str', 'split used for training', _str,
+        'train_split': _f('train', 'str', 'split used for training; splits joined by + train on '
+                          'their union (train+val: the val frames are then trained on)', _str,
                           'data.train_split: train'),
         'val_split': _f('val', 'str', 'split used for validation, checkpoints and metrics.json '
                         '(unless holdout_sequence is set)', _str, 'data.val_split: val'),

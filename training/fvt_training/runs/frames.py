@@ -37,6 +37,11 @@ class RunFrames:
             return self.val_split
         return f'{self.train_split} sequence {self.holdout_sequence} (held out)'
 
+    @property
+    def trained_val_frames(self) -> int:
+        """Count the validation frames that are trained on too (``train_split: train+val``)."""
+        return len(set(self.val_ids) & set(self.train_ids))
+
     def train_frequencies(self) -> np.ndarray:
         """Return the fraction of pixels per category over the training frames."""
         if self.holdout_sequence is None:
@@ -66,10 +71,11 @@ def make_sequences(config: Mapping, frames: RunFrames) -> tuple[Any, Any]:
     spec = config['data']
     common = dict(batch_size=spec['batch_size'], normalization=normalization,
                   color_order=color_order, workers=spec['workers'], seed=config['seed'])
-    train_seq = pipeline.make_sequence(frames.manifest, frames.train_split, ids=frames.train_ids,
-                                   augment=spec['augment'], shuffle=True, **common)
+    train_seq = pipeline.make_sequence(frames.manifest, frames.train_split,
+                                       ids=frames.train_ids, augment=spec['augment'],
+                                       shuffle=True, **common)
     val_seq = pipeline.make_sequence(frames.manifest, frames.val_split, ids=frames.val_ids,
-                                 augment='none', shuffle=False, **common)
+                                     augment='none', shuffle=False, **common)
     return train_seq, val_seq
 
 

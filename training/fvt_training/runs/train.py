@@ -136,6 +136,10 @@ def _train(config: dict, notify: Callable[[str], None], scratch: Path | None) ->
                   'chief writes the run folder)')
         write_config(config, folder / CONFIG_FILE,
                      header=f'Resolved configuration of run {folder.name} (fvt-train train).')
+        if frames.trained_val_frames:
+            print(f'note: {frames.trained_val_frames} of the {len(frames.val_ids)} '
+                  f'{frames.val_split} frames are trained on ({frames.train_split}): their '
+                  'scores say how well the model fits them, not how it does on unseen streets')
         return _fit(config, frames, folder, session, state=None)
 
 
