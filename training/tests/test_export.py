@@ -226,17 +226,21 @@ def test_reexport_needs_data_and_a_float32_file(reexported, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.fixture(scope='module')
-def exported_light_fpn(tmp_path_factory):
-    root = tmp_path_factory.mktemp('export_light_fpn')
+def _export_light_fpn(root, name, *extra):
+    """Export a tiny ImageNet-initialised light_fpn run (plus int8) as ``models/<name>.onnx``."""
     data = make_prepared(root / 'data', (64, 64), {'train': 6, 'val': 3})
-    run = make_run(root / 'runs', data, name='tiny_lite', extra=(
+    run = make_run(root / 'runs', data, name=f'tiny_{name}', extra=(
         'model.architecture=light_fpn', 'model.backbone=efficientnet_lite0',
-        'model.encoder_weights=imagenet', 'model.decoder_channels=16'))
-    out = root / 'models' / 'lite.onnx'
+        'model.encoder_weights=imagenet', 'model.decoder_channels=16', *extra))
+    out = root / 'models' / f'{name}.onnx'
     report = export.export_run(run, out, int8=True, calibration_frames=4, timing_runs=2,
                                timing_warmup=1)
     return out, report
+
+
+@pytest.fixture(scope='module')
+def exported_light_fpn(tmp_path_factory):
+    return _export_light_fpn(tmp_path_factory.mktemp('export_light_fpn'), 'lite')
 
 
 def test_light_fpn_exports_with_parity_and_the_encoder_licence(exported_light_fpn):
@@ -286,15 +290,8 @@ def test_int8_keeps_the_output_upsampling_in_float(exported_light_fpn):
 
 @pytest.fixture(scope='module')
 def exported_fine(tmp_path_factory):
-    root = tmp_path_factory.mktemp('export_fine')
-    data = make_prepared(root / 'data', (64, 64), {'train': 6, 'val': 3})
-    run = make_run(root / 'runs', data, name='tiny_fine', extra=(
-        'model.architecture=light_fpn', 'model.backbone=efficientnet_lite0',
-        'model.encoder_weights=imagenet', 'model.decoder_channels=16', 'model.fine_channels=8'))
-    out = root / 'models' / 'fine.onnx'
-    report = export.export_run(run, out, int8=True, calibration_frames=4, timing_runs=2,
-                               timing_warmup=1)
-    return out, report
+    return _export_light_fpn(tmp_path_factory.mktemp('export_fine'), 'fine',
+                             'model.fine_channels=8')
 
 
 def test_light_fpn_fine_stage_exports_with_parity_and_an_int8_file(exported_fine):
