@@ -324,3 +324,22 @@ def test_provenance_carries_the_metrics_of_the_weights_exported(tmp_path):
         contract = run_contract(run, config, data, {'weights': weights})
         assert contract.provenance['metrics']['miou'] == pytest.approx(miou)
         assert contract.provenance['weights'] == weights
+
+
+def test_a_run_judged_at_its_last_epoch_is_loaded_and_scored_with_its_last_weights(tmp_path):
+    import shutil
+
+    from fvt_training.evaluation.scoring import KerasRunModel
+    from fvt_training.runs.run_files import BEST_WEIGHTS, LAST_WEIGHTS
+    from fvt_training.runs.train import run_weights
+
+    data = make_prepared(tmp_path / 'data', (32, 32), {'train': 2, 'val': 2})
+    run = make_run(tmp_path / 'runs', data, extra=('train.select=last',
+                                                   'train.lr_schedule=cosine'))
+    assert (run_weights(run), run_weights(run, 'best')) == ('last', 'best')
+    with pytest.raises(RuntimeError, match=f'expected config.yaml and {LAST_WEIGHTS}'):
+        load_run(run)
+    shutil.copy(run / BEST_WEIGHTS, run / LAST_WEIGHTS)
+    model = KerasRunModel(run)
+    assert model.weights == 'last' and model.contract.provenance['weights'] == 'last'
+    assert run_weights(make_run(tmp_path / 'runs', data, name='judged_best')) == 'best'

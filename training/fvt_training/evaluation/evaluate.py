@@ -81,7 +81,8 @@ def evaluate(source: str | os.PathLike, data: str | os.PathLike | None = None,
              split: str | None = None, *, out_dir: str | os.PathLike | None = None,
              batch_size: int = 8, limit: int | None = None, samples: int = 4,
              timing_runs: int = 30, timing_warmup: int = 5, timing_batch: int = 8,
-             providers: Sequence[str] = DEFAULT_PROVIDERS, weights: str = 'best') -> dict:
+             providers: Sequence[str] = DEFAULT_PROVIDERS,
+             weights: str | None = None) -> dict:
     """Evaluate a run folder or ONNX file on ``split`` of a prepared folder; return the report.
 
     Writes the JSON report and the figures (see ``report_paths`` of the model kinds, or
@@ -101,8 +102,10 @@ def evaluate(source: str | os.PathLike, data: str | os.PathLike | None = None,
     if split is None:
         split = 'test' if 'test' in manifest.splits else 'val'
         if split != 'test':
-            print(f'{manifest.folder} has no test split: scoring val, the split that picked '
-                  'the best weights (so an optimistic score)')
+            why = ('the split the run validated on' if getattr(model, 'weights', '') == 'last'
+                   else 'the split that picked the best weights')
+            print(f'{manifest.folder} has no test split: scoring val, {why} (so an optimistic '
+                  'score)')
     ids = manifest.ids(split)[:limit]
     chosen = pick_samples(ids, samples)
     cm, kept = confusion_over_split(model, manifest, split, batch_size, limit, chosen)
@@ -201,8 +204,9 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                         help='the large batch timed besides batch 1 (default: 8)')
     parser.add_argument('--providers', default=','.join(DEFAULT_PROVIDERS),
                         help='ONNX Runtime providers in preference order (default: cpu)')
-    parser.add_argument('--weights', choices=('best', 'last'), default='best',
-                        help='which weights of a run (default: best)')
+    parser.add_argument('--weights', choices=('best', 'last'),
+                        help="a run's best or last-epoch weights (default: those its "
+                             'train.select judged it by)')
     parser.add_argument('--out-dir', help='folder for the JSON report and figures (default: '
                         'beside the run or model)')
     parser.set_defaults(func=run_evaluate_command)

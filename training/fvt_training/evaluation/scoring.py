@@ -37,16 +37,18 @@ class KerasRunModel:
 
     kind = 'keras'
 
-    def __init__(self, run_dir: str | os.PathLike, weights: str = 'best',
+    def __init__(self, run_dir: str | os.PathLike, weights: str | None = None,
                  prepared_dir: str | os.PathLike | None = None) -> None:
         import tensorflow as tf
 
         from fvt_training.runs.run_contract import run_contract
-        from fvt_training.runs.train import load_run
+        from fvt_training.runs.train import load_run, run_weights
 
         self.source = Path(run_dir)
-        self.config, self.model = load_run(self.source, weights)
-        self.contract: ModelContract = run_contract(self.source, self.config, prepared_dir)
+        self.weights = run_weights(self.source, weights)
+        self.config, self.model = load_run(self.source, self.weights)
+        self.contract: ModelContract = run_contract(self.source, self.config, prepared_dir,
+                                                    {'weights': self.weights})
         self.input_size: tuple[int, int] = tuple(self.config['model']['input_size'])
         self.name = self.source.name
         self.provider = 'tensorflow'
@@ -138,9 +140,9 @@ class OnnxFileModel:
 
 
 def open_model(source: str | os.PathLike, providers: Sequence[str] = DEFAULT_PROVIDERS,
-               weights: str = 'best', prepared_dir: str | os.PathLike | None = None
+               weights: str | None = None, prepared_dir: str | os.PathLike | None = None
                ) -> KerasRunModel | OnnxFileModel:
-    """Open a run folder (Keras) or an ``.onnx`` file for evaluation."""
+    """Open a run folder (Keras; ``weights`` None: its ``train.select``) or an ``.onnx`` file."""
     path = Path(source)
     if path.is_dir():
         return KerasRunModel(path, weights, prepared_dir)

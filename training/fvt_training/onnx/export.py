@@ -128,7 +128,7 @@ class _Variants:
 
 
 def export_run(source: str | os.PathLike, out: str | os.PathLike, *,
-               data: str | os.PathLike | None = None, weights: str = 'best',
+               data: str | os.PathLike | None = None, weights: str | None = None,
                fp16: bool = False, int8: bool = False, int8_format: str = 'qdq',
                parity_frames: int = 8, calibration_frames: int = 32, timing_runs: int = 30,
                timing_warmup: int = 5, int8_trt: bool = False, contract_version: int = 1,
@@ -356,7 +356,9 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument('--out', required=True, help='output file, e.g. models/NAME.onnx')
     parser.add_argument('--data', help="prepared folder (default: the run's "
                                        'data.prepared_dir; required for an .onnx RUN)')
-    parser.add_argument('--weights', choices=('best', 'last'), default='best')
+    parser.add_argument('--weights', choices=('best', 'last'),
+                        help="a run's best or last-epoch weights (default: those its "
+                             'train.select judged it by)')
     parser.add_argument('--int8', action='store_true',
                         help='also write a statically quantized int8 file')
     parser.add_argument('--int8-format', choices=INT8_FORMATS, default='qdq',

@@ -39,14 +39,18 @@ class ExportSource:
     run_dir: Path | None  # the run folder, for ``export.json`` (None for a file)
 
 
-def keras_source(run_dir: Path, weights: str = 'best',
+def keras_source(run_dir: Path, weights: str | None = None,
                  data: str | os.PathLike | None = None) -> ExportSource:
-    """Load a run's Keras model and convert it with tf2onnx."""
+    """Load a run's Keras model and convert it with tf2onnx.
+
+    ``weights`` is ``best`` or ``last``; None takes the run's ``train.select``.
+    """
     from fvt_training.data.prepared import read_manifest
     from fvt_training.evaluation import flops
     from fvt_training.runs.run_contract import run_contract
-    from fvt_training.runs.train import load_run
+    from fvt_training.runs.train import load_run, run_weights
 
+    weights = run_weights(run_dir, weights)
     config, model = load_run(run_dir, weights)
     manifest = read_manifest(data or config['data']['prepared_dir'])
     input_size = tuple(int(v) for v in config['model']['input_size'])

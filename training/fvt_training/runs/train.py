@@ -340,9 +340,27 @@ def _fit(config: dict, frames: RunFrames, folder: Path, session: TrainingSession
     return folder
 
 
-def load_run(run_dir: str | os.PathLike, weights: str = 'best') -> tuple[dict, tf.keras.Model]:
-    """Rebuild a run's model from its config.yaml and load its ``best`` (or ``last``) weights."""
+def run_weights(run_dir: str | os.PathLike, weights: str | None = None) -> str:
+    """Return ``weights`` (``best`` or ``last``), or when None the run's ``train.select``.
+
+    A run judged at its last epoch (``select: last``) is then exported and evaluated with the
+    weights it was judged by, not those val picked. A folder without a readable config
+    gives ``best`` (:func:`load_run` then says what is missing).
+    """
+    if weights is not None:
+        return weights
+    path = Path(run_dir) / CONFIG_FILE
+    return load_config(path)['train']['select'] if path.is_file() else 'best'
+
+
+def load_run(run_dir: str | os.PathLike,
+             weights: str | None = None) -> tuple[dict, tf.keras.Model]:
+    """Rebuild a run's model from its config.yaml and load its ``best`` or ``last`` weights.
+
+    ``weights`` None takes those of the run's ``train.select`` (see :func:`run_weights`).
+    """
     folder = Path(run_dir)
+    weights = run_weights(folder, weights)
     path = folder / (BEST_WEIGHTS if weights == 'best' else LAST_WEIGHTS)
     if not (folder / CONFIG_FILE).is_file() or not path.is_file():
         raise RunError(f'{folder} is not a run folder with weights: expected {CONFIG_FILE} '
