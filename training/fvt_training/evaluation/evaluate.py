@@ -102,7 +102,7 @@ def evaluate(source: str | os.PathLike, data: str | os.PathLike | None = None,
     if split is None:
         split = 'test' if 'test' in manifest.splits else 'val'
         if split != 'test':
-            why = ('the split the run validated on' if getattr(model, 'weights', '') == 'last'
+            why = ('the split the run validated on' if model.weights == 'last'
                    else 'the split that picked the best weights')
             print(f'{manifest.folder} has no test split: scoring val, {why} (so an optimistic '
                   'score)')

@@ -86,6 +86,7 @@ class OnnxFileModel:
     """An exported ONNX file loaded through the node's own loader."""
 
     kind = 'onnx'
+    weights = None  # a file holds one set of weights, not a run's best and last
 
     def __init__(self, path: str | os.PathLike,
                  providers: Sequence[str] = DEFAULT_PROVIDERS) -> None:
