@@ -11,11 +11,17 @@ from rosbags.rosbag2 import Reader
 from fvt_segmentation.core.contract import ModelContract, Normalization
 
 
-def run_demo(tmp_path, *args, rate='5', **kwargs):
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    return subprocess.run([sys.executable, '-m', 'fvt_segmentation.tools.demo', '--out',
-                           str(tmp_path / 'out'), '--rate', rate, '--providers', 'cpu', *args],
-                          capture_output=True, text=True, timeout=180, env=env, **kwargs)
+def demo_command(tmp_path, *args, rate='5'):
+    return [sys.executable, '-m', 'fvt_segmentation.tools.demo', '--out', str(tmp_path / 'out'),
+            '--rate', rate, '--providers', 'cpu', *args]
+
+
+DEMO_ENV = dict(os.environ, PYTHONUNBUFFERED='1')
+
+
+def run_demo(tmp_path, *args, rate='5'):
+    return subprocess.run(demo_command(tmp_path, *args, rate=rate), capture_output=True,
+                          text=True, timeout=180, env=DEMO_ENV)
 
 
 def test_demo_on_a_few_frames_writes_everything_it_promises(tmp_path):
@@ -92,11 +98,8 @@ def test_demo_on_a_full_disk_fails_in_one_line_and_keeps_the_masks_written(tmp_p
     import resource
 
     model = build_model(tmp_path / 'm.onnx', size=(96, 128))
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'fvt_segmentation.tools.demo', '--out', str(tmp_path / 'out'),
-         '--rate', '0', '--providers', 'cpu', '--model', str(model), '--no-gif'],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(demo_command(tmp_path, '--model', str(model), '--no-gif', rate='0'),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=DEMO_ENV)
     try:
         # The disk fills up once the replay runs, and only the demo's own files see it
         # (EFBIG past RLIMIT_FSIZE stands in for ENOSPC; Python ignores SIGXFSZ). Limiting the
