@@ -3,6 +3,9 @@
 Every pipeline transforms the image and its category mask together. Geometric transforms
 resample masks with nearest-neighbour interpolation (a linear one would invent categories on
 boundaries) and fill uncovered borders of the mask with void, which evaluation ignores.
+Rescaling uses the pixel-centred nearest (``NEAREST``): OpenCV's plain INTER_NEAREST resize puts
+a mask up to a pixel off its linearly resized image. Warps (rotation, elastic, grid) map
+coordinates themselves, so either flag keeps masks on their image there.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import albumentations as A  # noqa: N812 - the library's own convention
 import cv2
 
 from fvt_segmentation.core.contract import VOID
+from fvt_segmentation.core.conversions import NEAREST
 from fvt_training.data.prepared import DataError
 
+# Nearest-neighbour flags: the only ones that keep mask values category ids.
+MASK_SAFE = (NEAREST, cv2.INTER_NEAREST)
 PIPELINE_SUFFIXES = {'.json': 'json', '.yaml': 'yaml', '.yml': 'yaml'}
 
 
@@ -58,7 +64,7 @@ def _rescale_and_crop(height_width: Sequence[int]) -> list[A.BasicTransform]:
     height, width = (int(v) for v in height_width)
     return [
         A.RandomScale(scale_limit=(-0.25, 0.5), interpolation=cv2.INTER_LINEAR,
-                      mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+                      mask_interpolation=NEAREST, p=1.0),
         A.PadIfNeeded(min_height=height, min_width=width, border_mode=cv2.BORDER_CONSTANT,
                       fill=0, fill_mask=VOID),
         A.RandomCrop(height=height, width=width),
@@ -113,11 +119,12 @@ def check_mask_safe(pipeline: A.BaseCompose, source: str) -> None:
     for transform in _walk(pipeline):
         # None (Compose's default) means "leave each transform's own setting".
         interpolation = getattr(transform, 'mask_interpolation', None)
-        if interpolation is not None and interpolation != cv2.INTER_NEAREST:
+        if interpolation is not None and interpolation not in MASK_SAFE:
             raise AugmentationError(
                 f'{source}: {type(transform).__name__} resamples masks with interpolation '
-                f'{interpolation}; masks need mask_interpolation={cv2.INTER_NEAREST} '
-                '(cv2.INTER_NEAREST), or category boundaries get invented ids')
+                f'{interpolation}; masks need mask_interpolation={NEAREST} '
+                f'(cv2.INTER_NEAREST_EXACT) or {cv2.INTER_NEAREST} (cv2.INTER_NEAREST), or '
+                'category boundaries get invented ids')
 
 
 def _load_pipeline(path: Path) -> A.Compose:

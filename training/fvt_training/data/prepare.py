@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fvt_segmentation.core.contract import CATEGORIES
+from fvt_segmentation.core.conversions import resize_nearest
 from fvt_segmentation.core.sizes import SizeError, parse_sizes
 from fvt_training.common.arg_types import positive_int
 from fvt_training.common.files import TMP_PREFIX, write_png_atomic
@@ -40,6 +41,7 @@ from fvt_training.data.datasets import (
 )
 from fvt_training.data.prepared import (
     IMAGES,
+    LABEL_RESIZE,
     LABELS,
     MANIFEST_NAME,
     SPLITS,
@@ -140,7 +142,7 @@ def _process_pair(source: Source, split: str, pair: SourcePair,
     for job in to_build:
         width, height = job.size
         small_image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-        small_label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
+        small_label = resize_nearest(label, (height, width))
         write_png_atomic(image_path(job.folder, split, pair.sample_id), small_image, rgb=True)
         write_png_atomic(label_path(job.folder, split, pair.sample_id), small_label, rgb=False)
         counts[job.size] = _counts(small_label)
@@ -165,6 +167,7 @@ def _is_up_to_date(source: Source, folder: Path, size: tuple[int, int]) -> bool:
             f'{manifest.source_root}; refusing to replace it with {source.name} from '
             f'{source.root}: choose another --out or delete that folder')
     same = (manifest.size == size and manifest.seed == source.seed
+            and manifest.label_resize == LABEL_RESIZE
             and manifest.val_fraction == source.val_fraction
             and {k: v.ids for k, v in manifest.splits.items()} == _plan_splits(source))
     return same and all(
@@ -189,10 +192,29 @@ def _clean_folder(folder: Path, plan: dict[str, tuple[str, ...]]) -> int:
     return removed
 
 
+def _remove_shifted_labels(folder: Path) -> int:
+    """Delete the labels of a folder prepared with INTER_NEAREST; return how many."""
+    try:
+        if read_manifest(folder).label_resize == LABEL_RESIZE:
+            return 0
+    except DataError:
+        return 0
+    removed = 0
+    for split in SPLITS:
+        for path in (folder / split / LABELS).glob('*.png'):
+            path.unlink()
+            removed += 1
+    return removed
+
+
 def _make_job(source: Source, out: Path, size: tuple[int, int]) -> _SizeJob:
     folder = out / size_folder_name(size)
     up_to_date = _is_up_to_date(source, folder, size)
     if not up_to_date:
+        shifted = _remove_shifted_labels(folder)
+        if shifted:
+            print(f'{folder}: rebuilding {shifted} labels resized with INTER_NEAREST, which '
+                  'puts them up to a pixel off their image', file=sys.stderr)
         (folder / MANIFEST_NAME).unlink(missing_ok=True)
         plan = _plan_splits(source)
         removed = _clean_folder(folder, plan)

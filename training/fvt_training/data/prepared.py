@@ -28,6 +28,10 @@ from fvt_training.common.files import write_bytes_atomic
 
 MANIFEST_NAME = 'manifest.json'
 MANIFEST_FORMAT = 1
+LABEL_RESIZE = 'nearest_exact'
+"""How this version resizes labels (``manifest.json``'s ``label_resize``): OpenCV's
+INTER_NEAREST_EXACT, aligned with the images' area resize. Manifests without the key were
+written with INTER_NEAREST, whose labels sit up to a pixel off their image."""
 SPLITS = ('train', 'val', 'test')
 IMAGES = 'images'
 LABELS = 'labels'
@@ -77,6 +81,7 @@ class Manifest:
     licence: str
     notes: tuple[str, ...]
     created: str
+    label_resize: str = LABEL_RESIZE
 
     @property
     def height_width(self) -> tuple[int, int]:
@@ -144,6 +149,7 @@ class Manifest:
             'licence': self.licence,
             'notes': list(self.notes),
             'created': self.created,
+            'label_resize': self.label_resize,
             'splits': {
                 name: {
                     'count': len(info.ids),
@@ -208,7 +214,8 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
             folder=folder, dataset=str(raw['dataset']), source_root=str(raw['source_root']),
             size=size, categories=categories, splits=splits, seed=raw['seed'],
             val_fraction=raw['val_fraction'], licence=str(raw['licence']),
-            notes=tuple(str(n) for n in raw['notes']), created=str(raw['created']))
+            notes=tuple(str(n) for n in raw['notes']), created=str(raw['created']),
+            label_resize=str(raw.get('label_resize', 'nearest')))
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise DataError(f'{path}: malformed manifest ({type(err).__name__}: {err})') from None
     if categories != CATEGORIES:
