@@ -220,3 +220,21 @@ def test_resize_nearest_is_nearest_and_noop_at_same_size():
     assert big.shape == (4, 6) and set(np.unique(big)) == {0, 1, 2, 3}
     assert big[0, 0] == 0 and big[3, 5] == 3
     assert resize_nearest(cm, (2, 2)) is cm
+
+
+@pytest.mark.parametrize('size', [(480, 640), (144, 192), (1024, 2048)])
+def test_resize_nearest_keeps_a_class_map_on_its_linearly_resized_image(size):
+    # Each pixel holds its column: after a resize, a map value says which source column the
+    # pixel came from and the linearly resized image where that pixel's centre lies.
+    columns = np.tile(np.arange(240, dtype=np.uint8), (180, 1))
+    came_from = resize_nearest(columns, size).astype(np.float32)
+    centre = cv2.resize(columns.astype(np.float32), size[::-1], interpolation=cv2.INTER_LINEAR)
+    inside = slice(8, -8)  # the linear resize clamps at the borders
+    assert np.abs(came_from - centre)[:, inside].max() <= 0.5 + 1e-4
+
+
+def test_resize_nearest_there_and_back_gives_the_map_again():
+    # The node upscales a 480x360 camera for a 640x480 network and scales the mask back.
+    labels = RNG.integers(0, 8, (360, 480), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_nearest(resize_nearest(labels, (480, 640)), (360, 480)),
+                                  labels)

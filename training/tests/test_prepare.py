@@ -156,6 +156,35 @@ def test_rerun_skips_complete_sizes_and_finishes_partial_ones(capsys, cityscapes
     assert manifest_after == manifest_before
 
 
+def test_labels_are_resized_on_their_image_and_older_shifted_ones_rebuilt(capsys,
+                                                                          cityscapes_tree,
+                                                                          tmp_path):
+    # 64x32 -> 36x18 is a factor of 16/9: OpenCV's INTER_NEAREST picks other source pixels
+    # than the pixel-centred resize the images' area resize agrees with.
+    out = tmp_path / 'out'
+    assert prepare_cityscapes(capsys, cityscapes_tree, out, '--size', '36x18')[0] == 0
+    folder = out / '36x18'
+    labels = sorted(folder.rglob('labels/*.png'))
+    centred = cv2.resize(categories(), (36, 18), interpolation=cv2.INTER_NEAREST_EXACT)
+    shifted = cv2.resize(categories(), (36, 18), interpolation=cv2.INTER_NEAREST)
+    assert not np.array_equal(centred, shifted)
+    for path in labels:
+        np.testing.assert_array_equal(read_label(path), centred)
+    # A folder of an earlier version: shifted labels, a manifest without label_resize.
+    raw = json.loads((folder / 'manifest.json').read_text())
+    assert raw.pop('label_resize') == 'nearest_exact'
+    (folder / 'manifest.json').write_text(json.dumps(raw))
+    for path in labels:
+        Image.fromarray(shifted).save(path)
+    assert read_manifest(folder).label_resize == 'nearest'
+    code, err = prepare_cityscapes(capsys, cityscapes_tree, out, '--size', '36x18')
+    assert code == 0 and f'rebuilding {len(labels)} labels' in err
+    for path in labels:
+        np.testing.assert_array_equal(read_label(path), centred)
+    assert read_manifest(folder).label_resize == 'nearest_exact'
+    assert 'up to date' in prepare_cityscapes(capsys, cityscapes_tree, out, '--size', '36x18')[1]
+
+
 def test_new_seed_moves_frames_between_splits(capsys, cityscapes_tree, tmp_path):
     out = tmp_path / 'out'
     code, err = prepare_cityscapes(capsys, cityscapes_tree, out, '--size', '16x8', '--seed', '1')

@@ -5,9 +5,9 @@ input and upsamples the scores bilinearly. Even a perfect classifier on that gri
 a pole narrower than a cell. :func:`grid_bound_confusion` measures that ceiling on real
 labels: each label map is scaled to the network's input size as one-hot scores, averaged over
 the cells of the grid (the best a cell can say about its pixels), upsampled back bilinearly,
-argmaxed and scored at the label size the way ``fvt-train evaluate`` scores a model
-(labels and class maps resized with :func:`~fvt_segmentation.core.conversions.resize_nearest`). A score
-far above a model's means the grid is not what limits it.
+argmaxed and scored at the label size the way ``fvt-train evaluate`` scores a model (label and
+class maps resized with ``resize_nearest``). A score far above a model's means the grid is not
+what limits it.
 """
 
 from __future__ import annotations
