@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 
 import numpy as np
 from prepared_fixture import make_prepared
@@ -190,6 +191,19 @@ def test_cli_reports_bad_input_size_in_one_line(prepared, tmp_path, capsys):
     assert main(['train', str(config)]) == 2
     err = capsys.readouterr().err
     assert 'model.input_size is [48, 48]' in err and '[64, 64]' in err
+
+
+def test_training_on_labels_prepared_before_alignment_warns(prepared, tmp_path, capsys):
+    old = tmp_path / 'old' / prepared.name
+    shutil.copytree(prepared, old)
+    raw = json.loads((old / 'manifest.json').read_text())
+    raw.pop('label_resize')  # as written before labels were resized pixel-centred
+    (old / 'manifest.json').write_text(json.dumps(raw))
+    tiny = ('train.epochs=1', 'model.filters=[8, 16]')
+    train(_config(old, tmp_path / 'runs', *tiny))
+    assert f'warning: {old} was prepared with OpenCV INTER_NEAREST' in capsys.readouterr().err
+    train(_config(prepared, tmp_path / 'runs', *tiny))
+    assert 'INTER_NEAREST' not in capsys.readouterr().err
 
 
 def test_cosine_learning_rate_warms_up_then_decays_to_the_minimum():

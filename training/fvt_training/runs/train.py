@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from fvt_segmentation.core.contract import CATEGORIES, VOID
 from fvt_segmentation.core.metrics import confusion_matrix, summarize
+from fvt_training.data.prepared import LABEL_RESIZE
 from fvt_training.models.factories import build_model, model_normalization
 from fvt_training.runs.callbacks import (
     PROGRESS_EVERY_S,
@@ -140,6 +141,10 @@ def _train(config: dict, notify: Callable[[str], None], scratch: Path | None) ->
             print(f'note: {frames.trained_val_frames} of the {len(frames.val_ids)} '
                   f'{frames.val_split} frames are trained on ({frames.train_split}): their '
                   'scores say how well the model fits them, not how it does on unseen streets')
+        if frames.manifest.label_resize != LABEL_RESIZE:
+            print(f'warning: {frames.manifest.folder} was prepared with OpenCV INTER_NEAREST, '
+                  'whose labels sit up to a pixel off their image: run the same `fvt-train '
+                  'prepare` again to rebuild them', file=sys.stderr)
         return _fit(config, frames, folder, session, state=None)
 
 
