@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from fvt_segmentation.core.contract import CATEGORIES
+from fvt_segmentation.core.contract import CATEGORIES, VOID
 from fvt_segmentation.core.metrics import summarize
 from fvt_segmentation.core.sizes import parse_size
 from fvt_training.data.prepared import read_manifest
@@ -34,13 +34,14 @@ def main() -> None:
     manifest = read_manifest(args.data)
     labels = split_labels(manifest, args.split)
     width, height = args.input
-    names = [name for name in CATEGORIES if name != 'void']
+    names = [name for index, name in enumerate(CATEGORIES) if index != VOID]
     print(f'{args.split} of {args.data} ({len(labels)} label maps), network input '
           f'{width}x{height}: a perfect classifier on the grid of each stride\n')
     print('| stride | mIoU | ' + ' | '.join(names) + ' |')
     print('| --- ' * (len(names) + 2) + '|')
     for stride in args.strides:
-        scores = summarize(grid_bound_confusion(labels, (height, width), stride), CATEGORIES)
+        scores = summarize(grid_bound_confusion(labels, (height, width), stride), CATEGORIES,
+                           ignore_index=VOID)
         print(f'| {stride} | {scores["miou"]:.3f} | '
               + ' | '.join(f'{scores["iou"][n]:.3f}' for n in names) + ' |')
 

@@ -13,7 +13,6 @@ what limits it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import cv2
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from fvt_segmentation.core.contract import CATEGORIES
 from fvt_segmentation.core.conversions import resize_nearest
 from fvt_segmentation.core.metrics import confusion_matrix
+from fvt_training.data.prepared import Manifest, load_pair
 
 
 def grid_scores(labels: np.ndarray, input_size: tuple[int, int], stride: int) -> np.ndarray:
@@ -36,8 +36,7 @@ def grid_scores(labels: np.ndarray, input_size: tuple[int, int], stride: int) ->
                          f'stride {stride}')
     scaled = np.eye(len(CATEGORIES), dtype=np.float32)[resize_nearest(labels, input_size)]
     cells = scaled.reshape(height // stride, stride, width // stride, stride, -1).mean((1, 3))
-    return np.stack([cv2.resize(cells[..., c], (width, height), interpolation=cv2.INTER_LINEAR)
-                     for c in range(cells.shape[-1])], axis=-1)
+    return cv2.resize(cells, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def grid_bound_confusion(labels: Sequence[np.ndarray], input_size: tuple[int, int],
@@ -51,8 +50,6 @@ def grid_bound_confusion(labels: Sequence[np.ndarray], input_size: tuple[int, in
     return cm
 
 
-def split_labels(manifest: Any, split: str) -> list[np.ndarray]:
+def split_labels(manifest: Manifest, split: str) -> list[np.ndarray]:
     """Read every label map of ``split`` from a prepared folder's manifest."""
-    from fvt_training.data.prepared import load_pair
-
     return [load_pair(manifest, split, sample_id)[1] for sample_id in manifest.ids(split)]
