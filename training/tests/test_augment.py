@@ -175,7 +175,7 @@ def test_rescaled_masks_stay_on_their_image(name):
     # Each pixel holds its column. After the preset's rescaling, a mask value says which
     # source column the pixel came from and the linearly resampled image where the pixel's
     # centre lies: nearest keeps them within half a pixel. OpenCV's plain INTER_NEAREST
-    # resize put masks a third of a pixel left of their image on average, up to 0.9 pixel.
+    # resize put masks up to a pixel left of their image, by an amount depending on the scale.
     columns = np.tile(np.arange(200, dtype=np.float32), (40, 1))
     image, mask = np.repeat(columns[..., None], 3, axis=2), columns.astype(np.uint8)
     (rescale,) = [t for t in build_augmentation(name, (40, 200)).transforms
