@@ -184,8 +184,11 @@ def test_model_and_loss_columns_name_the_fine_stage_and_the_hard_pixel_loss(tmp_
          miou=0.8, extra=('model.fine_channels=32', 'loss.hard_pixel_fraction=0.3',
                           'loss.class_weights=[0, 1, 1, 1, 1, 1, 1, 1]'))
     _run(tmp_path, 'plain', arch='light_fpn', backbone='efficientnet_lite0', miou=0.7)
-    _, rows = _rows(compare([tmp_path / 'recipe', tmp_path / 'plain']))
+    _run(tmp_path, 'edges', arch='light_fpn', backbone='efficientnet_lite0', miou=0.6,
+         extra=('loss.edge_weight=2', 'loss.edge_width=3'))
+    _, rows = _rows(compare([tmp_path / 'recipe', tmp_path / 'plain', tmp_path / 'edges']))
     assert (rows[0]['model'], rows[0]['loss']) == (
         'light_fpn/efficientnet_lite0 + stride-2 stage (32 ch)',
         'cce_dice (class-weighted, CE on the hardest 30% of pixels)')
     assert (rows[1]['model'], rows[1]['loss']) == ('light_fpn/efficientnet_lite0', 'cce')
+    assert rows[2]['loss'] == 'cce (CE x3 within 3 px of an edge)'

@@ -48,6 +48,8 @@ def test_file_plus_overrides(tmp_path):
     ('model.architecture=segnet', "must be unet_like|unet|fpn|linknet|pspnet .*got 'segnet'"),
     ('loss.class_weights=[1, 2]', r'list of 8 floats.*got \[1, 2\]'),
     ('train.plateau_factor=1.5', r'float in \(0, 1\)'),
+    ('loss.edge_weight=-1', r'loss.edge_weight must be float >= 0 .*got -1'),
+    ('loss.edge_width=0', r'loss.edge_width must be int >= 1 .*got 0'),
     ('model.input_size=[128]', r'\[height, width\]'),
     ('model.backbne=resnet18', "unknown configuration key 'model.backbne' .*did you mean "
                                "'model.backbone'"),

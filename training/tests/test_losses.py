@@ -11,6 +11,7 @@ from fvt_training.runs.losses import (
     JaccardLoss,
     categorical_crossentropy,
     dice_loss,
+    edge_pixels,
     focal_loss,
     frequency_weights,
     jaccard_loss,
@@ -34,6 +35,38 @@ def test_categorical_crossentropy():
     assert _f(categorical_crossentropy(Y_TRUE, Y_PRED)) == pytest.approx((LN08 + LN06) / 2)
     weighted = categorical_crossentropy(Y_TRUE, Y_PRED, [1.0, 3.0])
     assert _f(weighted) == pytest.approx((LN08 + 3 * LN06) / 2)
+
+
+# A row of five pixels, classes 0 0 0 0 1; the truth scores 0.8 on class 0, 0.6 on class 1.
+ROW_TRUE = tf.constant([[[[1.0, 0.0]] * 4 + [[0.0, 1.0]]]])
+ROW_PRED = tf.constant([[[[0.8, 0.2]] * 4 + [[0.4, 0.6]]]])
+
+
+def test_edge_pixels_are_those_with_another_category_nearby_not_the_image_border():
+    assert edge_pixels(ROW_TRUE, 1).numpy().tolist() == [[[0, 0, 0, 1, 1]]]
+    assert edge_pixels(ROW_TRUE, 2).numpy().tolist() == [[[0, 0, 1, 1, 1]]]
+    square = np.zeros((1, 5, 5, 2), np.float32)
+    square[..., 0] = 1.0
+    square[0, 2, 2] = (0.0, 1.0)  # one pixel of class 1 in the middle
+    edges = edge_pixels(tf.constant(square), 1).numpy()[0]
+    assert edges[1:4, 1:4].sum() == 9 and edges.sum() == 9
+
+
+def test_edge_weighted_crossentropy_counts_edge_pixels_1_plus_weight_times():
+    # width 1: the last two pixels are edge, each counts twice with edge_weight 1
+    assert _f(categorical_crossentropy(ROW_TRUE, ROW_PRED, edge_weight=1.0, edge_width=1)) == \
+        pytest.approx((3 * LN08 + 2 * LN08 + 2 * LN06) / 5)
+    # width 2: three edge pixels, three times with edge_weight 2; the mean stays over 5 pixels
+    assert _f(categorical_crossentropy(ROW_TRUE, ROW_PRED, edge_weight=2.0, edge_width=2)) == \
+        pytest.approx((2 * LN08 + 3 * (2 * LN08 + LN06)) / 5)
+    built = make_loss({'name': 'cce', 'edge_weight': 1.0, 'edge_width': 1})
+    assert _f(built(ROW_TRUE, ROW_PRED)) == pytest.approx((5 * LN08 + 2 * LN06) / 5)
+    assert _f(categorical_crossentropy(ROW_TRUE, ROW_PRED)) == pytest.approx(
+        (4 * LN08 + LN06) / 5)
+    with pytest.raises(ValueError, match='edge_weight must be >= 0; got -1.0'):
+        categorical_crossentropy(ROW_TRUE, ROW_PRED, edge_weight=-1.0)
+    with pytest.raises(ValueError, match='edge width must be >= 1 pixel; got 0'):
+        categorical_crossentropy(ROW_TRUE, ROW_PRED, edge_weight=1.0, edge_width=0)
 
 
 def test_hard_pixel_crossentropy_averages_only_the_hardest_pixels():

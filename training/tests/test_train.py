@@ -373,9 +373,11 @@ def test_a_fixed_schedule_runs_every_epoch_and_scores_the_last(sequenced, tmp_pa
     assert (metrics['epochs'], metrics['best_epoch'], metrics['last_epoch']['epoch']) == (3, 1, 3)
 
 
-def test_light_fpn_with_a_fine_stage_and_hard_pixel_loss_trains_one_epoch(prepared, tmp_path):
+def test_light_fpn_with_a_fine_stage_and_hard_pixel_edge_weighted_loss_trains_one_epoch(
+        prepared, tmp_path):
     config = _config(prepared, tmp_path, *LIGHT_FPN, 'train.epochs=1', 'model.fine_channels=8',
-                     'loss.name=cce_dice', 'loss.hard_pixel_fraction=0.25')
+                     'loss.name=cce_dice', 'loss.hard_pixel_fraction=0.25',
+                     'loss.edge_weight=2', 'loss.edge_width=1')
     run = train(config)
     rows = _history(run)
     assert len(rows) == 1 and np.isfinite(float(rows[0]['loss']))

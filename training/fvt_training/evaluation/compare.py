@@ -113,6 +113,9 @@ def _loss(run: dict) -> str | None:
     hard = spec.get('hard_pixel_fraction', 1.0)
     if name in ('cce', 'cce_dice') and hard < 1.0:
         notes.append(f'CE on the hardest {hard:.0%} of pixels')
+    edge = spec.get('edge_weight', 0.0)
+    if name in ('cce', 'cce_dice') and edge:
+        notes.append(f'CE x{1 + edge:g} within {spec.get("edge_width", 2)} px of an edge')
     return f'{name} ({", ".join(notes)})' if notes else name
 
 

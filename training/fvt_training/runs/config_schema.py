@@ -224,6 +224,13 @@ SCHEMA: dict[str, Any] = {
                                   'pixels, the hardest (online hard example mining); 1: all',
                                   _float(0.0, 1.0, open_min=True),
                                   'loss.hard_pixel_fraction: 0.25'),
+        'edge_weight': _f(0.0, 'float >= 0', 'cce and cce_dice: the cross-entropy of pixels '
+                          'within edge_width pixels of another category counts 1 + this many '
+                          'times (thin objects are mostly edge); 0: off', _float(0.0),
+                          'loss.edge_weight: 2.0'),
+        'edge_width': _f(2, 'int >= 1', 'cce and cce_dice: width of the edge band of '
+                         'edge_weight, in pixels of the network input', _int(1),
+                         'loss.edge_width: 2'),
         'focal_alpha': _f(0.25, 'float > 0', 'focal: alpha', _float(0.0, open_min=True),
                           'loss.focal_alpha: 0.25'),
         'focal_gamma': _f(2.0, 'float >= 0', 'focal: gamma', _float(0.0),

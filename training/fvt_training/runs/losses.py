@@ -40,21 +40,42 @@ def _counts(y_true: tf.Tensor, y_pred: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor,
     return tp, fp, fn
 
 
+def edge_pixels(y_true: tf.Tensor, width: int) -> tf.Tensor:
+    """Return 1.0 where another category lies within ``width`` pixels, else 0.0: ``[B, H, W]``.
+
+    The neighbourhood is a square; the image border is no edge (as in
+    :mod:`fvt_training.evaluation.miss_regions`, which measures where such pixels are missed).
+    """
+    if width < 1:
+        raise ValueError(f'edge width must be >= 1 pixel; got {width}')
+    y_true = tf.cast(y_true, tf.float32)
+    nearby = tf.nn.max_pool2d(y_true, 2 * width + 1, 1, 'SAME')
+    return tf.cast(tf.reduce_max(nearby - y_true, axis=-1) > 0.0, tf.float32)
+
+
 def categorical_crossentropy(y_true: tf.Tensor, y_pred: tf.Tensor,
                              class_weights: Sequence[float] | None = None,
-                             hard_fraction: float = 1.0) -> tf.Tensor:
+                             hard_fraction: float = 1.0, edge_weight: float = 0.0,
+                             edge_width: int = 2) -> tf.Tensor:
     """Mean over pixels of ``-sum_c w_c * t_c * log(p_c)`` (``w`` = 1 without weights).
 
     ``hard_fraction`` < 1 averages only the ``ceil(hard_fraction * pixels)`` largest pixel
     losses of the batch (online hard example mining): the easy road and sky pixels that
     dominate a street scene then stop diluting the gradient of thin, rare ones.
+    ``edge_weight`` > 0 multiplies the loss of pixels within ``edge_width`` pixels of another
+    category by ``1 + edge_weight``: a pole is mostly edge, and its edges are where a model
+    trained on the plain mean loses it.
     """
     if not 0.0 < hard_fraction <= 1.0:
         raise ValueError(f'hard_fraction must be in (0, 1]; got {hard_fraction}')
+    if edge_weight < 0.0:
+        raise ValueError(f'edge_weight must be >= 0; got {edge_weight}')
     y_true = tf.cast(y_true, y_pred.dtype)
     w = _weights(class_weights, y_pred.shape[-1])
     p = tf.clip_by_value(y_pred, EPSILON, 1.0 - EPSILON)
     per_pixel = -tf.reduce_sum(w * y_true * tf.math.log(p), axis=-1)
+    if edge_weight:
+        per_pixel *= 1.0 + edge_weight * tf.cast(edge_pixels(y_true, edge_width), p.dtype)
     if hard_fraction == 1.0:
         return tf.reduce_mean(per_pixel)
     flat = tf.reshape(per_pixel, [-1])
@@ -132,7 +153,7 @@ class WeightedLoss(SegmentationLoss):
     function: Callable[..., tf.Tensor]
 
     def __init__(self, class_weights: Sequence[float] | None, name: str,
-                 **options: float) -> None:
+                 **options: float | int) -> None:
         super().__init__(name)
         self.class_weights = None if class_weights is None else list(class_weights)
         self.options = options
@@ -148,8 +169,10 @@ class CategoricalCrossentropy(WeightedLoss):
     function = staticmethod(categorical_crossentropy)
 
     def __init__(self, class_weights: Sequence[float] | None = None, name: str = 'cce',
-                 hard_fraction: float = 1.0) -> None:
-        super().__init__(class_weights, name, hard_fraction=hard_fraction)
+                 hard_fraction: float = 1.0, edge_weight: float = 0.0,
+                 edge_width: int = 2) -> None:
+        super().__init__(class_weights, name, hard_fraction=hard_fraction,
+                         edge_weight=edge_weight, edge_width=edge_width)
 
 
 class DiceLoss(WeightedLoss):
@@ -219,12 +242,14 @@ def make_loss(spec: Mapping, frequencies: Sequence[float] | None = None) -> Segm
     ``spec['class_weights']`` is ``'auto'`` (inverse frequency from ``frequencies``, the
     training split's per-category pixel frequencies), a list of one weight per category, or
     ``None``. Weights apply to ``weighted_dice`` (``'auto'`` by default) and to the cross-entropy
-    and Dice terms of ``cce``/``cce_dice`` when given; ``hard_pixel_fraction`` to their
-    cross-entropy.
+    and Dice terms of ``cce``/``cce_dice`` when given; ``hard_pixel_fraction``, ``edge_weight``
+    and ``edge_width`` to their cross-entropy.
     """
     name = spec['name']
     weights = resolve_class_weights(spec, frequencies)
-    cce = CategoricalCrossentropy(weights, hard_fraction=spec.get('hard_pixel_fraction', 1.0))
+    cce = CategoricalCrossentropy(weights, hard_fraction=spec.get('hard_pixel_fraction', 1.0),
+                                  edge_weight=spec.get('edge_weight', 0.0),
+                                  edge_width=spec.get('edge_width', 2))
     if name == 'cce':
         return cce
     if name in ('dice', 'weighted_dice'):
