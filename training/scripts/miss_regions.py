@@ -18,7 +18,7 @@ import argparse
 from fvt_segmentation.core.contract import CATEGORIES
 from fvt_training.data.prepared import read_manifest
 from fvt_training.evaluation.evaluate import DEFAULT_PROVIDERS, open_model
-from fvt_training.evaluation.miss_regions import summarize_misses, tally_misses
+from fvt_training.evaluation.miss_regions import MISSED_BELOW, summarize_misses, tally_misses
 from fvt_training.evaluation.scoring import confusion_over_split
 
 
@@ -54,13 +54,14 @@ def main() -> None:
     print('| --- | --- | --- |')
     print(f'| within {args.band} px of an edge | {_pct(s["band_share"])} | '
           f'{_pct(s["band_recall"])} |')
-    inner_share = None if s['band_share'] is None else 1 - s['band_share']
-    print(f'| inside | {_pct(inner_share)} | {_pct(s["inner_recall"])} |')
+    print(f'| inside | {_pct(s["inner_share"])} | {_pct(s["inner_recall"])} |')
     for size in s['by_size']:
-        high = '' if size['max_pixels'] is None else f' to {size["max_pixels"] - 1}'
-        print(f'| parts of {size["min_pixels"]}{high or "+"} px ({size["parts"]} parts) | '
+        low, high = size['min_pixels'], size['max_pixels']
+        sizes = f'{low}+' if high is None else f'{low} to {high - 1}'
+        print(f'| parts of {sizes} px ({size["parts"]} parts) | '
               f'{_pct(size["pixel_share"])} | {_pct(size["recall"])} |')
-    print(f'\nparts missed whole (under 20 % found): {s["parts_missed_whole"]} of {s["parts"]}, '
+    print(f'\nparts missed whole (under {_pct(MISSED_BELOW)} found): '
+          f'{s["parts_missed_whole"]} of {s["parts"]}, '
           f'{_pct(s["missed_whole_pixel_share"])} of the pixels')
 
 

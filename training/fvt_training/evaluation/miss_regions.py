@@ -17,14 +17,15 @@ from itertools import pairwise
 import cv2
 import numpy as np
 
+MISSED_BELOW = 0.2  # a part with a smaller found share is missed whole
+
 
 @dataclass
 class MissTally:
-    """Pixel counts of one category over any number of label maps."""
+    """Pixel counts of one category over any number of label maps (the inside is the rest)."""
 
     band_pixels: int = 0
     band_found: int = 0
-    inner_pixels: int = 0
     inner_found: int = 0
     part_pixels: list[int] = field(default_factory=list)
     part_found: list[int] = field(default_factory=list)
@@ -52,7 +53,6 @@ def tally_misses(truth: np.ndarray, prediction: np.ndarray, category: int, band:
     edge = mask.astype(bool) & ~inner
     tally.band_pixels += int(edge.sum())
     tally.band_found += int((edge & found).sum())
-    tally.inner_pixels += int(inner.sum())
     tally.inner_found += int((inner & found).sum())
     count, parts = cv2.connectedComponents(mask, connectivity=8)
     if count > 1:
@@ -62,7 +62,7 @@ def tally_misses(truth: np.ndarray, prediction: np.ndarray, category: int, band:
 
 
 def summarize_misses(tally: MissTally, part_sizes: Sequence[int] = (200, 2000),
-                     missed_below: float = 0.2) -> dict:
+                     missed_below: float = MISSED_BELOW) -> dict:
     """Return the recalls of a tally: edge band, inside, parts missed whole, parts by size.
 
     ``part_sizes`` are the pixel counts that bound the size classes of parts; a part is
@@ -87,8 +87,9 @@ def summarize_misses(tally: MissTally, part_sizes: Sequence[int] = (200, 2000),
     return {
         'pixels': total,
         'band_share': ratio(tally.band_pixels, total),
+        'inner_share': ratio(total - tally.band_pixels, total),
         'band_recall': ratio(tally.band_found, tally.band_pixels),
-        'inner_recall': ratio(tally.inner_found, tally.inner_pixels),
+        'inner_recall': ratio(tally.inner_found, total - tally.band_pixels),
         'parts': len(pixels),
         'parts_missed_whole': int(missed.sum()),
         'missed_whole_pixel_share': ratio(pixels[missed].sum(), total),
